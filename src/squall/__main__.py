@@ -1,0 +1,7 @@
+"""``python -m squall``: the same as the ``squall`` command."""
+
+import sys
+
+from squall.cli import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""The ``squall`` command: ``router``, ``worker``, ``demo`` and ``--version``.
+
+Every failure a user can cause (a bad flag, an address that cannot be bound, an unsafe bind) ends
+in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, NoReturn
+
+from squall._version import __version__
+from squall.errors import SquallError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-json", action="store_true", default=None,
+                        help="log one JSON object per line (env SQUALL_LOG_JSON=1)")
+    parser.add_argument("--log-level", help="debug, info, warning or error (env SQUALL_LOG_LEVEL)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="squall", description="Run Python callables on gevent workers.")
+    parser.add_argument("--version", action="version", version=f"squall {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    router = commands.add_parser("router", help="run a router that clients and workers connect to")
+    router.add_argument("--bind", required=True, metavar="ADDR",
+                        help="address for clients and workers, e.g. tcp://127.0.0.1:5555")
+    router.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback address without authentication (trusted networks)")
+    router.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
+    router.add_argument("--liveness", type=float,
+                        help="seconds of silence before a worker is declared dead (default 3)")
+    router.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _log_flags(router)
+
+    worker = commands.add_parser("worker", help="run a worker node connected to a router")
+    worker.add_argument("--connect", required=True, metavar="ADDR", help="the router's address")
+    worker.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: number of cores)")
+    worker.add_argument("--concurrency", type=int, default=1000,
+                        help="tasks at once per process (default 1000)")
+    worker.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
+    worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _log_flags(worker)
+
+    commands.add_parser("demo", help="start the embedded default and run a few real tasks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "router":
+            return _router(args)
+        if args.command == "worker":
+            return _worker(args)
+        return _demo()
+    except SquallError as exc:
+        print(f"squall {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _log_args(args: argparse.Namespace) -> list[str]:
+    out = ["--log-json"] if args.log_json else []
+    return out + (["--log-level", args.log_level] if args.log_level else [])
+
+
+def _router(args: argparse.Namespace) -> int:
+    import zmq
+
+    from squall import log
+    from squall.config import RouterConfig, is_loopback, validate_address
+    from squall.router.server import RouterServer, forbid_unpickling
+
+    address = validate_address(args.bind)
+    if not is_loopback(address) and not args.insecure:
+        raise SquallError(
+            f"refusing to listen on {address} without authentication: anyone who reaches it "
+            "could run code on your workers; bind 127.0.0.1 or ipc://, or pass --insecure on a "
+            "network you trust"
+        )
+    log.configure(json=args.log_json, level=args.log_level, process="router")
+    forbid_unpickling()
+    config = RouterConfig.from_env(address, heartbeat=args.heartbeat, liveness=args.liveness,
+                                   parent_pid=args.parent_pid, insecure=args.insecure)
+    server = RouterServer(config)
+    try:
+        endpoint = server.bind()
+    except zmq.ZMQError as exc:
+        raise SquallError(f"cannot bind {address}: {exc}") from None
+    logger = log.get_logger("squall.router")
+    if args.insecure and not is_loopback(address):
+        logger.warning("listening WITHOUT authentication: anyone who can reach this address "
+                       "can run code on every worker", endpoint=endpoint)
+    logger.info("router listening", endpoint=endpoint, heartbeat=config.heartbeat,
+                liveness=config.liveness)
+    server.serve_forever()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from squall import log
+    from squall.config import WorkerConfig, validate_address
+    from squall.runner.node import WorkerNode
+
+    config = WorkerConfig.from_env(
+        validate_address(args.connect), processes=args.processes, concurrency=args.concurrency,
+        heartbeat=args.heartbeat, parent_pid=args.parent_pid,
+    )
+    log.configure(json=args.log_json, level=args.log_level, process="worker-node")
+    return WorkerNode(config, _log_args(args)).run()
+
+
+def _sleep_then_echo(x: Any) -> Any:
+    time.sleep(0.1)
+    return x
+
+
+def _echo(x: Any) -> Any:
+    return x
+
+
+def _demo() -> int:
+    """The README's main job: the embedded default doing a few real things, with figures."""
+    import squall
+
+    processes = os.cpu_count() or 1
+    started = time.perf_counter()
+    with squall.Executor(concurrency=10_000) as ex:
+        print(f"squall {__version__}: embedded router + 1 worker node with {processes} gevent "
+              f"processes, up in {time.perf_counter() - started:.2f} s")
+
+        greeting = "hello"
+
+        def greet(name: str) -> str:  # a closure over a local variable
+            return f"{greeting}, {name}, from worker pid {os.getpid()}"
+
+        print(f"closure:  {ex.submit(greet, 'squall').result()}")
+        print(f"lambda:   (lambda x: x * 2)(21) = {ex.submit(lambda x: x * 2, 21).result()}")
+        try:
+            ex.submit(lambda: 1 / 0).result()
+        except ZeroDivisionError as exc:
+            print(f"error:    ZeroDivisionError('{exc}') came back with its remote traceback")
+
+        n = 10_000
+        t0 = time.perf_counter()
+        results = list(ex.map(_sleep_then_echo, range(n)))
+        dt = time.perf_counter() - t0
+        assert results == list(range(n))
+        print(f"fan-out:  {n:,} tasks sleeping 0.1 s each in {dt:.2f} s ({n / dt:,.0f} tasks/s; "
+              f"one at a time would take {n * 0.1:,.0f} s)")
+
+        n = 20_000
+        t0 = time.perf_counter()
+        results = list(ex.map(_echo, range(n)))
+        dt = time.perf_counter() - t0
+        assert results == list(range(n))
+        print(f"no-op:    {n:,} tasks in {dt:.2f} s ({n / dt:,.0f} tasks/s end to end)")
+    print("done: router and workers stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The threaded I/O driver: one background thread owns the client's DEALER socket.
+
+ZeroMQ sockets belong to one thread, so caller threads never touch the socket: they queue work in
+the :class:`ClientCore` and, when the driver is idle, wake it through a pipe that the driver
+polls beside the socket. A burst of submits costs one wake-up and goes out as SUBMIT batches.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import threading
+from typing import Any
+
+import zmq
+
+from squall import protocol
+from squall.client._core import ClientCore
+from squall.errors import ProtocolError, SquallError, StartupError
+from squall.log import get_logger
+from squall.protocol import ErrorCode, MsgType, Role
+
+log = get_logger(__name__)
+
+DRAIN_BATCH = 2000
+
+
+class ThreadDriver:
+    """Moves the core's messages over a DEALER socket connected to ``address``."""
+
+    def __init__(self, address: str, core: ClientCore) -> None:
+        self.address = address
+        self.core = core
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._control: collections.deque[list[Any]] = collections.deque()
+        self._stats_waiters: collections.deque[concurrent.futures.Future[dict[str, Any]]] = (
+            collections.deque()
+        )
+        self._welcome = threading.Event()
+        self._closing = False
+        self.protocol_error: SquallError | None = None
+        self._thread = threading.Thread(target=self._loop, name="squall-client-io", daemon=True)
+
+    def start(self, timeout: float) -> None:
+        """Connect and wait for the router's WELCOME.
+
+        Raises:
+            StartupError: no router answered within ``timeout`` seconds.
+        """
+        self.socket.connect(self.address)
+        self._control.append(protocol.encode_hello(Role.CLIENT, os.getpid()))
+        self._thread.start()
+        if not self._welcome.wait(timeout):
+            raise StartupError(f"no squall router answered at {self.address} within {timeout:g} s")
+        if self.protocol_error is not None:
+            raise self.protocol_error
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def send(self, frames: list[Any]) -> None:
+        """Send a control message from any thread."""
+        self._control.append(frames)
+        self.wake()
+
+    def stats(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Ask the router for its counters."""
+        waiter: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        self._stats_waiters.append(waiter)
+        self.send(protocol.encode_stats_request())
+        return waiter.result(timeout)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self.wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self.context.term()
+
+    # -- the I/O thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while not self._closing:
+                events = dict(poller.poll(1000))
+                if self._wake_r in events:
+                    try:
+                        os.read(self._wake_r, 65536)
+                    except BlockingIOError:
+                        pass
+                self._send_queued()
+                if self.socket in events:
+                    self._drain()
+            self._send_queued()
+            self.socket.send_multipart(protocol.encode_disconnect(), flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if not self._closing:
+                log.error("client I/O thread stopped", error=str(exc))
+        finally:
+            self.socket.close(linger=0)
+
+    def _send_queued(self) -> None:
+        while self._control:
+            self.socket.send_multipart(self._control.popleft(), copy=False)
+        for frames in self.core.take_outgoing():
+            self.socket.send_multipart(frames, copy=False)
+
+    def _drain(self) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self._handle(frames)
+            except ProtocolError as exc:
+                log.warning("malformed message from router dropped", error=str(exc))
+
+    def _handle(self, frames: list[Any]) -> None:
+        type_, body = protocol.parse_header([frames[0].bytes])
+        payload = frames[1:]
+        if type_ is MsgType.RESULT:
+            self.core.deliver(protocol.decode_result(body, payload))
+        elif type_ is MsgType.FN_FETCH:
+            fn_hash = protocol.decode_fn_fetch(body)
+            self.socket.send_multipart(protocol.encode_fn_body(fn_hash, self.core.body(fn_hash)))
+        elif type_ is MsgType.STATS:
+            stats = protocol.decode_stats(body)
+            if self._stats_waiters:
+                self._stats_waiters.popleft().set_result(stats)
+        elif type_ is MsgType.WELCOME:
+            self._welcome.set()
+        elif type_ is MsgType.ERROR:
+            self._on_error(*protocol.decode_error(body))
+        elif type_ is MsgType.DISCONNECT:
+            log.warning("router is shutting down", router=self.address)
+
+    def _on_error(self, code: int, reason: str) -> None:
+        log.warning("router refused a message", code=code, reason=reason)
+        if code == ErrorCode.UNKNOWN_PEER:
+            self.core.forget_announced()
+            self.socket.send_multipart(protocol.encode_hello(Role.CLIENT, os.getpid()))
+        elif code == ErrorCode.VERSION:
+            self.protocol_error = ProtocolError(f"router at {self.address} refused us: {reason}")
+            self.core.fail_all(self.protocol_error)
+            self._welcome.set()

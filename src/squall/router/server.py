@@ -1,0 +1,296 @@
+"""The router's socket loop: reads headers, feeds :class:`RouterState`, carries out its decisions.
+
+One ROUTER socket serves clients and workers alike; a peer says which it is in its HELLO. The loop
+drains the socket in batches (a burst costs one poll, not one per message), then sends what the
+state decided: TASK batches to workers, RESULT batches to clients. Payload frames are received
+with ``copy=False`` and sent on as the same ``zmq.Frame`` objects, so a 50 MB array crosses the
+router without being copied or looked into.
+
+``ROUTER_MANDATORY`` is on: a send to a peer that is gone raises instead of vanishing, and the
+loop treats that peer as lost (a lost worker's tasks are redelivered).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from squall import protocol
+from squall.config import RouterConfig
+from squall.errors import ProtocolError
+from squall.log import get_logger
+from squall.protocol import ErrorCode, MsgType, Role
+from squall.router.state import RouterState
+
+log = get_logger(__name__)
+
+#: Messages read per poll wake-up, and items per TASK/RESULT message sent.
+DRAIN_BATCH = 2000
+MAX_ITEMS = 1000
+
+
+class _Stop(Exception):
+    """Raised from the signal handler to leave a blocking poll at once."""
+
+
+def forbid_unpickling() -> None:
+    """Make every pickle loader in this process raise.
+
+    The router must never unpickle what it forwards (that would run a stranger's code in the
+    process everyone trusts). This turns the rule into a guarantee the tests can check.
+    """
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the squall router never unpickles")
+
+    pickle.loads = refuse
+    pickle.load = refuse
+    pickle.Unpickler = refuse  # type: ignore[assignment,misc]
+
+
+class RouterServer:
+    """A router bound to ``config.bind``; call :meth:`serve_forever`."""
+
+    def __init__(self, config: RouterConfig, context: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.state = RouterState(liveness=config.liveness)
+        self.context = context or zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = ""
+        self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
+        self._backlog: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
+        self._running = False
+        self._handlers: dict[MsgType, Callable[[bytes, bytes, list[Any]], None]] = {
+            MsgType.HELLO: self._on_hello,
+            MsgType.SUBMIT: self._on_submit,
+            MsgType.RESULT: self._on_result,
+            MsgType.FN_BODY: self._on_fn_body,
+            MsgType.FN_FETCH: self._on_fn_fetch,
+            MsgType.CREDIT: self._on_credit,
+            MsgType.HEARTBEAT: self._on_heartbeat,
+            MsgType.DISCONNECT: self._on_disconnect,
+            MsgType.STATS: self._on_stats,
+        }
+
+    def bind(self) -> str:
+        """Bind the socket; return the endpoint actually bound (with the real port)."""
+        self.socket.bind(self.config.bind)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.endpoint
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve until SIGTERM/SIGINT, or until the parent process (if any) is gone."""
+        def stop(signum: int, _: Any) -> None:
+            raise _Stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self._running = True
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while self._running:
+                wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
+                if poller.poll(wait * 1000):
+                    self._drain()
+                self._dispatch()
+                self._flush_results()
+                if self._backlog:
+                    self._retry_backlog()
+                if time.monotonic() >= next_beat:
+                    self._on_beat()
+                    next_beat = time.monotonic() + self.config.heartbeat
+        except _Stop as why:
+            log.info("router stopping", signal=str(why))
+        finally:
+            self._goodbye()
+
+    def stop(self) -> None:
+        self._running = False
+
+    def _drain(self) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _handle(self, frames: list[Any]) -> None:
+        peer = frames[0].bytes
+        message = frames[1:]
+        try:
+            type_, body = protocol.parse_header(message)
+            handler = self._handlers.get(type_)
+            if handler is None:
+                raise ProtocolError(f"{type_.name} is not a message for the router")
+            self.state.seen(peer)
+            handler(peer, body, message[1:])
+        except protocol.VersionMismatch as exc:
+            self.state.counters["protocol_errors"] += 1
+            log.warning("peer speaks another protocol version", peer=peer.hex(), version=exc.version)
+            self._send(peer, protocol.encode_error(ErrorCode.VERSION, str(exc)))
+        except ProtocolError as exc:
+            self.state.counters["protocol_errors"] += 1
+            log.warning("malformed message dropped", peer=peer.hex(), error=str(exc),
+                        frames=len(message), head=bytes(message[0].bytes[:32]).hex() if message else "")
+            self._send(peer, protocol.encode_error(ErrorCode.BAD_MESSAGE, str(exc)))
+        except Exception:  # a bug must not take the router down with every task in it
+            self.state.counters["internal_errors"] += 1
+            log.exception("error handling message", peer=peer.hex())
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _on_hello(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        hello = protocol.decode_hello(body)
+        if hello.role is Role.WORKER:
+            requeued = self.state.add_worker(peer, hello.pid, hello.capacity)
+            log.info("worker joined", worker_pid=hello.pid, capacity=hello.capacity,
+                     workers=len(self.state.workers), requeued=len(requeued))
+        else:
+            self.state.add_client(peer, hello.pid)
+            log.info("client joined", client_pid=hello.pid)
+        self._send(peer, protocol.encode_welcome(self.config.heartbeat, len(self.state.workers)))
+
+    def _on_submit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        items = protocol.decode_submit(body, payload)
+        if peer in self.state.workers:
+            raise ProtocolError("a worker cannot submit tasks")
+        if peer not in self.state.clients:
+            self.state.add_client(peer, 0)  # lost its HELLO (e.g. we restarted): keep its tasks
+        self.state.submit(peer, items)
+
+    def _on_result(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        items = protocol.decode_result(body, payload)
+        if peer not in self.state.workers:
+            self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+            self.state.counters["stale_results"] += len(items)
+            return
+        for item in items:
+            task = self.state.complete(peer, item.task_id)
+            if task is not None:
+                self._results[task.client].append((task.client_task_id, item.status, item.frames))
+
+    def _on_fn_body(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        fn_hash, fn_body = protocol.decode_fn_body(body, payload)
+        fn_bytes = fn_body.bytes
+        for worker in self.state.body_arrived(fn_hash, fn_bytes):
+            self._send(worker, protocol.encode_fn_body(fn_hash, fn_bytes))
+
+    def _on_fn_fetch(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        fn_hash = protocol.decode_fn_fetch(body)
+        fn_body, ask = self.state.body_for(peer, fn_hash)
+        if fn_body is not None:
+            self._send(peer, protocol.encode_fn_body(fn_hash, fn_body))
+        elif ask is not None:
+            self._send(ask, protocol.encode_fn_fetch(fn_hash))
+        else:
+            log.warning("function body unavailable", fn_hash=fn_hash.hex())
+            self._send(peer, protocol.encode_fn_body(fn_hash, b""))
+
+    def _on_credit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        self.state.set_capacity(peer, protocol.decode_credit(body))
+
+    def _on_heartbeat(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        if peer not in self.state.workers and peer not in self.state.clients:
+            self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+
+    def _on_disconnect(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        if peer in self.state.workers:
+            requeued = self.state.remove_worker(peer)
+            log.info("worker left", requeued=len(requeued), workers=len(self.state.workers))
+        elif peer in self.state.clients:
+            dropped = self.state.remove_client(peer)
+            log.info("client left", dropped_queued=dropped)
+
+    def _on_stats(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        self._send(peer, protocol.encode_stats(self.state.stats()))
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        for worker, tasks in self.state.dispatch():
+            for start in range(0, len(tasks), MAX_ITEMS):
+                chunk = tasks[start : start + MAX_ITEMS]
+                self._send(worker.peer, protocol.encode_task(
+                    (t.id, t.fn_hash, t.kind, t.attempt, t.frames) for t in chunk
+                ))
+
+    def _flush_results(self) -> None:
+        if not self._results:
+            return
+        results, self._results = self._results, collections.defaultdict(list)
+        for client, items in results.items():
+            for start in range(0, len(items), MAX_ITEMS):
+                self._send(client, protocol.encode_result(items[start : start + MAX_ITEMS]))
+
+    def _send(self, peer: bytes, frames: list[Any]) -> None:
+        if self._backlog:  # keep order: nothing overtakes what is already waiting
+            self._backlog.append((peer, frames))
+            return
+        self._try_send(peer, frames)
+
+    def _try_send(self, peer: bytes, frames: list[Any]) -> bool:
+        """Send now; on a full queue keep the message for later; on a gone peer, drop the peer."""
+        try:
+            self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._backlog.append((peer, frames))
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._peer_unreachable(peer)
+        return True
+
+    def _retry_backlog(self) -> None:
+        backlog, self._backlog = self._backlog, collections.deque()
+        while backlog:
+            peer, frames = backlog.popleft()
+            if not self._try_send(peer, frames):
+                self._backlog.extend(backlog)
+                return
+
+    def _peer_unreachable(self, peer: bytes) -> None:
+        if peer in self.state.workers:
+            requeued = self.state.remove_worker(peer)
+            log.warning("worker unreachable", requeued=len(requeued))
+        elif peer in self.state.clients:
+            self.state.remove_client(peer)
+            log.warning("client unreachable; its results are dropped")
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _on_beat(self) -> None:
+        beat = protocol.encode_heartbeat()
+        for peer in list(self.state.workers) + list(self.state.clients):
+            self._send(peer, beat)
+        for peer in self.state.expired_workers():
+            requeued = self.state.remove_worker(peer)
+            log.warning("worker silent past liveness window; declared dead",
+                        liveness=self.config.liveness, requeued=len(requeued))
+        parent = self.config.parent_pid
+        if parent is not None and os.getppid() != parent:
+            log.info("parent process gone; router exits", parent_pid=parent)
+            self._running = False
+
+    def _goodbye(self) -> None:
+        bye = protocol.encode_disconnect()
+        for peer in list(self.state.workers) + list(self.state.clients):
+            try:
+                self.socket.send_multipart([peer, *bye], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        self.socket.close(linger=0)

@@ -1,0 +1,231 @@
+"""Turning functions, arguments, results and exceptions into frames and back.
+
+Functions go with cloudpickle, so lambdas, closures and functions from ``__main__`` travel by
+value; each body is named by its content hash, so it crosses the wire once and is referred to by
+hash afterwards. Everything else goes with pickle protocol 5 through the same cloudpickle pickler
+(so instances of classes defined in ``__main__`` work too): the first frame is the in-band pickle,
+large buffers (NumPy arrays, bytearrays, big bytes, memoryviews) follow as out-of-band frames that
+pyzmq sends without copying.
+
+Only clients and workers call the ``loads*`` functions here; the router never imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import site
+import sys
+import sysconfig
+import traceback
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cloudpickle
+
+from squall.errors import RemoteTraceback, SerializationError, TaskFailed
+from squall.protocol import HASH_SIZE, Frame
+
+#: Buffers at least this large travel as frames of their own instead of inside the pickle.
+OOB_THRESHOLD = 64 * 1024
+
+
+def _bytes_from_buffer(buf: Any) -> bytes:
+    return bytes(buf)
+
+
+def _memoryview_from_buffer(buf: Any) -> memoryview:
+    return memoryview(buf)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, which also sends big ``bytes`` and any ``memoryview`` out of band.
+
+    Plain pickle copies bytes into the stream and refuses memoryviews; wrapping both in a
+    PickleBuffer lets protocol 5 hand them to ``buffer_callback`` like NumPy arrays.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is bytes and len(obj) >= OOB_THRESHOLD:
+            return _bytes_from_buffer, (pickle.PickleBuffer(obj),)
+        if kind is memoryview:
+            return _memoryview_from_buffer, (pickle.PickleBuffer(obj),)
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> list[Frame]:
+    """Pickle ``obj`` into frames: the pickle, then one frame per large buffer.
+
+    Raises:
+        Exception: whatever pickling raised; callers turn it into a SerializationError that
+            names the value.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep_large_out_of_band(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes < OOB_THRESHOLD:
+            return True  # in band: a frame of its own would cost more than the copy
+        buffers.append(raw)
+        return False
+
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=5, buffer_callback=keep_large_out_of_band).dump(obj)
+    return [stream.getvalue(), *buffers]
+
+
+def loads(frames: Sequence[Any]) -> Any:
+    """Unpickle what :func:`dumps` made; ``frames`` may be bytes or ``zmq.Frame`` objects."""
+    return pickle.loads(_buffer(frames[0]), buffers=[_buffer(f) for f in frames[1:]])
+
+
+def _buffer(frame: Any) -> Any:
+    # zmq.Frame exposes its memory as a writable memoryview: no copy, and NumPy arrays built on it
+    # are writable, as the caller's original was.
+    return getattr(frame, "buffer", frame)
+
+
+def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Frame]:
+    """Pickle a call's arguments; on failure, name the argument that would not pickle.
+
+    Raises:
+        SerializationError: naming the argument (its position or keyword) and its type.
+    """
+    try:
+        return dumps((tuple(args), dict(kwargs)))
+    except Exception as exc:
+        raise _name_culprit(args, kwargs, exc) from exc
+
+
+def _name_culprit(args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception) -> SerializationError:
+    candidates = [(f"argument {i}", v) for i, v in enumerate(args)]
+    candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for name, value in candidates:
+        try:
+            dumps(value)
+        except Exception as inner:
+            return SerializationError(
+                f"{name} of type {type(value).__qualname__} cannot be pickled: {inner}"
+            )
+    return SerializationError(f"the arguments cannot be pickled: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Functions
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    paths.update(site.getsitepackages())
+    paths.add(site.getusersitepackages())
+    return tuple(os.path.realpath(p) + os.sep for p in paths)
+
+
+_INSTALLED = _installed_roots()
+_BY_VALUE: set[str] = set()
+
+
+def _ship_module_by_value(fn: Any) -> None:
+    """Send the function's own module by value when workers are unlikely to be able to import it.
+
+    A module outside the interpreter's install locations (a test file, a script's sibling
+    module) would fail to import on a worker on another machine, so cloudpickle is asked to
+    send its code along. Installed packages, and squall itself, still go by reference.
+    """
+    name = getattr(fn, "__module__", None)
+    if not name or name in _BY_VALUE or name == "__main__" or name.split(".")[0] == "squall":
+        return
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if module is None or path is None:
+        return
+    if not os.path.realpath(path).startswith(_INSTALLED):
+        cloudpickle.register_pickle_by_value(module)
+    _BY_VALUE.add(name)
+
+
+def function_hash(body: bytes) -> bytes:
+    """The content hash a function body is known by."""
+    return hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
+
+
+def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
+    """Return ``(hash, body)`` for ``fn``.
+
+    Raises:
+        SerializationError: the function (or something it closes over) cannot be pickled.
+    """
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable")
+    target = getattr(fn, "__func__", fn)  # bound methods: the function's module matters
+    _ship_module_by_value(getattr(target, "func", target))  # functools.partial
+    try:
+        body = cloudpickle.dumps(fn, protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"function {getattr(fn, '__qualname__', fn)!r} cannot be pickled: {exc}"
+        ) from exc
+    return function_hash(body), body
+
+
+def loads_function(body: Any) -> Callable[..., Any]:
+    fn = pickle.loads(_buffer(body))
+    if not callable(fn):
+        raise SerializationError(f"function body unpickled to a {type(fn).__name__}")
+    return fn  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions
+
+
+def dumps_exception(exc: BaseException) -> list[Frame]:
+    """Frames for a task's exception: the pickled exception (if it pickles) and a JSON summary.
+
+    The summary (type, message, traceback text) lets the caller raise ``TaskFailed`` when the
+    exception itself cannot cross.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    summary = {"type": _qualified_name(type(exc)), "message": str(exc), "traceback": tb}
+    try:
+        pickled = dumps(exc)
+        pickle.loads(pickled[0], buffers=pickled[1:])  # some exceptions pickle but never load
+    except Exception:
+        pickled = [b""]
+    return [json.dumps(summary).encode(), *pickled]
+
+
+def loads_exception(frames: Sequence[Any]) -> BaseException:
+    """Rebuild a remote exception, with the remote traceback chained as its ``__cause__``."""
+    summary = json.loads(bytes(_buffer(frames[0])))
+    exc: BaseException | None = None
+    if len(frames) > 1 and len(_buffer(frames[1])) > 0:
+        try:
+            exc = loads(frames[1:])
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = TaskFailed(summary["type"], summary["message"], summary["traceback"])
+    exc.__cause__ = RemoteTraceback(summary["traceback"])
+    try:
+        exc.remote_traceback = summary["traceback"]  # type: ignore[attr-defined]
+    except AttributeError:  # exceptions with __slots__
+        pass
+    return exc
+
+
+def _qualified_name(kind: type) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def describe(fn: Any) -> str:
+    """A short name for a callable, for logs and errors."""
+    if isinstance(fn, types.FunctionType | types.MethodType | types.BuiltinFunctionType):
+        return str(fn.__qualname__)
+    return repr(fn)[:80]
