@@ -34,38 +34,49 @@ from squall.protocol import HASH_SIZE, Frame
 OOB_THRESHOLD = 64 * 1024
 
 
-def _bytes_from_buffer(buf: Any) -> bytes:
-    return bytes(buf)
+class _OutOfBand:
+    """Stands in for a big bytes/bytearray/memoryview so that protocol 5 sends it out of band.
 
-
-def _memoryview_from_buffer(buf: Any) -> memoryview:
-    return memoryview(buf)
-
-
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, which also sends big ``bytes`` and any ``memoryview`` out of band.
-
-    Plain pickle copies bytes into the stream and refuses memoryviews; wrapping both in a
-    PickleBuffer lets protocol 5 hand them to ``buffer_callback`` like NumPy arrays.
+    The C pickler writes bytes and bytearray in band without asking any hook, and refuses
+    memoryviews; a stand-in whose reduction is a PickleBuffer reaches ``buffer_callback``.
     """
 
-    def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind is bytes and len(obj) >= OOB_THRESHOLD:
-            return _bytes_from_buffer, (pickle.PickleBuffer(obj),)
-        if kind is memoryview:
-            return _memoryview_from_buffer, (pickle.PickleBuffer(obj),)
-        return super().reducer_override(obj)
+    __slots__ = ("buf", "rebuild")
+
+    def __init__(self, buf: Any, rebuild: Callable[[Any], Any]) -> None:
+        self.buf = buf
+        self.rebuild = rebuild
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return self.rebuild, (pickle.PickleBuffer(self.buf),)
 
 
-def dumps(obj: Any) -> list[Frame]:
-    """Pickle ``obj`` into frames: the pickle, then one frame per large buffer.
+_REBUILD: dict[type, Callable[[Any], Any]] = {bytes: bytes, bytearray: bytearray, memoryview: memoryview}
 
-    Raises:
-        Exception: whatever pickling raised; callers turn it into a SerializationError that
-            names the value.
+
+def _with_buffers_out_of_band(obj: Any, seen: dict[int, Any], depth: int = 0) -> Any:
+    """Copy of the containers in ``obj`` with big buffers replaced by :class:`_OutOfBand`.
+
+    Walks lists, tuples and dicts only (a few levels deep); other objects are left to pickle.
     """
-    buffers: list[pickle.PickleBuffer] = []
+    kind = type(obj)
+    if kind in _REBUILD:
+        if kind is memoryview or len(obj) >= OOB_THRESHOLD:
+            if id(obj) not in seen:
+                seen[id(obj)] = _OutOfBand(obj, _REBUILD[kind])
+            return seen[id(obj)]
+        return obj
+    if depth > 8:
+        return obj
+    if kind is tuple or kind is list:
+        return kind(_with_buffers_out_of_band(x, seen, depth + 1) for x in obj)
+    if kind is dict:
+        return {k: _with_buffers_out_of_band(v, seen, depth + 1) for k, v in obj.items()}
+    return obj
+
+
+def _dump(obj: Any) -> list[Frame]:
+    buffers: list[Any] = []
 
     def keep_large_out_of_band(buf: pickle.PickleBuffer) -> bool:
         raw = buf.raw()
@@ -75,8 +86,34 @@ def dumps(obj: Any) -> list[Frame]:
         return False
 
     stream = io.BytesIO()
-    _Pickler(stream, protocol=5, buffer_callback=keep_large_out_of_band).dump(obj)
+    cloudpickle.Pickler(stream, protocol=5, buffer_callback=keep_large_out_of_band).dump(obj)
     return [stream.getvalue(), *buffers]
+
+
+def dumps(obj: Any) -> list[Frame]:
+    """Pickle ``obj`` into frames: the pickle, then one frame per large buffer.
+
+    The common case (small values) is pickled once. Only a big pickle, or one that failed
+    (a memoryview inside), pays for a second pass that moves big buffers out of band.
+
+    Raises:
+        Exception: whatever pickling raised; callers turn it into a SerializationError that
+            names the value.
+    """
+    error: Exception | None = None
+    try:
+        frames = _dump(obj)
+        if len(frames[0]) < OOB_THRESHOLD:
+            return frames
+    except Exception as exc:
+        error = exc
+    seen: dict[int, Any] = {}
+    prepared = _with_buffers_out_of_band(obj, seen)
+    if not seen:
+        if error is not None:
+            raise error
+        return frames
+    return _dump(prepared)
 
 
 def loads(frames: Sequence[Any]) -> Any:

@@ -108,7 +108,10 @@ class RouterState:
         #: fn hash -> workers waiting for its body
         self.body_waiters: dict[bytes, set[bytes]] = {}
         self._next_id = 0
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in (
+            "submitted", "dispatched", "completed", "redelivered", "stale_results",
+            "bodies_received", "bodies_sent", "bad_bodies", "protocol_errors", "internal_errors",
+        )})
 
     # -- peers ------------------------------------------------------------------------------
 
