@@ -42,7 +42,9 @@ class Proc:
         self._log = open(log_path, "wb")
         full_env = {**os.environ, **FAST_ENV, **(env or {})}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "squall", *args], stdout=self._log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "squall", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             env=full_env,
         )
         self.pid = self.popen.pid
@@ -87,16 +89,26 @@ class Cluster:
     def start_router(self, *extra: str) -> Proc:
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.router = self.start("router", "--bind", self.address, *extra)
-        wait_for(lambda: router_stats(self.address, timeout=0.5) is not None, 15,
-                 "router did not answer")
+        wait_for(
+            lambda: router_stats(self.address, timeout=0.5) is not None, 15, "router did not answer"
+        )
         return self.router
 
     def start_workers(self, processes: int = 1, concurrency: int = 100, *extra: str) -> Proc:
         before = self.stats()["workers"]
-        node = self.start("worker", "--connect", self.address, "--processes", str(processes),
-                          "--concurrency", str(concurrency), *extra)
-        wait_for(lambda: self.stats()["workers"] >= before + processes, 30,
-                 "workers did not register")
+        node = self.start(
+            "worker",
+            "--connect",
+            self.address,
+            "--processes",
+            str(processes),
+            "--concurrency",
+            str(concurrency),
+            *extra,
+        )
+        wait_for(
+            lambda: self.stats()["workers"] >= before + processes, 30, "workers did not register"
+        )
         return node
 
     def stats(self) -> dict[str, Any]:

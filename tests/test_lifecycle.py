@@ -84,8 +84,9 @@ def test_map_of_nothing_and_shutdown_without_waiting() -> None:
 
 
 def _run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "squall", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "squall", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_version() -> None:
@@ -93,13 +94,16 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"squall {squall.__version__}"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["router", "--bind", "tcp://127.0.0.1:1", "--bogus"], "unrecognized arguments: --bogus"),
-    (["router"], "the following arguments are required: --bind"),
-    (["worker", "--connect", "nonsense"], "is not a ZeroMQ address"),
-    (["worker", "--connect", "tcp://127.0.0.1:1", "--processes", "0"], "at least 1"),
-    (["router", "--bind", "tcp://0.0.0.0:5555"], "refusing to listen on tcp://0.0.0.0:5555"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["router", "--bind", "tcp://127.0.0.1:1", "--bogus"], "unrecognized arguments: --bogus"),
+        (["router"], "the following arguments are required: --bind"),
+        (["worker", "--connect", "nonsense"], "is not a ZeroMQ address"),
+        (["worker", "--connect", "tcp://127.0.0.1:1", "--processes", "0"], "at least 1"),
+        (["router", "--bind", "tcp://0.0.0.0:5555"], "refusing to listen on tcp://0.0.0.0:5555"),
+    ],
+)
 def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
     result = _run_cli(*args)
     assert result.returncode != 0
@@ -119,6 +123,11 @@ def test_address_in_use_is_one_line(cluster) -> None:
 def test_router_logs_where_it_listens_as_json(cluster) -> None:
     port = free_port()
     proc = cluster.start("router", "--bind", f"tcp://127.0.0.1:{port}", "--log-json")
-    line = wait_for(lambda: next((json.loads(l) for l in proc.output().splitlines()
-                                  if "router listening" in l), None), 15, "startup log")
+    line = wait_for(
+        lambda: next(
+            (json.loads(x) for x in proc.output().splitlines() if "router listening" in x), None
+        ),
+        15,
+        "startup log",
+    )
     assert line["endpoint"] == f"tcp://127.0.0.1:{port}" and line["process"] == "router"

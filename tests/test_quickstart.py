@@ -31,15 +31,17 @@ def test_quickstart_in_a_fresh_clone(tmp_path: Path) -> None:
         p for p in env["PATH"].split(os.pathsep) if not p.startswith(str(ROOT))
     )
 
-    ran = subprocess.run(demo, shell=True, cwd=clone, env=env, capture_output=True, text=True,
-                         timeout=600)
+    ran = subprocess.run(
+        demo, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=600
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "closure:" in ran.stdout and "tasks/s" in ran.stdout, ran.stdout
 
     # The test command as written, narrowed to one quick module so it does not recurse.
     env["SQUALL_INNER_QUICKSTART"] = "1"
     env["PYTEST_ADDOPTS"] = "-p no:cacheprovider tests/test_end_to_end.py -k every_kind"
-    ran = subprocess.run(tests, shell=True, cwd=clone, env=env, capture_output=True, text=True,
-                         timeout=600)
+    ran = subprocess.run(
+        tests, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=600
+    )
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert re.search(r"\b1 passed\b", ran.stdout), ran.stdout

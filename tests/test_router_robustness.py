@@ -41,8 +41,9 @@ def test_router_never_unpickles(cluster, tmp_path: Path) -> None:
     cluster.start_workers(processes=2, concurrency=20)
     worker_pids = set(cluster.stats()["worker_pids"])
     with cluster.executor() as ex:
-        futures = [ex.submit(echo_with_marker, str(tmp_path), Marker(str(tmp_path)))
-                   for _ in range(50)]
+        futures = [
+            ex.submit(echo_with_marker, str(tmp_path), Marker(str(tmp_path))) for _ in range(50)
+        ]
         for future in futures:
             future.result(timeout=30)
     unpicklers = {int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()}

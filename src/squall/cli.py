@@ -22,8 +22,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _log_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--log-json", action="store_true", default=None,
-                        help="log one JSON object per line (env SQUALL_LOG_JSON=1)")
+    parser.add_argument(
+        "--log-json",
+        action="store_true",
+        default=None,
+        help="log one JSON object per line (env SQUALL_LOG_JSON=1)",
+    )
     parser.add_argument("--log-level", help="debug, info, warning or error (env SQUALL_LOG_LEVEL)")
 
 
@@ -33,22 +37,37 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     router = commands.add_parser("router", help="run a router that clients and workers connect to")
-    router.add_argument("--bind", required=True, metavar="ADDR",
-                        help="address for clients and workers, e.g. tcp://127.0.0.1:5555")
-    router.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback address without authentication (trusted networks)")
+    router.add_argument(
+        "--bind",
+        required=True,
+        metavar="ADDR",
+        help="address for clients and workers, e.g. tcp://127.0.0.1:5555",
+    )
+    router.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without authentication (trusted networks)",
+    )
     router.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
-    router.add_argument("--liveness", type=float,
-                        help="seconds of silence before a worker is declared dead (default 3)")
+    router.add_argument(
+        "--liveness",
+        type=float,
+        help="seconds of silence before a worker is declared dead (default 3)",
+    )
     router.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(router)
 
     worker = commands.add_parser("worker", help="run a worker node connected to a router")
     worker.add_argument("--connect", required=True, metavar="ADDR", help="the router's address")
-    worker.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: number of cores)")
-    worker.add_argument("--concurrency", type=int, default=1000,
-                        help="tasks at once per process (default 1000)")
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: number of cores)",
+    )
+    worker.add_argument(
+        "--concurrency", type=int, default=1000, help="tasks at once per process (default 1000)"
+    )
     worker.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(worker)
@@ -93,8 +112,13 @@ def _router(args: argparse.Namespace) -> int:
         )
     log.configure(json=args.log_json, level=args.log_level, process="router")
     forbid_unpickling()
-    config = RouterConfig.from_env(address, heartbeat=args.heartbeat, liveness=args.liveness,
-                                   parent_pid=args.parent_pid, insecure=args.insecure)
+    config = RouterConfig.from_env(
+        address,
+        heartbeat=args.heartbeat,
+        liveness=args.liveness,
+        parent_pid=args.parent_pid,
+        insecure=args.insecure,
+    )
     server = RouterServer(config)
     try:
         endpoint = server.bind()
@@ -102,10 +126,14 @@ def _router(args: argparse.Namespace) -> int:
         raise SquallError(f"cannot bind {address}: {exc}") from None
     logger = log.get_logger("squall.router")
     if args.insecure and not is_loopback(address):
-        logger.warning("listening WITHOUT authentication: anyone who can reach this address "
-                       "can run code on every worker", endpoint=endpoint)
-    logger.info("router listening", endpoint=endpoint, heartbeat=config.heartbeat,
-                liveness=config.liveness)
+        logger.warning(
+            "listening WITHOUT authentication: anyone who can reach this address "
+            "can run code on every worker",
+            endpoint=endpoint,
+        )
+    logger.info(
+        "router listening", endpoint=endpoint, heartbeat=config.heartbeat, liveness=config.liveness
+    )
     server.serve_forever()
     return 0
 
@@ -116,8 +144,11 @@ def _worker(args: argparse.Namespace) -> int:
     from squall.runner.node import WorkerNode
 
     config = WorkerConfig.from_env(
-        validate_address(args.connect), processes=args.processes, concurrency=args.concurrency,
-        heartbeat=args.heartbeat, parent_pid=args.parent_pid,
+        validate_address(args.connect),
+        processes=args.processes,
+        concurrency=args.concurrency,
+        heartbeat=args.heartbeat,
+        parent_pid=args.parent_pid,
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     return WorkerNode(config, _log_args(args)).run()
@@ -139,8 +170,10 @@ def _demo() -> int:
     processes = os.cpu_count() or 1
     started = time.perf_counter()
     with squall.Executor(concurrency=10_000) as ex:
-        print(f"squall {__version__}: embedded router + 1 worker node with {processes} gevent "
-              f"processes, up in {time.perf_counter() - started:.2f} s")
+        print(
+            f"squall {__version__}: embedded router + 1 worker node with {processes} gevent "
+            f"processes, up in {time.perf_counter() - started:.2f} s"
+        )
 
         greeting = "hello"
 
@@ -159,8 +192,10 @@ def _demo() -> int:
         results = list(ex.map(_sleep_then_echo, range(n)))
         dt = time.perf_counter() - t0
         assert results == list(range(n))
-        print(f"fan-out:  {n:,} tasks sleeping 0.1 s each in {dt:.2f} s ({n / dt:,.0f} tasks/s; "
-              f"one at a time would take {n * 0.1:,.0f} s)")
+        print(
+            f"fan-out:  {n:,} tasks sleeping 0.1 s each in {dt:.2f} s ({n / dt:,.0f} tasks/s; "
+            f"one at a time would take {n * 0.1:,.0f} s)"
+        )
 
         n = 20_000
         t0 = time.perf_counter()

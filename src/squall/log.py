@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -37,7 +38,7 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
     )
     tags = {"process": process, "pid": os.getpid()} if process else {}
 
-    def add_process_tags(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    def add_process_tags(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         # Static tags rather than contextvars: gevent starts each greenlet with an empty context.
         for key, value in tags.items():
             event.setdefault(key, value)
@@ -48,7 +49,9 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
             add_process_tags,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info
+            if json
+            else structlog.processors.StackInfoRenderer(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

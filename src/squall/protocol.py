@@ -25,7 +25,7 @@ import enum
 import json
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from squall.errors import ProtocolError
 
@@ -33,7 +33,7 @@ MAGIC = b"SQ"
 VERSION = 1
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
-Frame = Union[bytes, memoryview, Any]
+Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
 
 
 class MsgType(enum.IntEnum):
@@ -72,7 +72,9 @@ class ErrorCode(enum.IntEnum):
 
     BAD_MESSAGE = 1  # malformed: logged and dropped
     VERSION = 2  # another protocol version
-    UNKNOWN_PEER = 3  # the router does not know you (it restarted, or declared you dead): HELLO again
+    UNKNOWN_PEER = (
+        3  # the router does not know you (it restarted, or declared you dead): HELLO again
+    )
     REFUSED = 4  # well-formed, but not allowed (e.g. a client sending worker messages)
 
 
@@ -305,7 +307,8 @@ def _split(rows: list[tuple[Any, ...]], payload: Sequence[Frame]) -> Iterable[li
 
 def encode_submit(items: Iterable[tuple[int, bytes, int, Sequence[Frame]]]) -> list[Frame]:
     """SUBMIT: ``items`` are (task id, fn hash, kind, frames)."""
-    rows, payload = [], []
+    rows: list[tuple[Any, ...]] = []
+    payload: list[Frame] = []
     for task_id, fn_hash, kind, frames in items:
         rows.append((task_id, fn_hash, kind, len(frames)))
         payload.extend(frames)
@@ -316,13 +319,14 @@ def decode_submit(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
     rows = _decode_batch(body, payload, _SUBMIT_ITEM, "SUBMIT")
     return [
         SubmitItem(row[0], row[1], row[2], frames)
-        for row, frames in zip(rows, _split(rows, payload))
+        for row, frames in zip(rows, _split(rows, payload), strict=True)
     ]
 
 
 def encode_task(items: Iterable[tuple[int, bytes, int, int, Sequence[Frame]]]) -> list[Frame]:
     """TASK: ``items`` are (task id, fn hash, kind, attempt, frames)."""
-    rows, payload = [], []
+    rows: list[tuple[Any, ...]] = []
+    payload: list[Frame] = []
     for task_id, fn_hash, kind, attempt, frames in items:
         rows.append((task_id, fn_hash, kind, attempt, len(frames)))
         payload.extend(frames)
@@ -333,13 +337,14 @@ def decode_task(body: bytes, payload: Sequence[Frame]) -> list[TaskItem]:
     rows = _decode_batch(body, payload, _TASK_ITEM, "TASK")
     return [
         TaskItem(row[0], row[1], row[2], row[3], frames)
-        for row, frames in zip(rows, _split(rows, payload))
+        for row, frames in zip(rows, _split(rows, payload), strict=True)
     ]
 
 
 def encode_result(items: Iterable[tuple[int, int, Sequence[Frame]]]) -> list[Frame]:
     """RESULT: ``items`` are (task id, status, frames)."""
-    rows, payload = [], []
+    rows: list[tuple[Any, ...]] = []
+    payload: list[Frame] = []
     for task_id, status, frames in items:
         rows.append((task_id, status, len(frames)))
         payload.extend(frames)
@@ -348,4 +353,7 @@ def encode_result(items: Iterable[tuple[int, int, Sequence[Frame]]]) -> list[Fra
 
 def decode_result(body: bytes, payload: Sequence[Frame]) -> list[ResultItem]:
     rows = _decode_batch(body, payload, _RESULT_ITEM, "RESULT")
-    return [ResultItem(row[0], row[1], frames) for row, frames in zip(rows, _split(rows, payload))]
+    return [
+        ResultItem(row[0], row[1], frames)
+        for row, frames in zip(rows, _split(rows, payload), strict=True)
+    ]

@@ -51,7 +51,11 @@ class _OutOfBand:
         return self.rebuild, (pickle.PickleBuffer(self.buf),)
 
 
-_REBUILD: dict[type, Callable[[Any], Any]] = {bytes: bytes, bytearray: bytearray, memoryview: memoryview}
+_REBUILD: dict[type, Callable[[Any], Any]] = {
+    bytes: bytes,
+    bytearray: bytearray,
+    memoryview: memoryview,
+}
 
 
 def _with_buffers_out_of_band(obj: Any, seen: dict[int, Any], depth: int = 0) -> Any:
@@ -139,7 +143,9 @@ def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Frame]:
         raise _name_culprit(args, kwargs, exc) from exc
 
 
-def _name_culprit(args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception) -> SerializationError:
+def _name_culprit(
+    args: Sequence[Any], kwargs: Mapping[str, Any], exc: Exception
+) -> SerializationError:
     candidates = [(f"argument {i}", v) for i, v in enumerate(args)]
     candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for name, value in candidates:

@@ -46,8 +46,17 @@ class LocalCluster:
             [*squall, "router", "--bind", self.address, *parent], env=env
         )
         self.children["worker node"] = subprocess.Popen(
-            [*squall, "worker", "--connect", self.address, "--processes", str(self.processes),
-             "--concurrency", str(self.concurrency), *parent],
+            [
+                *squall,
+                "worker",
+                "--connect",
+                self.address,
+                "--processes",
+                str(self.processes),
+                "--concurrency",
+                str(self.concurrency),
+                *parent,
+            ],
             env=env,
         )
         return self.address

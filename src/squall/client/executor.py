@@ -109,7 +109,7 @@ class Executor(concurrent.futures.Executor):
         self._enqueue(fn_hash, body, [(serialization.dumps_call(args, kwargs), future)])
         return future
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., T],
         *iterables: Iterable[Any],
@@ -121,13 +121,13 @@ class Executor(concurrent.futures.Executor):
         """
         self._check_open()
         if chunksize > 1:
-            chunks = _chunks(zip(*iterables), chunksize)
+            chunks = _chunks(zip(*iterables, strict=False), chunksize)
             nested = self.map(functools.partial(_apply_chunk, fn), chunks, timeout=timeout)
             return itertools.chain.from_iterable(nested)
         fn_hash, body = serialization.dumps_function(fn)
         futures: list[Future[T]] = []
         batch: list[tuple[list[Any], Future[T]]] = []
-        for args in zip(*iterables):
+        for args in zip(*iterables, strict=False):
             future: Future[T] = Future()
             batch.append((serialization.dumps_call(args, {}), future))
             futures.append(future)

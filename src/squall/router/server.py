@@ -91,6 +91,7 @@ class RouterServer:
 
     def serve_forever(self) -> None:
         """Serve until SIGTERM/SIGINT, or until the parent process (if any) is gone."""
+
         def stop(signum: int, _: Any) -> None:
             raise _Stop(signal.Signals(signum).name)
 
@@ -103,7 +104,7 @@ class RouterServer:
         try:
             while self._running:
                 wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
-                if poller.poll(wait * 1000):
+                if poller.poll(int(wait * 1000)):
                     self._drain()
                 self._dispatch()
                 self._flush_results()
@@ -140,12 +141,19 @@ class RouterServer:
             handler(peer, body, message[1:])
         except protocol.VersionMismatch as exc:
             self.state.counters["protocol_errors"] += 1
-            log.warning("peer speaks another protocol version", peer=peer.hex(), version=exc.version)
+            log.warning(
+                "peer speaks another protocol version", peer=peer.hex(), version=exc.version
+            )
             self._send(peer, protocol.encode_error(ErrorCode.VERSION, str(exc)))
         except ProtocolError as exc:
             self.state.counters["protocol_errors"] += 1
-            log.warning("malformed message dropped", peer=peer.hex(), error=str(exc),
-                        frames=len(message), head=bytes(message[0].bytes[:32]).hex() if message else "")
+            log.warning(
+                "malformed message dropped",
+                peer=peer.hex(),
+                error=str(exc),
+                frames=len(message),
+                head=bytes(message[0].bytes[:32]).hex() if message else "",
+            )
             self._send(peer, protocol.encode_error(ErrorCode.BAD_MESSAGE, str(exc)))
         except Exception:  # a bug must not take the router down with every task in it
             self.state.counters["internal_errors"] += 1
@@ -157,8 +165,13 @@ class RouterServer:
         hello = protocol.decode_hello(body)
         if hello.role is Role.WORKER:
             requeued = self.state.add_worker(peer, hello.pid, hello.capacity)
-            log.info("worker joined", worker_pid=hello.pid, capacity=hello.capacity,
-                     workers=len(self.state.workers), requeued=len(requeued))
+            log.info(
+                "worker joined",
+                worker_pid=hello.pid,
+                capacity=hello.capacity,
+                workers=len(self.state.workers),
+                requeued=len(requeued),
+            )
         else:
             self.state.add_client(peer, hello.pid)
             log.info("client joined", client_pid=hello.pid)
@@ -185,7 +198,7 @@ class RouterServer:
 
     def _on_fn_body(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         fn_hash, fn_body = protocol.decode_fn_body(body, payload)
-        fn_bytes = fn_body.bytes
+        fn_bytes = bytes(fn_body.buffer)
         for worker in self.state.body_arrived(fn_hash, fn_bytes):
             self._send(worker, protocol.encode_fn_body(fn_hash, fn_bytes))
 
@@ -224,9 +237,12 @@ class RouterServer:
         for worker, tasks in self.state.dispatch():
             for start in range(0, len(tasks), MAX_ITEMS):
                 chunk = tasks[start : start + MAX_ITEMS]
-                self._send(worker.peer, protocol.encode_task(
-                    (t.id, t.fn_hash, t.kind, t.attempt, t.frames) for t in chunk
-                ))
+                self._send(
+                    worker.peer,
+                    protocol.encode_task(
+                        (t.id, t.fn_hash, t.kind, t.attempt, t.frames) for t in chunk
+                    ),
+                )
 
     def _flush_results(self) -> None:
         if not self._results:
@@ -279,8 +295,11 @@ class RouterServer:
             self._send(peer, beat)
         for peer in self.state.expired_workers():
             requeued = self.state.remove_worker(peer)
-            log.warning("worker silent past liveness window; declared dead",
-                        liveness=self.config.liveness, requeued=len(requeued))
+            log.warning(
+                "worker silent past liveness window; declared dead",
+                liveness=self.config.liveness,
+                requeued=len(requeued),
+            )
         parent = self.config.parent_pid
         if parent is not None and os.getppid() != parent:
             log.info("parent process gone; router exits", parent_pid=parent)

@@ -108,10 +108,23 @@ class RouterState:
         #: fn hash -> workers waiting for its body
         self.body_waiters: dict[bytes, set[bytes]] = {}
         self._next_id = 0
-        self.counters: collections.Counter[str] = collections.Counter({name: 0 for name in (
-            "submitted", "dispatched", "completed", "redelivered", "stale_results",
-            "bodies_received", "bodies_sent", "bad_bodies", "protocol_errors", "internal_errors",
-        )})
+        self.counters: collections.Counter[str] = collections.Counter(
+            {
+                name: 0
+                for name in (
+                    "submitted",
+                    "dispatched",
+                    "completed",
+                    "redelivered",
+                    "stale_results",
+                    "bodies_received",
+                    "bodies_sent",
+                    "bad_bodies",
+                    "protocol_errors",
+                    "internal_errors",
+                )
+            }
+        )
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -248,9 +261,7 @@ class RouterState:
         worker = self.workers.get(worker_peer)
         owner = None
         if worker is not None:
-            owner = next(
-                (t.client for t in worker.running.values() if t.fn_hash == fn_hash), None
-            )
+            owner = next((t.client for t in worker.running.values() if t.fn_hash == fn_hash), None)
         if owner is None or owner not in self.clients:
             return None, None
         self.body_waiters.setdefault(fn_hash, set()).add(worker_peer)

@@ -82,11 +82,15 @@ class WorkerProcess:
 
     def run(self) -> None:
         self.socket.connect(self.config.connect)
-        log.info("worker connecting", router=self.config.connect,
-                 concurrency=self.config.concurrency)
+        log.info(
+            "worker connecting", router=self.config.connect, concurrency=self.config.concurrency
+        )
         self._say_hello()
-        workers = [gevent.spawn(self._receive), gevent.spawn(self._send_loop),
-                   gevent.spawn(self._heartbeat)]
+        workers = [
+            gevent.spawn(self._receive),
+            gevent.spawn(self._send_loop),
+            gevent.spawn(self._heartbeat),
+        ]
         self._stopping.wait()
         gevent.killall(workers[:1] + workers[2:])
         self._flush()  # results of tasks that finished are not thrown away
@@ -202,7 +206,9 @@ class WorkerProcess:
             self.socket.send_multipart(protocol.encode_result(batch), copy=False)
 
     def _say_hello(self) -> None:
-        self._control.append(protocol.encode_hello(Role.WORKER, os.getpid(), self.config.concurrency))
+        self._control.append(
+            protocol.encode_hello(Role.WORKER, os.getpid(), self.config.concurrency)
+        )
         self._wake_sender.set()
 
     def _heartbeat(self) -> None:

@@ -31,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log.configure(json=args.log_json, level=args.log_level, process="worker")
     config = WorkerConfig.from_env(
-        args.connect, processes=1, concurrency=args.concurrency, parent_pid=args.parent_pid,
+        args.connect,
+        processes=1,
+        concurrency=args.concurrency,
+        parent_pid=args.parent_pid,
         heartbeat=args.heartbeat,
     )
     worker = WorkerProcess(config)

@@ -42,9 +42,19 @@ class WorkerNode:
         self._stopping = False
 
     def _command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "squall.runner.main", "--connect", self.config.connect,
-               "--concurrency", str(self.config.concurrency), "--parent-pid", str(os.getpid()),
-               "--heartbeat", str(self.config.heartbeat)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "squall.runner.main",
+            "--connect",
+            self.config.connect,
+            "--concurrency",
+            str(self.config.concurrency),
+            "--parent-pid",
+            str(os.getpid()),
+            "--heartbeat",
+            str(self.config.heartbeat),
+        ]
         return cmd + self.log_args
 
     def _spawn(self, slot: int) -> None:
@@ -55,13 +65,18 @@ class WorkerNode:
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or until the parent (if watched) is gone."""
+
         def stop(signum: int, _: Any) -> None:
             self._stopping = True
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        log.info("worker node starting", router=self.config.connect,
-                 processes=self.config.processes, concurrency=self.config.concurrency)
+        log.info(
+            "worker node starting",
+            router=self.config.connect,
+            processes=self.config.processes,
+            concurrency=self.config.concurrency,
+        )
         for slot in range(self.config.processes):
             self._spawn(slot)
         while not self._stopping:
@@ -86,9 +101,15 @@ class WorkerNode:
                 self._quick_deaths[slot] = self._quick_deaths[slot] + 1 if quick else 0
                 delay = min(0.1 * 2 ** self._quick_deaths[slot], 10.0) if quick else 0.0
                 self._restart_at[slot] = now + delay
-                log.warning("worker process died; restarting", slot=slot, worker_pid=child.pid,
-                            exit_code=child.returncode, after=round(delay, 2))
-            if now >= self._restart_at[slot]:
+                log.warning(
+                    "worker process died; restarting",
+                    slot=slot,
+                    worker_pid=child.pid,
+                    exit_code=child.returncode,
+                    after=round(delay, 2),
+                )
+            restart_at = self._restart_at[slot]
+            if restart_at is not None and now >= restart_at:
                 self._restart_at[slot] = None
                 self._spawn(slot)
 
