@@ -333,7 +333,9 @@ def test_protocol_error_carries_frames() -> None:
         (protocol.decode_credit, 4),
     ],
 )
-def test_fixed_bodies_of_the_wrong_size_are_refused(decode: Callable[[bytes], Any], size: int) -> None:
+def test_fixed_bodies_of_the_wrong_size_are_refused(
+    decode: Callable[[bytes], Any], size: int
+) -> None:
     for body in (b"", b"\x01" * (size - 1), b"\x01" * (size + 1)):
         with pytest.raises(ProtocolError, match="header body is"):
             decode(body)

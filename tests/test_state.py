@@ -53,7 +53,13 @@ def test_dispatch_is_fifo() -> None:
     state.add_worker(W1, 10, 100)
     tasks = flatten(state.dispatch())
     assert [(t.client, t.client_task_id) for t in tasks] == [
-        (C1, 0), (C1, 1), (C1, 2), (C2, 100), (C2, 101), (C1, 3), (C1, 4)
+        (C1, 0),
+        (C1, 1),
+        (C1, 2),
+        (C2, 100),
+        (C2, 101),
+        (C1, 3),
+        (C1, 4),
     ]
     assert [t.id for t in tasks] == sorted(t.id for t in tasks)
     assert all(t.worker == W1 and t.attempt == 0 for t in tasks)
@@ -233,7 +239,11 @@ def test_remove_worker_requeues_running_tasks_at_the_front() -> None:
     state.add_worker(W2, 20, 10)
     tasks = flatten(state.dispatch())
     assert [(t.client_task_id, t.attempt, t.worker) for t in tasks] == [
-        (0, 1, W2), (1, 1, W2), (2, 1, W2), (3, 0, W2), (4, 0, W2)
+        (0, 1, W2),
+        (1, 1, W2),
+        (2, 1, W2),
+        (3, 0, W2),
+        (4, 0, W2),
     ]
     assert state.complete(W2, running[0].id) is running[0]
 
@@ -499,11 +509,38 @@ def test_body_cache_evicts_least_recently_used_by_bytes() -> None:
     assert cache.get(fn_hash(big)) == big
 
 
-def test_body_cache_refuses_a_body_bigger_than_the_whole_cache() -> None:
+def test_body_cache_does_not_keep_a_body_bigger_than_the_whole_cache() -> None:
     cache = BodyCache(max_bytes=25)
-    (h0, b0), = bodies(1, size=10)
+    ((h0, b0),) = bodies(1, size=10)
     assert cache.put(h0, b0)
     huge = b"H" * 26
-    assert cache.put(fn_hash(huge), huge) is False
+    assert cache.put(fn_hash(huge), huge) is True  # a valid body, just not kept
     assert cache.get(fn_hash(huge)) is None
     assert cache.get(h0) == b0  # nothing was evicted for it
+
+
+def test_tasks_of_a_departed_client_are_not_run_again() -> None:
+    state = make_state()
+    state.add_client(C1, 1)
+    state.add_client(C2, 2)
+    state.submit(C1, items(0, 2))
+    state.submit(C2, items(10, 2))
+    state.add_worker(W1, 10, 100)
+    state.dispatch()
+    state.remove_client(C1)
+    requeued = state.remove_worker(W1)
+    assert [t.client for t in requeued] == [C2, C2]
+    assert [t.client for t in state.queue] == [C2, C2]
+    assert len(state.tasks) == 2
+
+
+def test_a_body_too_big_to_cache_still_reaches_waiting_workers() -> None:
+    state = make_state()
+    state.bodies.max_bytes = 5
+    state.add_client(C1, 1)
+    state.add_worker(W1, 10, 100)
+    state.submit(C1, items(0, 1))
+    state.dispatch()
+    assert state.body_for(W1, HASH) == (None, C1)
+    assert state.body_arrived(HASH, BODY) == [W1]
+    assert state.bodies.get(HASH) is None

@@ -12,6 +12,7 @@ Only clients and workers call the ``loads*`` functions here; the router never im
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -35,10 +36,10 @@ OOB_THRESHOLD = 64 * 1024
 
 
 class _OutOfBand:
-    """Stands in for a big bytes/bytearray/memoryview so that protocol 5 sends it out of band.
+    """Stands in for a big bytes/bytearray so that protocol 5 can send it out of band.
 
-    The C pickler writes bytes and bytearray in band without asking any hook, and refuses
-    memoryviews; a stand-in whose reduction is a PickleBuffer reaches ``buffer_callback``.
+    The C pickler writes bytes and bytearray in band without asking any hook; a stand-in whose
+    reduction is a PickleBuffer reaches ``buffer_callback``.
     """
 
     __slots__ = ("buf", "rebuild")
@@ -51,11 +52,29 @@ class _OutOfBand:
         return self.rebuild, (pickle.PickleBuffer(self.buf),)
 
 
-_REBUILD: dict[type, Callable[[Any], Any]] = {
-    bytes: bytes,
-    bytearray: bytearray,
-    memoryview: memoryview,
-}
+_REBUILD: dict[type, Callable[[Any], Any]] = {bytes: bytes, bytearray: bytearray}
+
+
+def _rebuild_memoryview(buf: Any, fmt: str, shape: tuple[int, ...]) -> memoryview:
+    view = memoryview(buf).cast("B")
+    return view if fmt == "B" and len(shape) == 1 else view.cast(fmt, shape)  # type: ignore[call-overload]
+
+
+def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    """A memoryview travels as a buffer (out of band when big) and comes back as a memoryview
+    of the same format and shape; a non-contiguous one is copied into order first."""
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+        return _rebuild_memoryview, (pickle.PickleBuffer(view), view.format, (view.nbytes,))
+    return _rebuild_memoryview, (pickle.PickleBuffer(view), view.format, view.shape)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, with memoryviews kept as memoryviews (cloudpickle makes bytes)."""
+
+    dispatch_table = collections.ChainMap(
+        {memoryview: _reduce_memoryview}, cloudpickle.Pickler.dispatch_table
+    )
 
 
 def _with_buffers_out_of_band(obj: Any, seen: dict[int, Any], depth: int = 0) -> Any:
@@ -65,7 +84,7 @@ def _with_buffers_out_of_band(obj: Any, seen: dict[int, Any], depth: int = 0) ->
     """
     kind = type(obj)
     if kind in _REBUILD:
-        if kind is memoryview or len(obj) >= OOB_THRESHOLD:
+        if len(obj) >= OOB_THRESHOLD:
             if id(obj) not in seen:
                 seen[id(obj)] = _OutOfBand(obj, _REBUILD[kind])
             return seen[id(obj)]
@@ -90,15 +109,15 @@ def _dump(obj: Any) -> list[Frame]:
         return False
 
     stream = io.BytesIO()
-    cloudpickle.Pickler(stream, protocol=5, buffer_callback=keep_large_out_of_band).dump(obj)
+    _Pickler(stream, protocol=5, buffer_callback=keep_large_out_of_band).dump(obj)
     return [stream.getvalue(), *buffers]
 
 
 def dumps(obj: Any) -> list[Frame]:
     """Pickle ``obj`` into frames: the pickle, then one frame per large buffer.
 
-    The common case (small values) is pickled once. Only a big pickle, or one that failed
-    (a memoryview inside), pays for a second pass that moves big buffers out of band.
+    The common case (small values) is pickled once. Only a big pickle pays for a second pass
+    that moves big bytes and bytearrays out of band.
 
     Raises:
         Exception: whatever pickling raised; callers turn it into a SerializationError that

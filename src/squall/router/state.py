@@ -73,14 +73,15 @@ class BodyCache:
         return body
 
     def put(self, fn_hash: bytes, body: bytes) -> bool:
-        """Keep ``body`` if it really hashes to ``fn_hash``; return whether it was kept.
+        """Keep ``body`` if it really hashes to ``fn_hash`` (and fits); return whether the hash
+        was right.
 
         Checking the hash stops one client from planting a body under another's hash.
         """
         if hashlib.blake2b(body, digest_size=HASH_SIZE).digest() != fn_hash:
             return False
         if fn_hash in self._bodies or len(body) > self.max_bytes:
-            return fn_hash in self._bodies
+            return True
         self._bodies[fn_hash] = body
         self._bytes += len(body)
         while len(self._bodies) > self.max_items or self._bytes > self.max_bytes:
@@ -158,7 +159,10 @@ class RouterState:
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
-        requeued = list(worker.running.values())
+        requeued = [t for t in worker.running.values() if t.client in self.clients]
+        for task in worker.running.values():
+            if task.client not in self.clients:
+                del self.tasks[task.id]  # nobody is waiting for it: do not run it again
         for task in reversed(requeued):
             task.worker = None
             task.attempt += 1
