@@ -64,16 +64,20 @@ def _reply(sock: zmq.Socket, timeout: float = 5.0) -> tuple[MsgType, bytes]:
     return protocol.parse_header(sock.recv_multipart())
 
 
+SUBMIT = protocol.SubmitItem(1, b"h" * 16, 0, 0, (), [b"x"])
 GARBAGE = [
     [b"\x00\x01random bytes"],
     [b""],
     [b"SQ"],  # too short
     [b"SQ\x01\xee"],  # unknown type
-    [protocol.encode_submit([(1, b"h" * 16, 0, [b"x"])])[0]],  # item owns a frame that is missing
-    [protocol.encode_submit([(1, b"h" * 16, 0, [b"x"])])[0][:-3], b"x"],  # truncated header
+    [protocol.encode_submit([SUBMIT])[0]],  # the item owns a frame that is missing
+    [protocol.encode_submit([SUBMIT])[0][:-3], b"x"],  # truncated header
+    protocol.encode_submit([SUBMIT._replace(deps=(1, 2))])[:1] + [b"\0" * 15, b"x"],  # bad deps
     [protocol.encode_hello(Role.CLIENT, 1)[0][:4] + b"\x09\x00\x00\x00\x01\x00\x00\x00\x00"],
     protocol.encode_result([(1, 0, [b"x"])]),  # results from a peer that is no worker
-    protocol.encode_task([(1, b"h" * 16, 0, 0, [])]),  # a router-to-worker message
+    protocol.encode_task([protocol.TaskItem(1, b"h" * 16, 0, 0, 0, [], [])]),  # router-to-worker
+    protocol.encode_ack([(1, 2)]) + [b"stray"],
+    [protocol.encode_cancel([1])[0] + b"\1"],
 ]
 
 

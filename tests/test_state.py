@@ -22,7 +22,9 @@ OTHER_HASH = fn_hash(OTHER_BODY)
 
 
 def items(first: int, n: int, h: bytes = HASH) -> list[SubmitItem]:
-    return [SubmitItem(i, h, Kind.CALL, [f"args-{i}".encode()]) for i in range(first, first + n)]
+    return [
+        SubmitItem(i, h, Kind.CALL, 0, (), [f"args-{i}".encode()]) for i in range(first, first + n)
+    ]
 
 
 def make_state(clock: list[float] | None = None, liveness: float = 3.0) -> RouterState:

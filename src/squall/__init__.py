@@ -4,6 +4,7 @@ from squall._version import __version__
 from squall.client.executor import Executor
 from squall.client.future import Future
 from squall.errors import (
+    DependencyFailed,
     ExecutorShutdown,
     ProtocolError,
     RemoteTraceback,
@@ -25,6 +26,7 @@ __all__ = [
     "SerializationError",
     "TaskFailed",
     "WorkerLost",
+    "DependencyFailed",
     "StartupError",
     "ExecutorShutdown",
     "RemoteTraceback",

@@ -38,6 +38,13 @@ class TaskFailed(SquallError):
         return (type(self), (self.type_name, self.remote_message, self.remote_traceback))
 
 
+class DependencyFailed(SquallError):
+    """A future passed as an argument failed or was cancelled, so this task could not run.
+
+    Its ``__cause__`` is the dependency's own exception.
+    """
+
+
 class WorkerLost(SquallError):
     """The worker died while running the task, too many times to try again."""
 

@@ -51,6 +51,9 @@ class MsgType(enum.IntEnum):
     DISCONNECT = 10  # both ways: leaving now
     ERROR = 11  # router -> peer: your message was refused, and why
     STATS = 12  # client -> router (empty), router -> client (JSON counters)
+    ITEM = 13  # worker -> router -> client: batch of values yielded by streaming tasks
+    ACK = 14  # client -> router -> worker: the reader consumed this many stream items
+    CANCEL = 15  # client -> router -> worker: stop these tasks
 
 
 class Role(enum.IntEnum):
@@ -65,6 +68,7 @@ class Status(enum.IntEnum):
 
     OK = 0
     ERROR = 1
+    CANCELLED = 2  # the worker stopped it on request: frees the slot, reaches no one
 
 
 class ErrorCode(enum.IntEnum):
@@ -81,7 +85,8 @@ class ErrorCode(enum.IntEnum):
 class Kind(enum.IntEnum):
     """What a task asks the worker to do with its function."""
 
-    CALL = 0
+    CALL = 0  # one result
+    STREAM = 1  # a generator: each yield as an ITEM, then an empty RESULT
 
 
 HASH_SIZE = 16
@@ -93,9 +98,13 @@ _WELCOME = struct.Struct("!dI")
 _HASH = struct.Struct(f"!{HASH_SIZE}s")
 _CREDIT = struct.Struct("!I")
 # Per-item layouts of the batch messages.
-_SUBMIT_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBH")  # task id, fn hash, kind, n frames
-_TASK_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBHH")  # task id, fn hash, kind, attempt, n frames
+_SUBMIT_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBIHH")  # id, hash, kind, window, n deps, n frames
+_TASK_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBHIHH")  # ... attempt, window, n deps, n own frames
+_DEP = struct.Struct("!BH")  # a dependency's outcome in a TASK: status, n frames
 _RESULT_ITEM = struct.Struct("!QBH")  # task id, status, n frames
+_ITEM_ITEM = struct.Struct("!QH")  # task id, n frames
+_ACK_ITEM = struct.Struct("!QI")  # task id, items consumed
+_CANCEL_ITEM = struct.Struct("!Q")  # task id
 
 _HEADERS = {t: _PREFIX.pack(MAGIC, VERSION, t) for t in MsgType}
 
@@ -121,27 +130,6 @@ class Hello(NamedTuple):
 class Welcome(NamedTuple):
     heartbeat_interval: float
     workers: int
-
-
-class SubmitItem(NamedTuple):
-    task_id: int
-    fn_hash: bytes
-    kind: int
-    frames: list[Frame]
-
-
-class TaskItem(NamedTuple):
-    task_id: int
-    fn_hash: bytes
-    kind: int
-    attempt: int
-    frames: list[Frame]
-
-
-class ResultItem(NamedTuple):
-    task_id: int
-    status: int
-    frames: list[Frame]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,89 +259,249 @@ def decode_stats(body: bytes) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Outcomes
+
+
+def error_outcome(
+    type_name: str, message: str, traceback: str = "", pickled: Sequence[Frame] = (b"",)
+) -> list[Frame]:
+    """The frames of a failed task's outcome: a JSON summary, then the pickled exception.
+
+    The summary lets the caller raise something meaningful when the exception cannot be
+    unpickled, and lets the router fail a task (a lost dependency, a worker that died
+    mid-stream) without pickling anything: it sends an empty frame in place of the pickle.
+    """
+    summary = {"type": type_name, "message": message, "traceback": traceback}
+    return [json.dumps(summary).encode(), *pickled]
+
+
+def read_error_summary(frame: Frame) -> dict[str, str]:
+    try:
+        raw: Any = frame.buffer if hasattr(frame, "buffer") else frame
+        summary = json.loads(bytes(raw))
+        return {k: str(summary[k]) for k in ("type", "message", "traceback")}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"bad error summary: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
 # Batches
 
 
 def _encode_batch(
-    type_: MsgType, layout: struct.Struct, rows: Iterable[tuple[Any, ...]], payload: list[Frame]
+    type_: MsgType,
+    layout: struct.Struct,
+    rows: Sequence[tuple[Any, ...]],
+    payload: list[Frame],
+    extra: bytes = b"",
 ) -> list[Frame]:
-    packed = [layout.pack(*row) for row in rows]
-    return [_HEADERS[type_] + _COUNT.pack(len(packed)) + b"".join(packed), *payload]
+    packed = b"".join([layout.pack(*row) for row in rows])
+    return [_HEADERS[type_] + _COUNT.pack(len(rows)) + packed + extra, *payload]
 
 
-def _decode_batch(
-    body: bytes, payload: Sequence[Frame], layout: struct.Struct, what: str
-) -> list[tuple[Any, ...]]:
-    """Split a batch header into rows; check that the frame counts (last field) add up."""
+def _decode_rows(
+    body: bytes, layout: struct.Struct, what: str
+) -> tuple[list[tuple[Any, ...]], bytes]:
+    """Split a batch header into its rows and what follows them (the extra section)."""
     if len(body) < _COUNT.size:
         raise ProtocolError(f"{what}: header too short")
     (count,) = _COUNT.unpack_from(body)
-    rows_bytes = body[_COUNT.size :]
-    if len(rows_bytes) != count * layout.size:
-        raise ProtocolError(f"{what}: header says {count} items but holds {len(rows_bytes)} bytes")
-    rows = list(layout.iter_unpack(rows_bytes))
-    if sum(row[-1] for row in rows) != len(payload):
-        raise ProtocolError(f"{what}: items own a different number of frames than arrived")
-    return rows
+    end = _COUNT.size + count * layout.size
+    if len(body) < end:
+        raise ProtocolError(f"{what}: header says {count} items but holds {len(body)} bytes")
+    return list(layout.iter_unpack(body[_COUNT.size : end])), body[end:]
 
 
-def _split(rows: list[tuple[Any, ...]], payload: Sequence[Frame]) -> Iterable[list[Frame]]:
-    at = 0
-    for row in rows:
-        n = row[-1]
-        yield list(payload[at : at + n])
-        at += n
+def _check_frames(what: str, owned: int, payload: Sequence[Frame]) -> None:
+    if owned != len(payload):
+        raise ProtocolError(f"{what}: items own {owned} frames but {len(payload)} arrived")
 
 
-def encode_submit(items: Iterable[tuple[int, bytes, int, Sequence[Frame]]]) -> list[Frame]:
-    """SUBMIT: ``items`` are (task id, fn hash, kind, frames)."""
+def _check_no_extra(what: str, extra: bytes) -> None:
+    if extra:
+        raise ProtocolError(f"{what}: {len(extra)} stray bytes after the items")
+
+
+class SubmitItem(NamedTuple):
+    task_id: int
+    fn_hash: bytes
+    kind: int
+    window: int  # streams: items in flight before the generator pauses
+    deps: tuple[int, ...]  # client task ids whose results this task takes as arguments
+    frames: list[Frame]
+
+
+class TaskItem(NamedTuple):
+    task_id: int
+    fn_hash: bytes
+    kind: int
+    attempt: int
+    window: int
+    deps: list[tuple[int, list[Frame]]]  # (status, frames) of each dependency's outcome
+    frames: list[Frame]
+
+
+class ResultItem(NamedTuple):
+    task_id: int
+    status: int
+    frames: list[Frame]
+
+
+class StreamItem(NamedTuple):
+    task_id: int
+    frames: list[Frame]
+
+
+def encode_submit(items: Sequence[SubmitItem]) -> list[Frame]:
     rows: list[tuple[Any, ...]] = []
     payload: list[Frame] = []
-    for task_id, fn_hash, kind, frames in items:
-        rows.append((task_id, fn_hash, kind, len(frames)))
-        payload.extend(frames)
-    return _encode_batch(MsgType.SUBMIT, _SUBMIT_ITEM, rows, payload)
+    deps: list[int] = []
+    for item in items:
+        rows.append(
+            (item.task_id, item.fn_hash, item.kind, item.window, len(item.deps), len(item.frames))
+        )
+        payload.extend(item.frames)
+        deps.extend(item.deps)
+    extra = struct.pack(f"!{len(deps)}Q", *deps)
+    return _encode_batch(MsgType.SUBMIT, _SUBMIT_ITEM, rows, payload, extra)
 
 
 def decode_submit(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
-    rows = _decode_batch(body, payload, _SUBMIT_ITEM, "SUBMIT")
-    return [
-        SubmitItem(row[0], row[1], row[2], frames)
-        for row, frames in zip(rows, _split(rows, payload), strict=True)
-    ]
+    rows, extra = _decode_rows(body, _SUBMIT_ITEM, "SUBMIT")
+    n_deps = sum(row[4] for row in rows)
+    if len(extra) != 8 * n_deps:
+        raise ProtocolError(f"SUBMIT: {n_deps} dependencies need {8 * n_deps} bytes")
+    _check_frames("SUBMIT", sum(row[5] for row in rows), payload)
+    deps = struct.unpack(f"!{n_deps}Q", extra)
+    items, at, dep_at = [], 0, 0
+    for task_id, fn_hash, kind, window, n_dep, n in rows:
+        items.append(
+            SubmitItem(
+                task_id,
+                fn_hash,
+                kind,
+                window,
+                deps[dep_at : dep_at + n_dep],
+                list(payload[at : at + n]),
+            )
+        )
+        at += n
+        dep_at += n_dep
+    return items
 
 
-def encode_task(items: Iterable[tuple[int, bytes, int, int, Sequence[Frame]]]) -> list[Frame]:
-    """TASK: ``items`` are (task id, fn hash, kind, attempt, frames)."""
-    rows: list[tuple[Any, ...]] = []
-    payload: list[Frame] = []
-    for task_id, fn_hash, kind, attempt, frames in items:
-        rows.append((task_id, fn_hash, kind, attempt, len(frames)))
-        payload.extend(frames)
-    return _encode_batch(MsgType.TASK, _TASK_ITEM, rows, payload)
+def encode_task(items: Sequence[TaskItem]) -> list[Frame]:
+    rows, payload, dep_rows = [], [], []
+    for item in items:
+        rows.append(
+            (
+                item.task_id,
+                item.fn_hash,
+                item.kind,
+                item.attempt,
+                item.window,
+                len(item.deps),
+                len(item.frames),
+            )
+        )
+        payload.extend(item.frames)
+        for status, frames in item.deps:
+            dep_rows.append(_DEP.pack(status, len(frames)))
+            payload.extend(frames)
+    return _encode_batch(MsgType.TASK, _TASK_ITEM, rows, payload, b"".join(dep_rows))
 
 
 def decode_task(body: bytes, payload: Sequence[Frame]) -> list[TaskItem]:
-    rows = _decode_batch(body, payload, _TASK_ITEM, "TASK")
-    return [
-        TaskItem(row[0], row[1], row[2], row[3], frames)
-        for row, frames in zip(rows, _split(rows, payload), strict=True)
-    ]
+    rows, extra = _decode_rows(body, _TASK_ITEM, "TASK")
+    n_deps = sum(row[5] for row in rows)
+    if len(extra) != _DEP.size * n_deps:
+        raise ProtocolError(f"TASK: {n_deps} dependencies need {_DEP.size * n_deps} bytes")
+    dep_rows = list(_DEP.iter_unpack(extra))
+    _check_frames("TASK", sum(row[6] for row in rows) + sum(d[1] for d in dep_rows), payload)
+    items, at, dep_at = [], 0, 0
+    for task_id, fn_hash, kind, attempt, window, n_dep, n in rows:
+        frames = list(payload[at : at + n])
+        at += n
+        deps = []
+        for status, n_frames in dep_rows[dep_at : dep_at + n_dep]:
+            deps.append((status, list(payload[at : at + n_frames])))
+            at += n_frames
+        dep_at += n_dep
+        items.append(TaskItem(task_id, fn_hash, kind, attempt, window, deps, frames))
+    return items
 
 
-def encode_result(items: Iterable[tuple[int, int, Sequence[Frame]]]) -> list[Frame]:
-    """RESULT: ``items`` are (task id, status, frames)."""
-    rows: list[tuple[Any, ...]] = []
+def _encode_framed(
+    type_: MsgType,
+    layout: struct.Struct,
+    rows: list[tuple[Any, ...]],
+    frames: Iterable[Sequence[Frame]],
+) -> list[Frame]:
     payload: list[Frame] = []
-    for task_id, status, frames in items:
-        rows.append((task_id, status, len(frames)))
-        payload.extend(frames)
-    return _encode_batch(MsgType.RESULT, _RESULT_ITEM, rows, payload)
+    for item_frames in frames:
+        payload.extend(item_frames)
+    return _encode_batch(type_, layout, rows, payload)
+
+
+def _decode_framed(
+    body: bytes, payload: Sequence[Frame], layout: struct.Struct, what: str
+) -> list[tuple[tuple[Any, ...], list[Frame]]]:
+    """Rows whose last field counts the payload frames each owns, paired with those frames."""
+    rows, extra = _decode_rows(body, layout, what)
+    _check_no_extra(what, extra)
+    _check_frames(what, sum(row[-1] for row in rows), payload)
+    out, at = [], 0
+    for row in rows:
+        out.append((row, list(payload[at : at + row[-1]])))
+        at += row[-1]
+    return out
+
+
+def encode_result(items: Sequence[tuple[int, int, Sequence[Frame]]]) -> list[Frame]:
+    """RESULT: ``items`` are (task id, status, frames)."""
+    rows = [(task_id, status, len(frames)) for task_id, status, frames in items]
+    return _encode_framed(MsgType.RESULT, _RESULT_ITEM, rows, (i[2] for i in items))
 
 
 def decode_result(body: bytes, payload: Sequence[Frame]) -> list[ResultItem]:
-    rows = _decode_batch(body, payload, _RESULT_ITEM, "RESULT")
     return [
         ResultItem(row[0], row[1], frames)
-        for row, frames in zip(rows, _split(rows, payload), strict=True)
+        for row, frames in _decode_framed(body, payload, _RESULT_ITEM, "RESULT")
     ]
+
+
+def encode_items(items: Sequence[tuple[int, Sequence[Frame]]]) -> list[Frame]:
+    """ITEM: values a streaming task yielded, as (task id, frames), in order."""
+    rows = [(task_id, len(frames)) for task_id, frames in items]
+    return _encode_framed(MsgType.ITEM, _ITEM_ITEM, rows, (i[1] for i in items))
+
+
+def decode_items(body: bytes, payload: Sequence[Frame]) -> list[StreamItem]:
+    return [
+        StreamItem(row[0], frames)
+        for row, frames in _decode_framed(body, payload, _ITEM_ITEM, "ITEM")
+    ]
+
+
+def encode_ack(acks: Sequence[tuple[int, int]]) -> list[Frame]:
+    """ACK: (task id, how many more stream items the reader consumed)."""
+    return _encode_batch(MsgType.ACK, _ACK_ITEM, acks, [])
+
+
+def decode_ack(body: bytes, payload: Sequence[Frame]) -> list[tuple[int, int]]:
+    rows, extra = _decode_rows(body, _ACK_ITEM, "ACK")
+    _check_no_extra("ACK", extra)
+    _check_frames("ACK", 0, payload)
+    return [(row[0], row[1]) for row in rows]
+
+
+def encode_cancel(task_ids: Sequence[int]) -> list[Frame]:
+    """CANCEL: stop these tasks (drop them if queued, interrupt them if running)."""
+    return _encode_batch(MsgType.CANCEL, _CANCEL_ITEM, [(t,) for t in task_ids], [])
+
+
+def decode_cancel(body: bytes, payload: Sequence[Frame]) -> list[int]:
+    rows, extra = _decode_rows(body, _CANCEL_ITEM, "CANCEL")
+    _check_no_extra("CANCEL", extra)
+    _check_frames("CANCEL", 0, payload)
+    return [row[0] for row in rows]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import json
 import os
 import pickle
 import site
@@ -28,6 +27,7 @@ from typing import Any
 
 import cloudpickle
 
+from squall import errors, protocol
 from squall.errors import RemoteTraceback, SerializationError, TaskFailed
 from squall.protocol import HASH_SIZE, Frame
 
@@ -150,6 +150,23 @@ def _buffer(frame: Any) -> Any:
     return getattr(frame, "buffer", frame)
 
 
+class DependencyRef:
+    """Stands in, inside a task's arguments, for the value of another task's future.
+
+    The client puts one where a ``squall.Future`` was passed; the worker swaps in the value the
+    router attached to the task, so the value never travels back through the client.
+    """
+
+    __slots__ = ("index", "task_id")
+
+    def __init__(self, index: int, task_id: int) -> None:
+        self.index = index
+        self.task_id = task_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DependencyRef, (self.index, self.task_id)
+
+
 def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Frame]:
     """Pickle a call's arguments; on failure, name the argument that would not pickle.
 
@@ -247,24 +264,26 @@ def loads_function(body: Any) -> Callable[..., Any]:
 
 
 def dumps_exception(exc: BaseException) -> list[Frame]:
-    """Frames for a task's exception: the pickled exception (if it pickles) and a JSON summary.
+    """Frames for a task's exception: a JSON summary, then the pickled exception if it pickles.
 
     The summary (type, message, traceback text) lets the caller raise ``TaskFailed`` when the
     exception itself cannot cross.
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    summary = {"type": _qualified_name(type(exc)), "message": str(exc), "traceback": tb}
     try:
         pickled = dumps(exc)
         pickle.loads(pickled[0], buffers=pickled[1:])  # some exceptions pickle but never load
     except Exception:
         pickled = [b""]
-    return [json.dumps(summary).encode(), *pickled]
+    return protocol.error_outcome(_qualified_name(type(exc)), str(exc), tb, pickled)
 
 
 def loads_exception(frames: Sequence[Any]) -> BaseException:
-    """Rebuild a remote exception, with the remote traceback chained as its ``__cause__``."""
-    summary = json.loads(bytes(_buffer(frames[0])))
+    """Rebuild a remote exception, with the remote traceback chained as its ``__cause__``.
+
+    Errors the router made itself (no pickle) come back as the squall error they name.
+    """
+    summary = protocol.read_error_summary(frames[0])
     exc: BaseException | None = None
     if len(frames) > 1 and len(_buffer(frames[1])) > 0:
         try:
@@ -272,12 +291,17 @@ def loads_exception(frames: Sequence[Any]) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        exc = TaskFailed(summary["type"], summary["message"], summary["traceback"])
-    exc.__cause__ = RemoteTraceback(summary["traceback"])
-    try:
-        exc.remote_traceback = summary["traceback"]  # type: ignore[attr-defined]
-    except AttributeError:  # exceptions with __slots__
-        pass
+        squall_error = getattr(errors, summary["type"].removeprefix("squall.errors."), None)
+        if summary["type"].startswith("squall.errors.") and isinstance(squall_error, type):
+            exc = squall_error(summary["message"])
+        else:
+            exc = TaskFailed(summary["type"], summary["message"], summary["traceback"])
+    if summary["traceback"]:
+        exc.__cause__ = RemoteTraceback(summary["traceback"])
+        try:
+            exc.remote_traceback = summary["traceback"]  # type: ignore[union-attr]
+        except AttributeError:  # exceptions with __slots__
+            pass
     return exc
 
 

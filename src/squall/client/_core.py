@@ -12,18 +12,25 @@ import collections
 import itertools
 import threading
 from collections.abc import Iterable
-from concurrent.futures import InvalidStateError
-from typing import Any
+from typing import Any, NamedTuple
 
-from squall import protocol, serialization
-from squall.client.future import Future
-from squall.errors import SerializationError
-from squall.protocol import Frame, Kind, ResultItem, Status
+from squall import protocol
+from squall.protocol import Frame, Kind, ResultItem, StreamItem
 
 #: Items per SUBMIT message.
 MAX_ITEMS = 1000
 #: Function bodies kept after their last task ended, for the router to fetch again.
 RECENT_BODIES = 1024
+
+
+class Call(NamedTuple):
+    """One task to send: its pickled arguments, who receives its outcome, and how it runs."""
+
+    frames: list[Frame]
+    target: Any  # a Future or a Stream: has _squall_outcome (and _squall_item for streams)
+    kind: int = Kind.CALL
+    window: int = 0
+    deps: tuple[int, ...] = ()
 
 
 class ClientCore:
@@ -32,29 +39,31 @@ class ClientCore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        #: task id -> (future, fn hash, body): the body stays reachable while a task needs it
-        self.pending: dict[int, tuple[Future[Any], bytes, bytes]] = {}
+        #: task id -> (target, fn hash, body): the body stays reachable while a task needs it
+        self.pending: dict[int, tuple[Any, bytes, bytes]] = {}
         self._announced: set[bytes] = set()
         self._recent: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
-        self._outbox: list[tuple[int, bytes, int, list[Frame]]] = []
+        self._outbox: list[protocol.SubmitItem] = []
         self._new_bodies: list[tuple[bytes, bytes]] = []
         self._wake_pending = False
         #: function bodies sent to the router: each distinct function goes once
         self.bodies_sent = 0
 
-    def add(
-        self, fn_hash: bytes, body: bytes, calls: Iterable[tuple[list[Frame], Future[Any]]]
-    ) -> bool:
+    def add(self, fn_hash: bytes, body: bytes, calls: Iterable[Call]) -> bool:
         """Queue calls of one function; return True when the driver must be woken to send."""
         with self._lock:
             if fn_hash not in self._announced:
                 self._announced.add(fn_hash)
                 self._new_bodies.append((fn_hash, body))
-            for frames, future in calls:
+            for call in calls:
                 task_id = next(self._ids)
-                future.task_id = task_id
-                self.pending[task_id] = (future, fn_hash, body)
-                self._outbox.append((task_id, fn_hash, Kind.CALL, frames))
+                call.target.task_id = task_id
+                self.pending[task_id] = (call.target, fn_hash, body)
+                self._outbox.append(
+                    protocol.SubmitItem(
+                        task_id, fn_hash, call.kind, call.window, call.deps, call.frames
+                    )
+                )
             wake = not self._wake_pending
             self._wake_pending = True
         return wake
@@ -72,30 +81,25 @@ class ClientCore:
         return messages
 
     def deliver(self, items: list[ResultItem]) -> None:
-        """Resolve the futures of a RESULT batch (outside the lock: callbacks run user code)."""
+        """Resolve the futures (or end the streams) of a RESULT batch.
+
+        Outside the lock: resolving runs the caller's done-callbacks.
+        """
         with self._lock:
             entries = [(self.pending.pop(item.task_id, None), item) for item in items]
             for entry, _ in entries:
                 if entry is not None:
                     self._remember(entry[1], entry[2])
         for entry, item in entries:
-            if entry is None:
-                continue  # not ours any more (e.g. cancelled and forgotten)
-            future = entry[0]
-            try:
-                if item.status == Status.OK:
-                    try:
-                        value = serialization.loads(item.frames)
-                    except Exception as exc:
-                        future.set_exception(
-                            SerializationError(f"the result could not be unpickled: {exc!r}")
-                        )
-                    else:
-                        future.set_result(value)
-                else:
-                    future.set_exception(serialization.loads_exception(item.frames))
-            except InvalidStateError:
-                pass  # cancelled by the caller meanwhile
+            if entry is not None:  # None: not ours any more (e.g. the executor closed)
+                entry[0]._squall_outcome(item.status, item.frames)
+
+    def deliver_items(self, items: list[StreamItem]) -> None:
+        """Hand streamed values to their streams."""
+        for item in items:
+            entry = self.pending.get(item.task_id)
+            if entry is not None:
+                entry[0]._squall_item(item.frames)
 
     def _remember(self, fn_hash: bytes, body: bytes) -> None:
         self._recent[fn_hash] = body
@@ -118,16 +122,13 @@ class ClientCore:
         with self._lock:
             self._announced.clear()
 
-    def futures(self) -> list[Future[Any]]:
+    def targets(self) -> list[Any]:
         with self._lock:
             return [entry[0] for entry in self.pending.values()]
 
     def fail_all(self, exc: BaseException) -> None:
-        """Resolve every pending future with ``exc`` (the client is closing)."""
+        """End every pending task with ``exc`` (the client is closing)."""
         with self._lock:
             entries, self.pending = list(self.pending.values()), {}
-        for future, _, _ in entries:
-            try:
-                future.set_exception(exc)
-            except InvalidStateError:
-                pass
+        for target, _, _ in entries:
+            target._squall_fail(exc)

@@ -7,6 +7,7 @@ import concurrent.futures
 import functools
 import itertools
 import os
+import sys
 import threading
 import time
 import weakref
@@ -14,18 +15,24 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from squall import serialization
-from squall.client._core import ClientCore
+from squall.client._core import Call, ClientCore
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
+from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
 from squall.config import validate_address
-from squall.errors import ExecutorShutdown, StartupError
+from squall.errors import DependencyFailed, ExecutorShutdown, StartupError
+from squall.protocol import Kind
+from squall.serialization import DependencyRef
 
 T = TypeVar("T")
 
 #: Calls pickled per hand-over to the I/O thread in ``map``: big enough to batch, small enough
 #: that the first tasks start while the rest are still being pickled.
 MAP_BATCH = 1000
+
+#: containers whose elements may be futures to wait for
+_WALKED = (list, tuple, dict)
 
 _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
@@ -63,7 +70,11 @@ class Executor(concurrent.futures.Executor):
         processes: int | None = None,
         concurrency: int = 1000,
         connect_timeout: float = 30.0,
+        stream_window: int = DEFAULT_WINDOW,
     ) -> None:
+        if stream_window < 1:
+            raise ValueError("stream_window must be at least 1")
+        self.stream_window = stream_window
         self._cluster: LocalCluster | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -98,6 +109,12 @@ class Executor(concurrent.futures.Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on a worker.
 
+        ``squall.Future`` arguments (at top level, or inside a list, tuple or dict argument)
+        make the task wait for them and receive their values, which go from worker to worker
+        through the router without coming back here. A generator function's values are
+        collected into a list (use :meth:`stream` to receive them as they are yielded); an
+        ``async def`` function is awaited on the worker.
+
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled (named in the message);
                 nothing was sent.
@@ -105,9 +122,36 @@ class Executor(concurrent.futures.Executor):
         """
         self._check_open()
         fn_hash, body = serialization.dumps_function(fn)
-        future: Future[T] = Future()
-        self._enqueue(fn_hash, body, [(serialization.dumps_call(args, kwargs), future)])
+        future: Future[T] = self._new_future()
+        args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
+        if failed is not None:
+            future.set_exception(failed)
+            return future
+        frames = serialization.dumps_call(args, kwargs)
+        self._enqueue(fn_hash, body, [Call(frames, future, deps=deps)])
         return future
+
+    def stream(self, fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+        """Run a generator (or async generator) function on a worker; iterate its values as
+        they are yielded.
+
+        The remote generator pauses while ``stream_window`` values are unread. Breaking out,
+        ``close()`` or dropping the stream closes the remote generator. The generator's
+        exception is raised where it happened, after the values yielded before it.
+
+        Raises:
+            SerializationError: as for :meth:`submit`.
+        """
+        self._check_open()
+        fn_hash, body = serialization.dumps_function(fn)
+        stream: Stream[T] = Stream(self.stream_window, self._driver.send)
+        args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
+        if failed is not None:
+            stream._squall_fail(failed)
+            return stream
+        frames = serialization.dumps_call(args, kwargs)
+        self._enqueue(fn_hash, body, [Call(frames, stream, Kind.STREAM, self.stream_window, deps)])
+        return stream
 
     def map(
         self,
@@ -115,28 +159,114 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        ordered: bool = True,
+        progress: bool = False,
     ) -> Iterator[T]:
-        """Like ``concurrent.futures.Executor.map``: all calls are submitted now, results come
-        in order. ``chunksize`` > 1 runs that many calls per task.
+        """Like ``concurrent.futures.Executor.map``: every call is submitted now.
+
+        Args:
+            timeout: seconds from now until every result must have arrived.
+            chunksize: calls per task (fewer, larger tasks).
+            ordered: results in input order (default) or as tasks complete.
+            progress: show a progress bar (tqdm) when stderr is a terminal.
         """
-        self._check_open()
         if chunksize > 1:
             chunks = _chunks(zip(*iterables, strict=False), chunksize)
-            nested = self.map(functools.partial(_apply_chunk, fn), chunks, timeout=timeout)
+            nested = self.map(
+                functools.partial(_apply_chunk, fn),
+                chunks,
+                timeout=timeout,
+                ordered=ordered,
+                progress=progress,
+            )
             return itertools.chain.from_iterable(nested)
+        futures = self._submit_many(fn, iterables)
+        results = _in_order(futures, timeout) if ordered else _as_done(futures, timeout)
+        if progress:
+            return _with_progress(results, len(futures))
+        return results
+
+    def _submit_many(
+        self, fn: Callable[..., T], iterables: tuple[Iterable[Any], ...]
+    ) -> list[Future[T]]:
+        """Submit ``fn`` over zipped iterables, pickling the function once."""
+        self._check_open()
         fn_hash, body = serialization.dumps_function(fn)
         futures: list[Future[T]] = []
-        batch: list[tuple[list[Any], Future[T]]] = []
+        batch: list[Call] = []
         for args in zip(*iterables, strict=False):
-            future: Future[T] = Future()
-            batch.append((serialization.dumps_call(args, {}), future))
+            future: Future[T] = self._new_future()
             futures.append(future)
+            args, _, deps, failed = self._link_dependencies(args, {})
+            if failed is not None:
+                future.set_exception(failed)
+                continue
+            batch.append(Call(serialization.dumps_call(args, {}), future, deps=deps))
             if len(batch) >= MAP_BATCH:
                 self._enqueue(fn_hash, body, batch)
                 batch = []
         if batch:
             self._enqueue(fn_hash, body, batch)
-        return _in_order(futures, timeout)
+        return futures
+
+    def _new_future(self) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.owner = self._core
+        return future
+
+    def _link_dependencies(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], tuple[int, ...], BaseException | None]:
+        """Swap ``squall.Future`` arguments for markers the worker fills with their values.
+
+        A future already resolved here is replaced by its value (it is here anyway); a failed
+        or cancelled one fails the new task at once. Returns (args, kwargs, dependency task
+        ids, failure).
+        """
+        if not any(type(a) in _WALKED or isinstance(a, Future) for a in (*args, *kwargs.values())):
+            return args, kwargs, (), None
+        deps: list[int] = []
+        refs: dict[int, DependencyRef] = {}
+        failures: list[BaseException] = []
+
+        def swap(obj: Any, depth: int) -> Any:
+            if isinstance(obj, Future):
+                return link(obj)
+            kind = type(obj)
+            if depth >= 1 or kind not in _WALKED:
+                return obj
+            if kind is dict:
+                return {k: swap(v, depth + 1) for k, v in obj.items()}
+            return kind(swap(x, depth + 1) for x in obj)
+
+        def link(future: Future[Any]) -> Any:
+            if future.owner is not self._core:
+                raise ValueError(
+                    f"{future!r} belongs to another executor; pass its .result() instead"
+                )
+            if future.done():
+                if future.cancelled():
+                    failures.append(
+                        DependencyFailed(f"dependency task {future.task_id} was cancelled")
+                    )
+                    return None
+                error = future.exception()
+                if error is not None:
+                    failure = DependencyFailed(
+                        f"dependency task {future.task_id} failed: {type(error).__name__}: {error}"
+                    )
+                    failure.__cause__ = error
+                    failures.append(failure)
+                    return None
+                return future.result()
+            if id(future) not in refs:
+                refs[id(future)] = DependencyRef(len(deps), future.task_id)
+                deps.append(future.task_id)
+            return refs[id(future)]
+
+        new_args = tuple(swap(a, 0) for a in args)
+        new_kwargs = {k: swap(v, 0) for k, v in kwargs.items()}
+        return new_args, new_kwargs, tuple(deps), (failures[0] if failures else None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; with ``wait``, let pending tasks finish first.
@@ -150,13 +280,14 @@ class Executor(concurrent.futures.Executor):
                 return
             self._closed = True
         if cancel_futures:
-            for future in self._core.futures():
-                future.cancel()
+            for target in self._core.targets():
+                target.cancel() if isinstance(target, Future) else target.close()
         self._close(wait=wait)
 
     def _close(self, wait: bool) -> None:
         if wait:
-            concurrent.futures.wait(self._core.futures())
+            futures = [t for t in self._core.targets() if isinstance(t, Future)]
+            concurrent.futures.wait(futures)
         self._closed = True
         self._driver.close()
         self._core.fail_all(ExecutorShutdown("the executor was shut down before the task ended"))
@@ -179,9 +310,7 @@ class Executor(concurrent.futures.Executor):
         if self._closed:
             raise ExecutorShutdown("cannot schedule new tasks after shutdown")
 
-    def _enqueue(
-        self, fn_hash: bytes, body: bytes, calls: list[tuple[list[Any], Future[Any]]]
-    ) -> None:
+    def _enqueue(self, fn_hash: bytes, body: bytes, calls: list[Call]) -> None:
         if self._core.add(fn_hash, body, calls):
             self._driver.wake()
 
@@ -194,6 +323,24 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+
+
+def _as_done(futures: list[Future[T]], timeout: float | None) -> Iterator[T]:
+    """Yield results as tasks complete; cancel what is left if the caller stops early."""
+    try:
+        for future in concurrent.futures.as_completed(futures, timeout):
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _with_progress(results: Iterator[T], total: int) -> Iterator[T]:
+    """A tqdm progress bar over ``results``, shown only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(results, total=total, unit="task", disable=not sys.stderr.isatty()) as bar:
+        yield from bar
 
 
 def _in_order(futures: list[Future[T]], timeout: float | None) -> Iterator[T]:

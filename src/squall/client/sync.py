@@ -10,10 +10,12 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
+import sys
 import threading
 from typing import Any
 
 import zmq
+import zmq.green
 
 from squall import protocol
 from squall.client._core import ClientCore
@@ -26,13 +28,23 @@ log = get_logger(__name__)
 DRAIN_BATCH = 2000
 
 
+def _gevent_patched() -> bool:
+    """Whether gevent has patched threading (and so made our I/O thread a greenlet)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("threading"))
+
+
 class ThreadDriver:
     """Moves the core's messages over a DEALER socket connected to ``address``."""
 
     def __init__(self, address: str, core: ClientCore) -> None:
         self.address = address
         self.core = core
-        self.context: zmq.Context[Any] = zmq.Context()
+        # Under gevent's monkey-patching our "thread" is a greenlet: it must poll with zmq.green,
+        # or it would block the hub and every greenlet waiting on a future with it.
+        zmq_module: Any = zmq.green if _gevent_patched() else zmq
+        self._zmq = zmq_module
+        self.context: zmq.Context[Any] = zmq_module.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self._wake_r, self._wake_w = os.pipe()
@@ -93,7 +105,7 @@ class ThreadDriver:
     # -- the I/O thread ---------------------------------------------------------------------
 
     def _loop(self) -> None:
-        poller = zmq.Poller()
+        poller = self._zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
@@ -137,6 +149,8 @@ class ThreadDriver:
         payload = frames[1:]
         if type_ is MsgType.RESULT:
             self.core.deliver(protocol.decode_result(body, payload))
+        elif type_ is MsgType.ITEM:
+            self.core.deliver_items(protocol.decode_items(body, payload))
         elif type_ is MsgType.FN_FETCH:
             fn_hash = protocol.decode_fn_fetch(body)
             self.socket.send_multipart(protocol.encode_fn_body(fn_hash, self.core.body(fn_hash)))

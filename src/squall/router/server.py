@@ -17,8 +17,8 @@ import os
 import pickle
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import zmq
 
@@ -26,14 +26,20 @@ from squall import protocol
 from squall.config import RouterConfig
 from squall.errors import ProtocolError
 from squall.log import get_logger
-from squall.protocol import ErrorCode, MsgType, Role
+from squall.protocol import ErrorCode, MsgType, Role, TaskItem
 from squall.router.state import RouterState
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 #: Messages read per poll wake-up, and items per TASK/RESULT message sent.
 DRAIN_BATCH = 2000
 MAX_ITEMS = 1000
+
+
+def _chunks(entries: list[T]) -> Iterator[list[T]]:
+    for start in range(0, len(entries), MAX_ITEMS):
+        yield entries[start : start + MAX_ITEMS]
 
 
 class _Stop(Exception):
@@ -66,7 +72,10 @@ class RouterServer:
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.endpoint = ""
+        # What the drain pass decided to send, per peer, flushed as batches after it.
         self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
+        self._items: dict[bytes, list[tuple[int, list[Any]]]] = collections.defaultdict(list)
+        self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
         self._backlog: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self._running = False
         self._handlers: dict[MsgType, Callable[[bytes, bytes, list[Any]], None]] = {
@@ -79,6 +88,9 @@ class RouterServer:
             MsgType.HEARTBEAT: self._on_heartbeat,
             MsgType.DISCONNECT: self._on_disconnect,
             MsgType.STATS: self._on_stats,
+            MsgType.ITEM: self._on_items,
+            MsgType.ACK: self._on_ack,
+            MsgType.CANCEL: self._on_cancel,
         }
 
     def bind(self) -> str:
@@ -107,7 +119,7 @@ class RouterServer:
                 if poller.poll(int(wait * 1000)):
                     self._drain()
                 self._dispatch()
-                self._flush_results()
+                self._flush()
                 if self._backlog:
                     self._retry_backlog()
                 if time.monotonic() >= next_beat:
@@ -192,9 +204,27 @@ class RouterServer:
             self.state.counters["stale_results"] += len(items)
             return
         for item in items:
-            task = self.state.complete(peer, item.task_id)
+            task = self.state.complete(peer, item.task_id, item.status, item.frames)
             if task is not None:
                 self._results[task.client].append((task.client_task_id, item.status, item.frames))
+
+    def _on_items(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        for item in protocol.decode_items(body, payload):
+            task = self.state.stream_item(peer, item.task_id)
+            if task is not None:
+                self._items[task.client].append((task.client_task_id, item.frames))
+
+    def _on_ack(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        for client_task_id, consumed in protocol.decode_ack(body, payload):
+            task = self.state.running_task(peer, client_task_id)
+            if task is not None and task.worker is not None:
+                self._acks[task.worker].append((task.id, consumed))
+
+    def _on_cancel(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        for worker, task_ids in self.state.cancel(
+            peer, protocol.decode_cancel(body, payload)
+        ).items():
+            self._send(worker, protocol.encode_cancel(task_ids))
 
     def _on_fn_body(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         fn_hash, fn_body = protocol.decode_fn_body(body, payload)
@@ -235,22 +265,33 @@ class RouterServer:
 
     def _dispatch(self) -> None:
         for worker, tasks in self.state.dispatch():
-            for start in range(0, len(tasks), MAX_ITEMS):
-                chunk = tasks[start : start + MAX_ITEMS]
-                self._send(
-                    worker.peer,
-                    protocol.encode_task(
-                        (t.id, t.fn_hash, t.kind, t.attempt, t.frames) for t in chunk
-                    ),
-                )
+            for chunk in _chunks(tasks):
+                items = [
+                    TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps, t.frames)  # type: ignore[arg-type]
+                    for t in chunk
+                ]
+                self._send(worker.peer, protocol.encode_task(items))
 
-    def _flush_results(self) -> None:
-        if not self._results:
-            return
-        results, self._results = self._results, collections.defaultdict(list)
-        for client, items in results.items():
-            for start in range(0, len(items), MAX_ITEMS):
-                self._send(client, protocol.encode_result(items[start : start + MAX_ITEMS]))
+    def _flush(self) -> None:
+        """Send what the drain pass decided, as batches. Stream items go before results, so a
+        stream's last item never overtakes its end."""
+        for task, frames in self.state.take_failed():
+            self._results[task.client].append((task.client_task_id, protocol.Status.ERROR, frames))
+        if self._items:
+            items, self._items = self._items, collections.defaultdict(list)
+            for peer, entries in items.items():
+                for item_chunk in _chunks(entries):
+                    self._send(peer, protocol.encode_items(item_chunk))
+        if self._results:
+            results, self._results = self._results, collections.defaultdict(list)
+            for peer, outcomes in results.items():
+                for result_chunk in _chunks(outcomes):
+                    self._send(peer, protocol.encode_result(result_chunk))
+        if self._acks:
+            acks, self._acks = self._acks, collections.defaultdict(list)
+            for peer, counts in acks.items():
+                for ack_chunk in _chunks(counts):
+                    self._send(peer, protocol.encode_ack(ack_chunk))
 
     def _send(self, peer: bytes, frames: list[Any]) -> None:
         if self._backlog:  # keep order: nothing overtakes what is already waiting

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squall.protocol import HASH_SIZE, SubmitItem
+from squall.protocol import HASH_SIZE, Status, SubmitItem, error_outcome
 
 
 @dataclass(slots=True)
@@ -32,6 +32,13 @@ class Task:
     frames: list[Any]
     attempt: int = 0
     worker: bytes | None = None
+    window: int = 0
+    #: outcomes (status, frames) of the tasks this one takes as arguments, in argument order
+    deps: list[tuple[int, list[Any]] | None] = field(default_factory=list)
+    waiting: int = 0  # dependencies without an outcome yet; queued only at 0
+    dependents: list[tuple[Task, int]] = field(default_factory=list)
+    cancelled: bool = False
+    items_sent: int = 0  # stream items already forwarded: such a task cannot simply run again
 
 
 @dataclass(slots=True)
@@ -105,6 +112,16 @@ class RouterState:
         self.clients: dict[bytes, Client] = {}
         self.queue: collections.deque[Task] = collections.deque()
         self.tasks: dict[int, Task] = {}
+        #: (client, client task id) -> task, for acks, cancels and dependencies
+        self.by_client: dict[tuple[bytes, int], Task] = {}
+        #: outcomes of recently finished tasks, for a dependent submitted while the outcome was
+        #: on its way to the client
+        self.recent: collections.OrderedDict[tuple[bytes, int], tuple[int, list[Any]]] = (
+            collections.OrderedDict()
+        )
+        self.recent_size = 10_000
+        #: outcomes the router decided itself (lost dependency, worker died mid-stream)
+        self.failed: list[tuple[Task, list[Any]]] = []
         self.bodies = BodyCache()
         #: fn hash -> workers waiting for its body
         self.body_waiters: dict[bytes, set[bytes]] = {}
@@ -114,6 +131,7 @@ class RouterState:
                 name: 0
                 for name in (
                     "submitted",
+                    "cancelled",
                     "dispatched",
                     "completed",
                     "redelivered",
@@ -159,10 +177,19 @@ class RouterState:
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
-        requeued = [t for t in worker.running.values() if t.client in self.clients]
+        requeued = []
         for task in worker.running.values():
-            if task.client not in self.clients:
-                del self.tasks[task.id]  # nobody is waiting for it: do not run it again
+            if task.client not in self.clients or task.cancelled:
+                self._forget(task)  # nobody is waiting for it: do not run it again
+            elif task.items_sent:
+                # Running it again would repeat items the reader already has.
+                self._fail(
+                    task,
+                    "WorkerLost",
+                    f"the worker died after the stream yielded {task.items_sent} items",
+                )
+            else:
+                requeued.append(task)
         for task in reversed(requeued):
             task.worker = None
             task.attempt += 1
@@ -180,10 +207,11 @@ class RouterState:
         self.clients.pop(peer, None)
         kept = collections.deque(t for t in self.queue if t.client != peer)
         dropped = len(self.queue) - len(kept)
-        for task in self.queue:
-            if task.client == peer:
-                del self.tasks[task.id]
         self.queue = kept
+        for task in [t for t in self.tasks.values() if t.client == peer and t.worker is None]:
+            self._forget(task)  # queued, or waiting for dependencies
+        for key in [k for k in self.recent if k[0] == peer]:
+            del self.recent[key]
         return dropped
 
     def expired_workers(self) -> list[bytes]:
@@ -198,12 +226,49 @@ class RouterState:
         n = 0
         for item in items:
             self._next_id += 1
-            task = Task(self._next_id, client, item.task_id, item.fn_hash, item.kind, item.frames)
+            task = Task(
+                self._next_id,
+                client,
+                item.task_id,
+                item.fn_hash,
+                item.kind,
+                item.frames,
+                window=item.window,
+            )
             self.tasks[task.id] = task
-            self.queue.append(task)
+            self.by_client[(client, item.task_id)] = task
+            if item.deps:
+                self._wire_dependencies(task, item.deps)
+            if task.waiting == 0:
+                self.queue.append(task)
             n += 1
         self.counters["submitted"] += n
         return n
+
+    def _wire_dependencies(self, task: Task, deps: tuple[int, ...]) -> None:
+        """Hold ``task`` until the tasks it takes as arguments have outcomes.
+
+        The outcome frames never go back to the client and out again: they are handed to the
+        dependent task as they came from the worker.
+        """
+        task.deps = [None] * len(deps)
+        for index, dep_id in enumerate(deps):
+            key = (task.client, dep_id)
+            dep = self.by_client.get(key)
+            if dep is not None:
+                dep.dependents.append((task, index))
+                task.waiting += 1
+            elif key in self.recent:
+                task.deps[index] = self.recent[key]
+            else:
+                task.deps[index] = (
+                    Status.ERROR,
+                    error_outcome(
+                        "squall.errors.SquallError",
+                        f"dependency task {dep_id} is unknown to the router (finished long ago, or "
+                        "never submitted): pass its value instead",
+                    ),
+                )
 
     def dispatch(self) -> list[tuple[Worker, list[Task]]]:
         """Decide which queued tasks go to which worker now.
@@ -235,22 +300,91 @@ class RouterState:
         self.counters["dispatched"] += n
         return plan
 
-    def complete(self, worker_peer: bytes, task_id: int) -> Task | None:
+    def complete(
+        self,
+        worker_peer: bytes,
+        task_id: int,
+        status: int = Status.OK,
+        frames: list[Any] | None = None,
+    ) -> Task | None:
         """A worker reports an outcome; return the task if the outcome should reach its client.
 
         None means the outcome is stale (the task was taken away from this worker, e.g. after
-        it was declared dead) or its client is gone: it is dropped so each task resolves once.
+        it was declared dead), cancelled, or its client is gone: it is dropped so each task
+        resolves once.
         """
         worker = self.workers.get(worker_peer)
         task = worker.running.pop(task_id, None) if worker is not None else None
         if task is None:
             self.counters["stale_results"] += 1
             return None
-        del self.tasks[task_id]
         self.counters["completed"] += 1
-        if task.client not in self.clients:
+        self._settle(task, status, frames or [])
+        if task.client not in self.clients or task.cancelled or status == Status.CANCELLED:
             return None
         return task
+
+    def _settle(self, task: Task, status: int, frames: list[Any]) -> None:
+        """Forget a finished task; hand its outcome to the tasks waiting for it."""
+        self._forget(task)
+        key = (task.client, task.client_task_id)
+        self.recent[key] = (status, frames)
+        if len(self.recent) > self.recent_size:
+            self.recent.popitem(last=False)
+        for dependent, index in task.dependents:
+            dependent.deps[index] = (status, frames)
+            dependent.waiting -= 1
+            if dependent.waiting == 0 and not dependent.cancelled:
+                self.queue.append(dependent)
+
+    def _forget(self, task: Task) -> None:
+        self.tasks.pop(task.id, None)
+        self.by_client.pop((task.client, task.client_task_id), None)
+
+    def _fail(self, task: Task, error: str, message: str) -> None:
+        """Fail a task with a squall error the router makes itself (no pickle involved)."""
+        frames = error_outcome(f"squall.errors.{error}", message)
+        self._settle(task, Status.ERROR, frames)
+        if task.client in self.clients and not task.cancelled:
+            self.failed.append((task, frames))
+
+    def take_failed(self) -> list[tuple[Task, list[Any]]]:
+        failed, self.failed = self.failed, []
+        return failed
+
+    # -- streams and cancellation -----------------------------------------------------------
+
+    def stream_item(self, worker_peer: bytes, task_id: int) -> Task | None:
+        """A running stream yielded: return its task if the item should reach the client."""
+        worker = self.workers.get(worker_peer)
+        task = worker.running.get(task_id) if worker is not None else None
+        if task is None or task.cancelled or task.client not in self.clients:
+            return None
+        task.items_sent += 1
+        return task
+
+    def running_task(self, client: bytes, client_task_id: int) -> Task | None:
+        """The task a client means, if it is running on a worker now (for acks)."""
+        task = self.by_client.get((client, client_task_id))
+        return task if task is not None and task.worker is not None else None
+
+    def cancel(self, client: bytes, client_task_ids: Iterable[int]) -> dict[bytes, list[int]]:
+        """Cancel tasks: queued or held ones are dropped here; return, per worker, the ids of
+        running ones it must stop. Their outcomes, when they come, reach no one."""
+        stop: dict[bytes, list[int]] = {}
+        for client_task_id in client_task_ids:
+            task = self.by_client.get((client, client_task_id))
+            if task is None or task.cancelled:
+                continue
+            task.cancelled = True
+            self.counters["cancelled"] += 1
+            if task.worker is not None:
+                stop.setdefault(task.worker, []).append(task.id)
+            else:
+                if task.waiting == 0:
+                    self.queue.remove(task)
+                self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
+        return stop
 
     # -- function bodies --------------------------------------------------------------------
 

@@ -34,7 +34,8 @@ from squall import protocol, serialization
 from squall.config import WorkerConfig
 from squall.errors import SerializationError, SquallError
 from squall.log import get_logger
-from squall.protocol import ErrorCode, MsgType, Role, Status, TaskItem
+from squall.protocol import ErrorCode, Kind, MsgType, Role, Status, TaskItem
+from squall.runner import calls
 
 log = get_logger(__name__)
 
@@ -62,6 +63,25 @@ class FunctionCache:
             self._fns.popitem(last=False)
 
 
+class _StreamWindow:
+    """Flow control of one stream: the generator waits while ``window`` items are unread."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.sent = 0
+        self.acked = 0
+        self._room = gevent.event.Event()
+
+    def wait_for_room(self) -> None:
+        while self.sent - self.acked >= self.window:
+            self._room.clear()
+            self._room.wait()
+
+    def ack(self, consumed: int) -> None:
+        self.acked += consumed
+        self._room.set()
+
+
 class WorkerProcess:
     """A worker process connected to the router; :meth:`run` blocks until it stops."""
 
@@ -74,11 +94,14 @@ class WorkerProcess:
         #: fn hash -> tasks waiting for its body
         self._awaiting_body: dict[bytes, list[TaskItem]] = {}
         self._results: list[tuple[int, int, list[Any]]] = []
+        self._items: list[tuple[int, list[Any]]] = []
+        self._tasks: dict[int, gevent.Greenlet] = {}
+        self._streams: dict[int, _StreamWindow] = {}
+        self.bridge = calls.AsyncBridge()
         self._control: list[list[Any]] = []
         self._wake_sender = gevent.event.Event()
         self._last_heard = time.monotonic()
         self._stopping = gevent.event.Event()
-        self.running = 0
 
     def run(self) -> None:
         self.socket.connect(self.config.connect)
@@ -120,6 +143,13 @@ class WorkerProcess:
             type_, body = protocol.parse_header([frames[0].bytes])
             if type_ is MsgType.TASK:
                 self._on_tasks(protocol.decode_task(body, frames[1:]))
+            elif type_ is MsgType.ACK:
+                for task_id, consumed in protocol.decode_ack(body, frames[1:]):
+                    stream = self._streams.get(task_id)
+                    if stream is not None:
+                        stream.ack(consumed)
+            elif type_ is MsgType.CANCEL:
+                self._on_cancel(protocol.decode_cancel(body, frames[1:]))
             elif type_ is MsgType.FN_BODY:
                 self._on_fn_body(*protocol.decode_fn_body(body, frames[1:]))
             elif type_ is MsgType.ERROR:
@@ -159,31 +189,78 @@ class WorkerProcess:
         for item in waiting:
             self._start(item, fn)
 
+    def _on_cancel(self, task_ids: list[int]) -> None:
+        for task_id in task_ids:
+            greenlet = self._tasks.get(task_id)
+            if greenlet is not None:
+                greenlet.kill(block=False)  # GreenletExit inside the task: finally blocks run
+                continue
+            for waiting in self._awaiting_body.values():
+                for item in [i for i in waiting if i.task_id == task_id]:
+                    waiting.remove(item)
+                    self._finish(task_id, Status.CANCELLED, [])
+
     # -- running ----------------------------------------------------------------------------
 
     def _start(self, item: TaskItem, fn: Any) -> None:
-        self.running += 1
-        gevent.spawn(self._run, item, fn)
+        run = self._run_stream if item.kind == Kind.STREAM else self._run_call
+        self._tasks[item.task_id] = gevent.spawn(run, item, fn)
 
-    def _run(self, item: TaskItem, fn: Any) -> None:
+    def _run_call(self, item: TaskItem, fn: Any) -> None:
+        status, frames = Status.CANCELLED, list[Any]()
         try:
             args, kwargs = serialization.loads(item.frames)
-            result = fn(*args, **kwargs)
-            try:
-                frames = serialization.dumps(result)
-                status = Status.OK
-            except Exception as exc:
-                error = SerializationError(
-                    f"result of type {type(result).__qualname__} cannot be pickled: {exc}"
-                )
-                frames, status = serialization.dumps_exception(error), Status.ERROR
+            args, kwargs = calls.resolve(args, kwargs, item.deps)
+            status, frames = self._pickled(calls.call(fn, args, kwargs, self.bridge))
         except gevent.GreenletExit:
-            raise
+            pass
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its outcome
-            frames, status = serialization.dumps_exception(exc), Status.ERROR
+            status, frames = Status.ERROR, serialization.dumps_exception(exc)
         finally:
-            self.running -= 1
-        self._finish(item.task_id, status, frames)
+            del self._tasks[item.task_id]
+            self._finish(item.task_id, status, frames)
+
+    def _run_stream(self, item: TaskItem, fn: Any) -> None:
+        """Send each yielded value as it comes; pause while ``window`` items are unread."""
+        stream = _StreamWindow(max(1, item.window))
+        self._streams[item.task_id] = stream
+        status, frames = Status.CANCELLED, list[Any]()
+        iterator = None
+        try:
+            args, kwargs = serialization.loads(item.frames)
+            args, kwargs = calls.resolve(args, kwargs, item.deps)
+            iterator = calls.iterate(fn, args, kwargs, self.bridge)
+            for value in iterator:
+                status, frames = self._pickled(value)
+                if status != Status.OK:
+                    break
+                self._items.append((item.task_id, frames))
+                self._wake_sender.set()
+                stream.sent += 1
+                stream.wait_for_room()
+            else:
+                status, frames = self._pickled(None)
+        except gevent.GreenletExit:
+            pass
+        except BaseException as exc:
+            status, frames = Status.ERROR, serialization.dumps_exception(exc)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()  # the generator's finally blocks run, even when the reader left early
+            del self._streams[item.task_id]
+            del self._tasks[item.task_id]
+            self._finish(item.task_id, status, frames)
+
+    @staticmethod
+    def _pickled(value: Any) -> tuple[Status, list[Any]]:
+        try:
+            return Status.OK, serialization.dumps(value)
+        except Exception as exc:
+            error = SerializationError(
+                f"result of type {type(value).__qualname__} cannot be pickled: {exc}"
+            )
+            return Status.ERROR, serialization.dumps_exception(error)
 
     def _finish(self, task_id: int, status: int, frames: list[Any]) -> None:
         self._results.append((task_id, status, frames))
@@ -198,12 +275,17 @@ class WorkerProcess:
             self._flush()
 
     def _flush(self) -> None:
+        """Send what is queued: control messages, then stream items, then results (so a
+        stream's items never arrive after its end)."""
         control, self._control = self._control, []
         for frames in control:
             self.socket.send_multipart(frames, copy=False)
+        while self._items:
+            items, self._items = self._items[:MAX_ITEMS], self._items[MAX_ITEMS:]
+            self.socket.send_multipart(protocol.encode_items(items), copy=False)
         while self._results:
-            batch, self._results = self._results[:MAX_ITEMS], self._results[MAX_ITEMS:]
-            self.socket.send_multipart(protocol.encode_result(batch), copy=False)
+            results, self._results = self._results[:MAX_ITEMS], self._results[MAX_ITEMS:]
+            self.socket.send_multipart(protocol.encode_result(results), copy=False)
 
     def _say_hello(self) -> None:
         self._control.append(

@@ -1,0 +1,137 @@
+"""How a worker calls a task's function: plain, ``async def``, generators, dependencies.
+
+Kept apart from the socket code in ``runner.executor`` so each rule reads on its own:
+
+- arguments that stood for other tasks' futures are replaced by those tasks' values (which the
+  router attached to the task), or the call fails naming the dependency that failed;
+- a coroutine (an ``async def`` task) runs on one asyncio loop per process, itself running in a
+  greenlet: gevent has patched ``select``, so the loop waits cooperatively and thousands of
+  coroutines run beside thousands of plain greenlets;
+- a generator returned to ``submit`` is drained into a list (generators cannot be pickled);
+  ``stream`` iterates it item by item instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import gevent
+
+from squall import serialization
+from squall.errors import DependencyFailed
+from squall.protocol import Frame, Status
+from squall.serialization import DependencyRef
+
+
+class AsyncBridge:
+    """One asyncio event loop per worker process, run by a greenlet, started on first use."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            gevent.spawn(self._loop.run_forever)
+        return self._loop
+
+    def run(self, awaitable: Any) -> Any:
+        """Run ``awaitable`` on the loop; block only the calling greenlet until it is done."""
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop)
+        try:
+            return future.result()
+        except gevent.GreenletExit:
+            future.cancel()  # the task was cancelled or timed out: stop the coroutine too
+            raise
+
+    def iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
+        """A plain iterator over an async generator, each step run on the loop."""
+        try:
+            while True:
+                try:
+                    yield self.run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None:
+                self.run(aclose())  # its finally blocks run
+
+
+async def _as_coroutine(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def resolve(
+    args: tuple[Any, ...], kwargs: dict[str, Any], deps: list[tuple[int, list[Frame]]]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Put the values of dependencies where the client left :class:`DependencyRef` markers.
+
+    Raises:
+        DependencyFailed: a dependency failed or was cancelled; names it, chains its error.
+    """
+    if not deps:
+        return args, kwargs
+    values: dict[int, Any] = {}
+
+    def value(ref: DependencyRef) -> Any:
+        if ref.index not in values:
+            status, frames = deps[ref.index]
+            if status == Status.OK:
+                values[ref.index] = serialization.loads(frames)
+            elif status == Status.CANCELLED:
+                raise DependencyFailed(f"dependency task {ref.task_id} was cancelled")
+            else:
+                cause = serialization.loads_exception(frames)
+                raise DependencyFailed(
+                    f"dependency task {ref.task_id} failed: {type(cause).__name__}: {cause}"
+                ) from cause
+        return values[ref.index]
+
+    def swap(obj: Any, depth: int = 0) -> Any:
+        kind = type(obj)
+        if kind is DependencyRef:
+            return value(obj)
+        if depth >= 2:
+            return obj
+        if kind is list or kind is tuple:
+            return kind(swap(x, depth + 1) for x in obj)
+        if kind is dict:
+            return {k: swap(v, depth + 1) for k, v in obj.items()}
+        return obj
+
+    return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}
+
+
+def call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: AsyncBridge) -> Any:
+    """Call ``fn`` for ``submit``: await coroutines, drain generators into lists."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return bridge.run(result)
+    if inspect.isgenerator(result):
+        return list(result)
+    if inspect.isasyncgen(result):
+        return list(bridge.iterate(result))
+    return result
+
+
+def iterate(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: AsyncBridge
+) -> Iterator[Any]:
+    """Call ``fn`` for ``stream``: an iterator over what it yields."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        result = bridge.run(result)
+    if inspect.isasyncgen(result):
+        return bridge.iterate(result)
+    try:
+        return iter(result)
+    except TypeError:
+        raise TypeError(
+            f"stream() needs a generator or iterable, {serialization.describe(fn)} returned a "
+            f"{type(result).__name__}"
+        ) from None
