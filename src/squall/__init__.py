@@ -1,8 +1,10 @@
 """squall: run any Python callable on a fleet of gevent workers behind a ZeroMQ router."""
 
 from squall._version import __version__
+from squall.client.aio import AsyncExecutor
 from squall.client.executor import Executor
-from squall.client.future import Future
+from squall.client.future import Future, as_completed
+from squall.client.stream import Stream
 from squall.errors import (
     DependencyFailed,
     ExecutorShutdown,
@@ -19,7 +21,10 @@ __all__ = [
     "__version__",
     # client
     "Executor",
+    "AsyncExecutor",
     "Future",
+    "Stream",
+    "as_completed",
     # errors
     "SquallError",
     "ProtocolError",
@@ -32,5 +37,5 @@ __all__ = [
     "RemoteTraceback",
 ]
 
-for _name in ("Executor", "Future"):
+for _name in ("Executor", "AsyncExecutor", "Future", "Stream"):
     globals()[_name].__module__ = "squall"  # reprs and docs show the public path

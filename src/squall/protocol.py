@@ -251,7 +251,7 @@ def encode_stats(stats: dict[str, Any]) -> list[Frame]:
 def decode_stats(body: bytes) -> dict[str, Any]:
     try:
         stats = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"STATS: bad JSON: {exc}") from None
     if not isinstance(stats, dict):
         raise ProtocolError("STATS: not a JSON object")
@@ -280,8 +280,8 @@ def read_error_summary(frame: Frame) -> dict[str, str]:
         raw: Any = frame.buffer if hasattr(frame, "buffer") else frame
         summary = json.loads(bytes(raw))
         return {k: str(summary[k]) for k in ("type", "message", "traceback")}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"bad error summary: {exc}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ProtocolError(f"bad error summary: {exc!r}"[:200]) from None
 
 
 # ---------------------------------------------------------------------------------------------

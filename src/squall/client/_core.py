@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -58,7 +59,10 @@ class ClientCore:
             for call in calls:
                 task_id = next(self._ids)
                 call.target.task_id = task_id
-                self.pending[task_id] = (call.target, fn_hash, body)
+                # A stream is held weakly: when the reader drops it, it is collected and its
+                # __del__ closes the remote generator.
+                target = weakref.ref(call.target) if call.kind == Kind.STREAM else call.target
+                self.pending[task_id] = (target, fn_hash, body)
                 self._outbox.append(
                     protocol.SubmitItem(
                         task_id, fn_hash, call.kind, call.window, call.deps, call.frames
@@ -91,15 +95,16 @@ class ClientCore:
                 if entry is not None:
                     self._remember(entry[1], entry[2])
         for entry, item in entries:
-            if entry is not None:  # None: not ours any more (e.g. the executor closed)
-                entry[0]._squall_outcome(item.status, item.frames)
+            target = _live(entry)
+            if target is not None:  # None: not ours any more (cancelled, or a dropped stream)
+                target._squall_outcome(item.status, item.frames)
 
     def deliver_items(self, items: list[StreamItem]) -> None:
         """Hand streamed values to their streams."""
         for item in items:
-            entry = self.pending.get(item.task_id)
-            if entry is not None:
-                entry[0]._squall_item(item.frames)
+            target = _live(self.pending.get(item.task_id))
+            if target is not None:
+                target._squall_item(item.frames)
 
     def _remember(self, fn_hash: bytes, body: bytes) -> None:
         self._recent[fn_hash] = body
@@ -122,13 +127,28 @@ class ClientCore:
         with self._lock:
             self._announced.clear()
 
+    def forget(self, task_id: int) -> None:
+        """Stop tracking a task whose outcome nobody wants any more (cancelled)."""
+        with self._lock:
+            self.pending.pop(task_id, None)
+
     def targets(self) -> list[Any]:
         with self._lock:
-            return [entry[0] for entry in self.pending.values()]
+            entries = list(self.pending.values())
+        return [t for t in map(_live, entries) if t is not None]
 
     def fail_all(self, exc: BaseException) -> None:
         """End every pending task with ``exc`` (the client is closing)."""
         with self._lock:
             entries, self.pending = list(self.pending.values()), {}
-        for target, _, _ in entries:
-            target._squall_fail(exc)
+        for target in map(_live, entries):
+            if target is not None:
+                target._squall_fail(exc)
+
+
+def _live(entry: tuple[Any, bytes, bytes] | None) -> Any:
+    """The future or stream of a pending entry; None if there is none (any more)."""
+    if entry is None:
+        return None
+    target = entry[0]
+    return target() if type(target) is weakref.ref else target

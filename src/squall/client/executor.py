@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from squall import serialization
+from squall import protocol, serialization
 from squall.client._core import Call, ClientCore
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
@@ -145,6 +145,7 @@ class Executor(concurrent.futures.Executor):
         self._check_open()
         fn_hash, body = serialization.dumps_function(fn)
         stream: Stream[T] = Stream(self.stream_window, self._driver.send)
+        stream.canceller = self._cancel_remote
         args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             stream._squall_fail(failed)
@@ -212,7 +213,14 @@ class Executor(concurrent.futures.Executor):
     def _new_future(self) -> Future[Any]:
         future: Future[Any] = Future()
         future.owner = self._core
+        future.canceller = self._cancel_remote
         return future
+
+    def _cancel_remote(self, task_id: int) -> None:
+        """A future was cancelled or a stream closed here: forget it, tell the router."""
+        self._core.forget(task_id)
+        if not self._closed:
+            self._driver.send(protocol.encode_cancel([task_id]))
 
     def _link_dependencies(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]

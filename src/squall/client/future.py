@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Generator
-from typing import Any, TypeVar
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 from squall import serialization
 from squall.errors import SerializationError
@@ -37,6 +38,20 @@ class Future(concurrent.futures.Future[T]):
 
     task_id: int = 0
     owner: object = None  # the client core that submitted it
+
+    #: set by the executor: tells the router to drop (or stop) the task
+    canceller: Callable[[int], None] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the task; the router drops it, or stops it if a worker already runs it.
+
+        Returns False, as ``concurrent.futures`` does, once the outcome is here.
+        """
+        if not super().cancel():
+            return False
+        if self.canceller is not None:
+            self.canceller(self.task_id)
+        return True
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
@@ -80,3 +95,44 @@ class Future(concurrent.futures.Future[T]):
 
 
 _decode_lock = threading.Lock()
+
+
+class _AsCompleted(Generic[T]):
+    """Futures as they complete: ``for`` in threads and greenlets, ``async for`` in asyncio."""
+
+    def __init__(self, futures: Iterable[Future[T]], timeout: float | None) -> None:
+        self._futures = list(dict.fromkeys(futures))
+        self._timeout = timeout
+
+    def __iter__(self) -> Iterator[Future[T]]:
+        return concurrent.futures.as_completed(self._futures, self._timeout)  # type: ignore[return-value]
+
+    def __aiter__(self) -> AsyncIterator[Future[T]]:
+        return self._completed_async()
+
+    async def _completed_async(self) -> AsyncIterator[Future[T]]:
+        wrapped = {asyncio.wrap_future(f): f for f in self._futures}
+        pending: set[asyncio.Future[T]] = set(wrapped)
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise TimeoutError(f"{len(pending)} (of {len(wrapped)}) futures unfinished")
+            for finished in done:
+                yield wrapped[finished]
+
+
+def as_completed(futures: Iterable[Future[T]], timeout: float | None = None) -> _AsCompleted[T]:
+    """Iterate ``futures`` as they complete, from threads, greenlets or asyncio.
+
+    ``for f in squall.as_completed(fs)`` works like ``concurrent.futures.as_completed`` (and
+    under gevent blocks only the calling greenlet); ``async for f in squall.as_completed(fs)``
+    waits without blocking the event loop.
+
+    Raises:
+        TimeoutError: ``timeout`` seconds passed before every future completed.
+    """
+    return _AsCompleted(futures, timeout)

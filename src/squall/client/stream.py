@@ -32,6 +32,8 @@ class Stream(Generic[T]):
     """
 
     task_id: int = 0
+    #: set by the executor: stops the remote generator and forgets the task
+    canceller: Callable[[int], None] | None = None
 
     def __init__(self, window: int, send: Callable[[list[Frame]], None]) -> None:
         self.window = window
@@ -120,8 +122,8 @@ class Stream(Generic[T]):
             running = self._end is None
             self._buffer.clear()
             self._wake()
-        if running:
-            self._send(protocol.encode_cancel([self.task_id]))
+        if running and self.canceller is not None:
+            self.canceller(self.task_id)
 
     async def aclose(self) -> None:
         self.close()

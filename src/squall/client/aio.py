@@ -1,0 +1,104 @@
+"""``squall.AsyncExecutor``: the same client, shaped for code that lives in asyncio.
+
+It wraps an :class:`Executor` rather than re-implementing one: the core, the I/O driver and the
+futures are shared, and squall futures are awaitable already. What this adds is an asyncio
+surface: ``async with``, an async-iterator ``map`` and ``await aclose()``, with the blocking
+parts (starting the embedded router and workers, waiting for tasks at shutdown) run in a
+thread so the event loop never stalls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
+
+from squall.client.executor import Executor
+from squall.client.future import Future, as_completed
+from squall.client.stream import Stream
+
+T = TypeVar("T")
+
+
+class AsyncExecutor:
+    """Run Python callables on squall workers from asyncio code.
+
+    Args:
+        address: a router's address, or None for the embedded default.
+        **options: as for :class:`squall.Executor`.
+
+    ::
+
+        async with squall.AsyncExecutor() as ex:
+            value = await ex.submit(fetch, url)
+            async for result in ex.map(fetch, urls):
+                ...
+            async for item in ex.stream(generate, 10):
+                ...
+    """
+
+    def __init__(self, address: str | None = None, **options: Any) -> None:
+        self._address = address
+        self._options = options
+        self._executor: Executor | None = None
+
+    async def start(self) -> AsyncExecutor:
+        """Connect (or start the embedded default) without blocking the event loop."""
+        if self._executor is None:
+            self._executor = await asyncio.to_thread(Executor, self._address, **self._options)
+        return self
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            raise RuntimeError("AsyncExecutor not started: use 'async with' or 'await start()'")
+        return self._executor
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """As :meth:`Executor.submit`; ``await`` the returned future."""
+        return self.executor.submit(fn, *args, **kwargs)
+
+    def stream(self, fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+        """As :meth:`Executor.stream`; use ``async for`` on the returned stream."""
+        return self.executor.stream(fn, *args, **kwargs)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        ordered: bool = True,
+    ) -> AsyncIterator[T]:
+        """Submit every call now; ``async for`` over the results (in input order, or as they
+        complete with ``ordered=False``)."""
+        futures = self.executor._submit_many(fn, iterables)
+        return _results(futures, timeout, ordered)
+
+    async def aclose(self, cancel_futures: bool = False) -> None:
+        """Wait for pending tasks (unless cancelled) and stop, off the event loop."""
+        if self._executor is not None:
+            await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=cancel_futures)
+
+    async def __aenter__(self) -> AsyncExecutor:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _results(
+    futures: list[Future[T]], timeout: float | None, ordered: bool
+) -> AsyncIterator[T]:
+    try:
+        if ordered:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for future in futures:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                yield await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+        else:
+            async for future in as_completed(futures, timeout):
+                yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
