@@ -95,7 +95,7 @@ async def _results(
             deadline = None if timeout is None else time.monotonic() + timeout
             for future in futures:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                yield await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+                yield await asyncio.wait_for(future, remaining)
         else:
             async for future in as_completed(futures, timeout):
                 yield future.result()

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -54,7 +55,7 @@ class Future(concurrent.futures.Future[T]):
         return True
 
     def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()
+        return _asyncio_future(self).__await__()
 
     def result(self, timeout: float | None = None) -> T:
         value = super().result(timeout)
@@ -97,6 +98,61 @@ class Future(concurrent.futures.Future[T]):
 _decode_lock = threading.Lock()
 
 
+class _LoopInbox:
+    """Hands completed futures to one event loop, many per wake-up.
+
+    ``asyncio.wrap_future`` wakes the loop once per future (a syscall and a loop turn each);
+    the I/O thread resolves futures a RESULT batch at a time, so this collects them and wakes
+    the loop once per batch.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._done: list[tuple[asyncio.Future[Any], concurrent.futures.Future[Any]]] = []
+
+    def post(self, target: asyncio.Future[Any], source: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._done.append((target, source))
+            first = len(self._done) == 1
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            done, self._done = self._done, []
+        for target, source in done:
+            if target.done():
+                continue
+            if source.cancelled():
+                target.cancel()
+                continue
+            try:
+                target.set_result(source.result())
+            except BaseException as exc:  # the task's own outcome, handed on
+                target.set_exception(exc)
+
+
+_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopInbox] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _asyncio_future(future: Future[T]) -> asyncio.Future[T]:
+    """An asyncio future on the running loop that follows ``future`` (and cancels it)."""
+    loop = asyncio.get_running_loop()
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        inbox = _inboxes[loop] = _LoopInbox(loop)
+    target: asyncio.Future[T] = loop.create_future()
+    future.add_done_callback(lambda source: inbox.post(target, source))
+    target.add_done_callback(lambda t: future.cancel() if t.cancelled() else None)
+    return target
+
+
 class _AsCompleted(Generic[T]):
     """Futures as they complete: ``for`` in threads and greenlets, ``async for`` in asyncio."""
 
@@ -111,7 +167,7 @@ class _AsCompleted(Generic[T]):
         return self._completed_async()
 
     async def _completed_async(self) -> AsyncIterator[Future[T]]:
-        wrapped = {asyncio.wrap_future(f): f for f in self._futures}
+        wrapped = {_asyncio_future(f): f for f in self._futures}
         pending: set[asyncio.Future[T]] = set(wrapped)
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         while pending:

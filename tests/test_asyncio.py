@@ -1,0 +1,101 @@
+"""asyncio callers: awaitable futures, async streams, AsyncExecutor; async def tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import squall
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def counter(n: int):
+    yield from range(n)
+
+
+async def _max_timer_lag(stop: asyncio.Event, period: float = 0.005) -> float:
+    """How late a periodic timer on the loop ever ran: the loop's worst stall."""
+    worst = 0.0
+    while not stop.is_set():
+        expected = time.perf_counter() + period
+        await asyncio.sleep(period)
+        worst = max(worst, time.perf_counter() - expected)
+    return worst
+
+
+def test_ten_thousand_awaited_submits_never_block_the_loop(remote: squall.Executor) -> None:
+    async def main() -> tuple[list[int], list[int], float]:
+        stop = asyncio.Event()
+        timer = asyncio.create_task(_max_timer_lag(stop))
+        await asyncio.sleep(0.05)
+        # Gathered 500 at a time: asyncio alone needs ~50 ms on this machine to create 10,000
+        # tasks in one gather call, which would measure asyncio, not squall.
+        results: list[int] = []
+        for start in range(0, 10_000, 500):
+            results += await asyncio.gather(
+                *(remote.submit(double, i) for i in range(start, start + 500))
+            )
+        streamed = [item async for item in remote.stream(counter, 1000)]
+        stop.set()
+        return results, streamed, await timer
+
+    results, streamed, lag = asyncio.run(main())
+    assert results == [2 * i for i in range(10_000)]
+    assert streamed == list(range(1000))
+    assert lag < 0.05, f"the event loop stalled for {lag * 1000:.0f} ms"
+
+
+def test_async_executor(cluster) -> None:
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=100)
+
+    async def main() -> None:
+        async with squall.AsyncExecutor(cluster.address) as ex:
+            assert await ex.submit(double, 21) == 42
+            assert [x async for x in ex.map(double, range(50))] == [2 * i for i in range(50)]
+            unordered = [x async for x in ex.map(double, range(50), ordered=False)]
+            assert sorted(unordered) == [2 * i for i in range(50)]
+            assert [x async for x in ex.stream(counter, 5)] == [0, 1, 2, 3, 4]
+            futures = [ex.submit(time.sleep, 0.3 - 0.1 * i) for i in range(3)]
+            done = [f async for f in squall.as_completed(futures, timeout=10)]
+            assert done == futures[::-1]
+        assert ex.executor._closed
+
+    asyncio.run(main())
+
+
+async def nap(seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return os.getpid()
+
+
+def test_ten_thousand_async_def_tasks_on_one_process(cluster) -> None:
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=10_000)
+    with cluster.executor() as ex:
+        list(ex.map(nap, [0.0] * 10))  # warm up
+        started = time.perf_counter()
+        pids = list(ex.map(nap, [0.2] * 10_000))
+        elapsed = time.perf_counter() - started
+    assert len(set(pids)) == 1
+    assert elapsed < 2.0, f"10,000 async sleeps of 0.2 s took {elapsed:.2f} s"
+
+
+def test_async_and_plain_tasks_share_a_process(cluster) -> None:
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=100)
+    with cluster.executor() as ex:
+        started = time.perf_counter()
+        futures = [ex.submit(nap, 0.5) for _ in range(20)]
+        futures += [ex.submit(time.sleep, 0.5) for _ in range(20)]
+        for f in futures:
+            f.result(timeout=10)
+        assert time.perf_counter() - started < 1.5  # all 40 ran at once
