@@ -42,8 +42,9 @@ SCRIPT = textwrap.dedent("""
 def test_thousands_of_greenlets_submit_and_wait() -> None:
     import json
 
-    ran = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=100)
+    ran = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=100
+    )
     assert ran.returncode == 0, ran.stderr
     out = json.loads(ran.stdout.strip().splitlines()[-1])
     assert out["results"] == [i * i for i in range(5000)]

@@ -41,8 +41,17 @@ class TaskFailed(SquallError):
 class DependencyFailed(SquallError):
     """A future passed as an argument failed or was cancelled, so this task could not run.
 
-    Its ``__cause__`` is the dependency's own exception.
+    Its ``__cause__`` is the dependency's own exception (kept across the wire).
     """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _dependency_failed, (str(self), self.__cause__)
+
+
+def _dependency_failed(message: str, cause: BaseException | None) -> DependencyFailed:
+    error = DependencyFailed(message)
+    error.__cause__ = cause
+    return error
 
 
 class WorkerLost(SquallError):

@@ -321,7 +321,8 @@ def loads_exception(frames: Sequence[Any]) -> BaseException:
         else:
             exc = TaskFailed(summary["type"], summary["message"], summary["traceback"])
     if summary["traceback"]:
-        exc.__cause__ = RemoteTraceback(summary["traceback"])
+        if exc.__cause__ is None:  # an exception that carries its own cause keeps it
+            exc.__cause__ = RemoteTraceback(summary["traceback"])
         try:
             exc.remote_traceback = summary["traceback"]  # type: ignore[union-attr]
         except AttributeError:  # exceptions with __slots__

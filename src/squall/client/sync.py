@@ -128,10 +128,12 @@ class ThreadDriver:
             self.socket.close(linger=0)
 
     def _send_queued(self) -> None:
-        while self._control:
-            self.socket.send_multipart(self._control.popleft(), copy=False)
+        # Tasks first: a CANCEL (or ACK) is queued after the SUBMIT of its task and must not
+        # overtake it.
         for frames in self.core.take_outgoing():
             self.socket.send_multipart(frames, copy=False)
+        while self._control:
+            self.socket.send_multipart(self._control.popleft(), copy=False)
 
     def _drain(self) -> None:
         for _ in range(DRAIN_BATCH):

@@ -158,7 +158,7 @@ class WorkerProcess:
                 if code == ErrorCode.UNKNOWN_PEER:
                     self._say_hello()
             elif type_ is MsgType.DISCONNECT:
-                log.warning("router is going away; will say HELLO when it is back")
+                log.info("router is going away; will say HELLO when it is back")
             # WELCOME and HEARTBEAT need nothing beyond the liveness stamp above.
         except SquallError as exc:
             log.warning("malformed message from router dropped", error=str(exc))
