@@ -82,8 +82,7 @@ def test_close_and_context_manager_close_the_stream(remote: squall.Executor, tmp
 
 
 def tiny_items(n: int):
-    for i in range(n):
-        yield i
+    yield from range(n)
 
 
 def _rss(pids: list[int]) -> dict[int, int]:
