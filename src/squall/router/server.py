@@ -42,7 +42,7 @@ def _chunks(entries: list[T]) -> Iterator[list[T]]:
         yield entries[start : start + MAX_ITEMS]
 
 
-class _Stop(Exception):
+class _Stop(BaseException):
     """Raised from the signal handler to leave a blocking poll at once."""
 
 

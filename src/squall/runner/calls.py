@@ -14,8 +14,9 @@ Kept apart from the socket code in ``runner.executor`` so each rule reads on its
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import gevent
@@ -31,6 +32,8 @@ class AsyncBridge:
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._incoming: list[tuple[int, Any, Callable[[asyncio.Task[Any]], None]]] = []
+        self._running: dict[int, asyncio.Task[Any]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -38,6 +41,37 @@ class AsyncBridge:
             self._loop = asyncio.new_event_loop()
             gevent.spawn(self._loop.run_forever)
         return self._loop
+
+    def spawn(self, key: int, coroutine: Any, done: Callable[[asyncio.Task[Any]], None]) -> None:
+        """Start ``coroutine`` as a task on the loop; ``done(task)`` runs when it ends.
+
+        No greenlet waits for it: thousands of ``async def`` tasks cost one asyncio task each,
+        and one wake-up of the loop per batch of them.
+        """
+        self._incoming.append((key, coroutine, done))
+        if len(self._incoming) == 1:
+            self.loop.call_soon_threadsafe(self._start_incoming)
+
+    def _start_incoming(self) -> None:
+        incoming, self._incoming = self._incoming, []
+        for key, coroutine, done in incoming:
+            task = self.loop.create_task(coroutine)
+            self._running[key] = task
+            task.add_done_callback(functools.partial(self._ended, key, done))
+
+    def _ended(
+        self, key: int, done: Callable[[asyncio.Task[Any]], None], task: asyncio.Task[Any]
+    ) -> None:
+        self._running.pop(key, None)
+        done(task)
+
+    def cancel(self, key: int) -> bool:
+        """Cancel a spawned coroutine; False if there is none under ``key``."""
+        task = self._running.get(key)
+        if task is None:
+            return False
+        self.loop.call_soon_threadsafe(task.cancel)
+        return True
 
     def run(self, awaitable: Any) -> Any:
         """Run ``awaitable`` on the loop; block only the calling greenlet until it is done."""
@@ -107,9 +141,9 @@ def resolve(
     return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}
 
 
-def call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: AsyncBridge) -> Any:
-    """Call ``fn`` for ``submit``: await coroutines, drain generators into lists."""
-    result = fn(*args, **kwargs)
+def collect(result: Any, bridge: AsyncBridge) -> Any:
+    """What ``submit`` returns for a call's result: generators drained into lists, other
+    awaitables awaited (coroutines are spawned by the caller instead)."""
     if inspect.isawaitable(result):
         return bridge.run(result)
     if inspect.isgenerator(result):

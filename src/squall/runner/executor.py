@@ -21,7 +21,10 @@ This module expects gevent's monkey-patching to be done already (``runner.main``
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
+import inspect
 import os
 import time
 from typing import Any
@@ -195,6 +198,8 @@ class WorkerProcess:
             if greenlet is not None:
                 greenlet.kill(block=False)  # GreenletExit inside the task: finally blocks run
                 continue
+            if self.bridge.cancel(task_id):
+                continue
             for waiting in self._awaiting_body.values():
                 for item in [i for i in waiting if i.task_id == task_id]:
                     waiting.remove(item)
@@ -208,17 +213,35 @@ class WorkerProcess:
 
     def _run_call(self, item: TaskItem, fn: Any) -> None:
         status, frames = Status.CANCELLED, list[Any]()
+        handed_off = False
         try:
             args, kwargs = serialization.loads(item.frames)
             args, kwargs = calls.resolve(args, kwargs, item.deps)
-            status, frames = self._pickled(calls.call(fn, args, kwargs, self.bridge))
+            result = fn(*args, **kwargs)
+            if inspect.iscoroutine(result):  # async def: runs on the process's asyncio loop
+                done = functools.partial(self._coroutine_done, item.task_id)
+                self.bridge.spawn(item.task_id, result, done)
+                handed_off = True
+                return
+            status, frames = self._pickled(calls.collect(result, self.bridge))
         except gevent.GreenletExit:
             pass
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its outcome
             status, frames = Status.ERROR, serialization.dumps_exception(exc)
         finally:
             del self._tasks[item.task_id]
-            self._finish(item.task_id, status, frames)
+            if not handed_off:
+                self._finish(item.task_id, status, frames)
+
+    def _coroutine_done(self, task_id: int, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._finish(task_id, Status.CANCELLED, [])
+        elif task.exception() is not None:
+            error = task.exception()
+            assert error is not None
+            self._finish(task_id, Status.ERROR, serialization.dumps_exception(error))
+        else:
+            self._finish(task_id, *self._pickled(task.result()))
 
     def _run_stream(self, item: TaskItem, fn: Any) -> None:
         """Send each yielded value as it comes; pause while ``window`` items are unread."""
