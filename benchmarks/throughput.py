@@ -1,0 +1,307 @@
+"""squall's headline figures on the embedded default, as a Markdown table.
+
+Three workloads, each run once to warm up and then ``--runs`` times; the table shows the median,
+min and max of the measured runs next to the target:
+
+1. **no-op throughput**: ``ex.map(echo, range(20_000))`` on ``squall.Executor()`` (default
+   processes). The task does nothing, so this is the per-task cost of the whole path (pickle on
+   the client, client -> router -> worker -> router -> client, unpickle, resolve the future):
+   squall's overhead, with no user work to hide it.
+2. **sleep fan-out**: 10,000 tasks of ``time.sleep(0.1)`` on ONE worker process with
+   concurrency 10,000. Run one at a time they would take 1,000 s; the gevent hub should
+   overlap them all, so the wall time is one sleep plus the cost of moving 10,000 tasks
+   through a single process. This is the I/O-bound case squall exists for.
+3. **round-trip latency**: sequential ``ex.submit(echo, i).result()`` calls, p50 and p99. Nothing
+   batches here, so it shows the fixed cost of one hop through every process and every wake-up,
+   which is what an interactive caller waiting on one result feels.
+
+Usage::
+
+    .venv/bin/python benchmarks/throughput.py [--runs N] [--quick] [--json PATH]
+
+The submitted functions live in this script (``__main__``), so they travel by value with
+cloudpickle, as a user's own functions do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import structlog
+
+import squall
+
+NOOP_TASKS = 20_000
+SLEEP_TASKS = 10_000
+SLEEP_SECONDS = 0.1
+SLEEP_CONCURRENCY = 10_000
+LATENCY_CALLS = 2_000
+LATENCY_WARMUP_CALLS = 200
+
+QUICK_RUNS = 2
+QUICK_NOOP_TASKS = 5_000
+QUICK_SLEEP_TASKS = 2_000
+QUICK_LATENCY_CALLS = 300
+
+
+def echo(x: Any) -> Any:
+    """The no-op task: returns its argument."""
+    return x
+
+
+def sleep_then_echo(x: Any) -> Any:
+    """The I/O-bound task: a gevent-patched ``time.sleep`` on the worker, then its argument."""
+    time.sleep(SLEEP_SECONDS)
+    return x
+
+
+@dataclass
+class Figure:
+    """One row of the table: a name, its measured values (one per run), and the target."""
+
+    name: str
+    unit: str
+    values: list[float]
+    target: float | None = None
+    #: True when higher is better (a rate); False for times.
+    higher_is_better: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        if self.higher_is_better:
+            return self.median >= self.target
+        return self.median <= self.target
+
+
+def _settle() -> None:
+    """Collect garbage before a timed run so one run's leftovers do not land in the next."""
+    gc.collect()
+
+
+def bench_noop(runs: int, tasks: int) -> Figure:
+    """Figure 1: no-op tasks per second, end to end, through ``map`` on the default executor."""
+    values: list[float] = []
+    expected = list(range(tasks))
+    with squall.Executor() as ex:
+        processes = ex.stats()["workers"]  # the default: one per core
+        for run in range(runs + 1):  # run 0 is the warm-up
+            _settle()
+            t0 = time.perf_counter()
+            results = list(ex.map(echo, range(tasks)))
+            elapsed = time.perf_counter() - t0
+            if results != expected:
+                raise RuntimeError("no-op results came back wrong")
+            if run:
+                values.append(tasks / elapsed)
+    return Figure(
+        name=f"no-op throughput ({tasks:,} tasks, {processes} processes)",
+        unit="tasks/s",
+        values=values,
+        target=20_000,
+        higher_is_better=True,
+        extra={"tasks": tasks, "processes": processes},
+    )
+
+
+def bench_sleep(runs: int, tasks: int) -> Figure:
+    """Figure 2: wall time for ``tasks`` 100 ms sleeps on one worker process."""
+    values: list[float] = []
+    expected = list(range(tasks))
+    with squall.Executor(processes=1, concurrency=SLEEP_CONCURRENCY) as ex:
+        for run in range(runs + 1):
+            _settle()
+            t0 = time.perf_counter()
+            results = list(ex.map(sleep_then_echo, range(tasks)))
+            elapsed = time.perf_counter() - t0
+            if results != expected:
+                raise RuntimeError("sleep results came back wrong")
+            if run:
+                values.append(elapsed)
+    return Figure(
+        name=f"sleep fan-out wall time ({tasks:,} x {SLEEP_SECONDS * 1000:.0f} ms, 1 process)",
+        unit="s",
+        values=values,
+        # The target is set for 10,000 tasks; a quick run with fewer would pass too easily.
+        target=0.5 if tasks == SLEEP_TASKS else None,
+        extra={"tasks": tasks, "concurrency": SLEEP_CONCURRENCY, "sleep_s": SLEEP_SECONDS},
+    )
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation between the closest ranks."""
+    pos = q * (len(sorted_values) - 1)
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
+
+
+def bench_latency(runs: int, calls: int) -> tuple[Figure, Figure]:
+    """Figure 3: p50 and p99 of sequential single-task round trips, one value per run each."""
+    p50s: list[float] = []
+    p99s: list[float] = []
+    with squall.Executor() as ex:
+        for _ in range(LATENCY_WARMUP_CALLS):
+            ex.submit(echo, 0).result()
+        for _ in range(runs):
+            _settle()
+            samples: list[float] = []
+            for i in range(calls):
+                t0 = time.perf_counter()
+                if ex.submit(echo, i).result() != i:
+                    raise RuntimeError("latency result came back wrong")
+                samples.append(time.perf_counter() - t0)
+            samples.sort()
+            p50s.append(_percentile(samples, 0.50) * 1e6)
+            p99s.append(_percentile(samples, 0.99) * 1e6)
+    extra = {"calls": calls, "warmup_calls": LATENCY_WARMUP_CALLS}
+    name = f"round-trip latency {{}} ({calls:,} sequential calls)"
+    return (
+        Figure(name.format("p50"), "µs", p50s, target=300, extra=extra),
+        Figure(name.format("p99"), "µs", p99s, extra=extra),
+    )
+
+
+def _revision() -> str:
+    """The checkout measured: short commit hash, plus "+dirty.<hash of the diff>" when src/ has
+    uncommitted changes (so two runs on different uncommitted code do not look alike)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        diff = git("diff", "HEAD", "--", "../src")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    if not diff:
+        return head
+    return f"{head}+dirty.{hashlib.sha1(diff.encode()).hexdigest()[:7]}"
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "tasks/s":
+        return f"{value:,.0f} tasks/s"
+    if unit == "s":
+        return f"{value:.3f} s"
+    if unit == "µs":
+        return f"{value:,.0f} µs"
+    return f"{value:g} {unit}"
+
+
+def table(figures: list[Figure]) -> str:
+    """The figures as a Markdown table."""
+    lines = [
+        "| figure | median | min | max | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for fig in figures:
+        if fig.target is None:
+            target, met = "—", "—"
+        else:
+            target = ("≥ " if fig.higher_is_better else "≤ ") + _fmt(fig.target, fig.unit)
+            met = "yes" if fig.met() else "**no**"
+        lines.append(
+            f"| {fig.name} | {_fmt(fig.median, fig.unit)} | {_fmt(min(fig.values), fig.unit)} "
+            f"| {_fmt(max(fig.values), fig.unit)} | {target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Measure squall's throughput, fan-out and latency on the embedded default."
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help=f"measured runs per workload after one warm-up "
+        f"(default 5, or {QUICK_RUNS} with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer runs and tasks: a smoke run, not figures to quote",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the raw numbers to PATH")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # The client logs through structlog, which prints to stdout until configured; squall's
+    # warnings go to stderr so that stdout is the table alone.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    runs: int = args.runs if args.runs is not None else (QUICK_RUNS if args.quick else 5)
+    if runs < 1:
+        _parser().error("--runs must be at least 1")
+    noop_tasks = QUICK_NOOP_TASKS if args.quick else NOOP_TASKS
+    sleep_tasks = QUICK_SLEEP_TASKS if args.quick else SLEEP_TASKS
+    latency_calls = QUICK_LATENCY_CALLS if args.quick else LATENCY_CALLS
+
+    load_before = os.getloadavg()[0]  # other work on the machine skews every figure
+    revision = _revision()
+    started = time.perf_counter()
+    figures = [
+        bench_noop(runs, noop_tasks),
+        bench_sleep(runs, sleep_tasks),
+        *bench_latency(runs, latency_calls),
+    ]
+    elapsed = time.perf_counter() - started
+
+    cores = os.cpu_count() or 1
+    if (after := _revision()) != revision:  # workers start fresh per executor: both were run
+        revision = f"{revision}, then {after}: the source changed during the run"
+    print(
+        f"squall {squall.__version__} ({revision}), Python {platform.python_version()}, "
+        f"{cores} cores, {runs} runs per figure after a warm-up"
+        f"{' (--quick)' if args.quick else ''}, load average {load_before:.2f} before the run"
+    )
+    print()
+    print(table(figures))
+    print()
+    print(f"total {elapsed:.1f} s")
+
+    if args.json:
+        raw = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "squall": squall.__version__,
+            "revision": revision,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cores": cores,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "runs": runs,
+            "quick": args.quick,
+            "figures": [{**asdict(fig), "median": fig.median, "met": fig.met()} for fig in figures],
+        }
+        with open(args.json, "w") as f:
+            json.dump(raw, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
