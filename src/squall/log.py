@@ -62,6 +62,44 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
     )
 
 
+class _Logger:
+    """A logger that follows the application's structlog configuration, if it has one.
+
+    structlog's unconfigured default prints to stdout, which is the application's output (a
+    table, JSON, a pipe): until someone configures structlog, squall's client side logs
+    warnings and errors to stderr instead.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, method: str) -> Any:
+        if structlog.is_configured():
+            return getattr(structlog.get_logger(module=self._name), method)
+        return getattr(_stderr_default().bind(module=self._name), method)
+
+
+_fallback: Any = None
+
+
+def _stderr_default() -> Any:
+    global _fallback
+    if _fallback is None:
+        level = (os.environ.get(LEVEL_ENV) or "warning").upper()
+        _fallback = structlog.wrap_logger(
+            structlog.PrintLogger(file=sys.stderr),
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(
+                getattr(logging, level, logging.WARNING)
+            ),
+        )
+    return _fallback
+
+
 def get_logger(name: str) -> Any:
     """A structlog logger tagged with the module that logs."""
-    return structlog.get_logger(module=name)
+    return _Logger(name)

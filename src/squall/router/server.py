@@ -16,6 +16,7 @@ import collections
 import os
 import pickle
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -40,10 +41,6 @@ MAX_ITEMS = 1000
 def _chunks(entries: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(entries), MAX_ITEMS):
         yield entries[start : start + MAX_ITEMS]
-
-
-class _Stop(BaseException):
-    """Raised from the signal handler to leave a blocking poll at once."""
 
 
 def forbid_unpickling() -> None:
@@ -102,21 +99,34 @@ class RouterServer:
     # -- loop -------------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Serve until SIGTERM/SIGINT, or until the parent process (if any) is gone."""
+        """Serve until SIGTERM/SIGINT, or until the parent process (if any) is gone.
+
+        Signals only set a flag: Python also runs handlers inside pyzmq's C code, where an
+        exception raised from one can be discarded. The interpreter writes each signal to a
+        socket the poll watches, so the flag is seen at once.
+        """
+        stopped_by: list[str] = []
 
         def stop(signum: int, _: Any) -> None:
-            raise _Stop(signal.Signals(signum).name)
+            stopped_by.append(signal.Signals(signum).name)
+            self._running = False
 
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         self._running = True
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while self._running:
                 wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
-                if poller.poll(int(wait * 1000)):
+                events = dict(poller.poll(int(wait * 1000)))
+                if self.socket in events:
                     self._drain()
                 self._dispatch()
                 self._flush()
@@ -125,9 +135,11 @@ class RouterServer:
                 if time.monotonic() >= next_beat:
                     self._on_beat()
                     next_beat = time.monotonic() + self.config.heartbeat
-        except _Stop as why:
-            log.info("router stopping", signal=str(why))
+            log.info("router stopping", signal=stopped_by[0] if stopped_by else None)
         finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            wake_r.close()
+            wake_w.close()
             self._goodbye()
 
     def stop(self) -> None:
