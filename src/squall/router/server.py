@@ -279,7 +279,7 @@ class RouterServer:
         for worker, tasks in self.state.dispatch():
             for chunk in _chunks(tasks):
                 items = [
-                    TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps, t.frames)  # type: ignore[arg-type]
+                    TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
                     for t in chunk
                 ]
                 self._send(worker.peer, protocol.encode_task(items))

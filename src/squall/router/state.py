@@ -34,9 +34,9 @@ class Task:
     worker: bytes | None = None
     window: int = 0
     #: outcomes (status, frames) of the tasks this one takes as arguments, in argument order
-    deps: list[tuple[int, list[Any]] | None] = field(default_factory=list)
+    deps: list[tuple[int, list[Any]] | None] | None = None
     waiting: int = 0  # dependencies without an outcome yet; queued only at 0
-    dependents: list[tuple[Task, int]] = field(default_factory=list)
+    dependents: list[tuple[Task, int]] | None = None  # None, not [], keeps submit cheap
     cancelled: bool = False
     items_sent: int = 0  # stream items already forwarded: such a task cannot simply run again
 
@@ -256,6 +256,8 @@ class RouterState:
             key = (task.client, dep_id)
             dep = self.by_client.get(key)
             if dep is not None:
+                if dep.dependents is None:
+                    dep.dependents = []
                 dep.dependents.append((task, index))
                 task.waiting += 1
             elif key in self.recent:
@@ -331,7 +333,8 @@ class RouterState:
         self.recent[key] = (status, frames)
         if len(self.recent) > self.recent_size:
             self.recent.popitem(last=False)
-        for dependent, index in task.dependents:
+        for dependent, index in task.dependents or ():
+            assert dependent.deps is not None
             dependent.deps[index] = (status, frames)
             dependent.waiting -= 1
             if dependent.waiting == 0 and not dependent.cancelled:
