@@ -104,7 +104,7 @@ class ClientCore:
         for item in items:
             target = _live(self.pending.get(item.task_id))
             if target is not None:
-                target._squall_item(item.frames)
+                target._squall_item(item)
 
     def _remember(self, fn_hash: bytes, body: bytes) -> None:
         self._recent[fn_hash] = body

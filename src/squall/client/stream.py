@@ -1,7 +1,7 @@
 """``squall.Stream``: a remote generator's values, as they are yielded, with backpressure.
 
 The worker pauses the generator while ``window`` values are unread; this side tells it how many
-were read (an ACK every half window), so memory stays bounded on worker, router and client
+were read (an ACK every quarter window, so the pipe never drains), so memory stays bounded on worker, router and client
 however fast the generator and however slow the reader. Closing the stream early (``break``,
 ``close()``, garbage collection) cancels the remote generator, whose ``finally`` blocks run.
 """
@@ -19,7 +19,7 @@ from squall.protocol import Frame, Status
 
 T = TypeVar("T")
 
-DEFAULT_WINDOW = 64
+DEFAULT_WINDOW = 128
 
 _END = object()
 
@@ -47,9 +47,13 @@ class Stream(Generic[T]):
 
     # -- fed by the I/O driver --------------------------------------------------------------
 
-    def _squall_item(self, frames: list[Frame]) -> None:
+    def _squall_item(self, item: protocol.StreamItem) -> None:
+        if item.packed:
+            values = [[v] for v in protocol.unpack_values(item.frames[0], item.n_values)]
+        else:
+            values = [item.frames]
         with self._lock:
-            self._buffer.append(frames)
+            self._buffer.extend(values)
             self._wake()
 
     def _squall_outcome(self, status: int, frames: list[Frame]) -> None:
@@ -101,7 +105,7 @@ class Stream(Generic[T]):
         if self._buffer:
             frames = self._buffer.popleft()
             self._unacked += 1
-            if self._unacked >= max(1, self.window // 2):
+            if self._unacked >= max(1, self.window // 4):
                 self._send(protocol.encode_ack([(self.task_id, self._unacked)]))
                 self._unacked = 0
             return serialization.loads(frames)

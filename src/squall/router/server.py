@@ -71,7 +71,7 @@ class RouterServer:
         self.endpoint = ""
         # What the drain pass decided to send, per peer, flushed as batches after it.
         self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
-        self._items: dict[bytes, list[tuple[int, list[Any]]]] = collections.defaultdict(list)
+        self._items: dict[bytes, list[protocol.StreamItem]] = collections.defaultdict(list)
         self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
         self._backlog: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self._running = False
@@ -222,9 +222,9 @@ class RouterServer:
 
     def _on_items(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         for item in protocol.decode_items(body, payload):
-            task = self.state.stream_item(peer, item.task_id)
+            task = self.state.stream_item(peer, item.task_id, item.n_values)
             if task is not None:
-                self._items[task.client].append((task.client_task_id, item.frames))
+                self._items[task.client].append(item._replace(task_id=task.client_task_id))
 
     def _on_ack(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         for client_task_id, consumed in protocol.decode_ack(body, payload):

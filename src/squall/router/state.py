@@ -357,13 +357,14 @@ class RouterState:
 
     # -- streams and cancellation -----------------------------------------------------------
 
-    def stream_item(self, worker_peer: bytes, task_id: int) -> Task | None:
-        """A running stream yielded: return its task if the item should reach the client."""
+    def stream_item(self, worker_peer: bytes, task_id: int, count: int = 1) -> Task | None:
+        """A running stream yielded ``count`` values: return its task if they should reach the
+        client."""
         worker = self.workers.get(worker_peer)
         task = worker.running.get(task_id) if worker is not None else None
         if task is None or task.cancelled or task.client not in self.clients:
             return None
-        task.items_sent += 1
+        task.items_sent += count
         return task
 
     def running_task(self, client: bytes, client_task_id: int) -> Task | None:

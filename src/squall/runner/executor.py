@@ -48,6 +48,8 @@ _STREAM = int(Kind.STREAM)  # plain ints on the hot path: enum attribute lookups
 DRAIN_BATCH = 2000
 MAX_ITEMS = 1000
 FUNCTION_CACHE_SIZE = 1024
+#: stream values whose pickle is smaller than this are packed together into one frame
+PACK_LIMIT = 16 * 1024
 
 
 class FunctionCache:
@@ -76,6 +78,7 @@ class _StreamWindow:
         self.window = window
         self.sent = 0
         self.acked = 0
+        self.chunk: list[bytes] = []
         self._room = gevent.event.Event()
 
     def wait_for_room(self) -> None:
@@ -100,7 +103,9 @@ class WorkerProcess:
         #: fn hash -> tasks waiting for its body
         self._awaiting_body: dict[bytes, list[TaskItem]] = {}
         self._results: list[tuple[int, int, list[Any]]] = []
-        self._items: list[tuple[int, list[Any]]] = []
+        self._items: list[protocol.StreamItem] = []
+        #: streams with small values waiting to be packed into one ITEM at the next flush
+        self._chunked: dict[int, _StreamWindow] = {}
         #: task id -> the greenlet running it. Plain greenlets, started by a hub callback: a
         #: gevent.Greenlet costs ~15 us to spawn, a plain one ~9 us, and tasks are many.
         self._tasks: dict[int, greenlet.greenlet] = {}
@@ -276,7 +281,12 @@ class WorkerProcess:
                 status, frames = self._pickled(value)
                 if status != Status.OK:
                     break
-                self._items.append((item.task_id, frames))
+                if len(frames) == 1 and len(frames[0]) < PACK_LIMIT:
+                    stream.chunk.append(frames[0])  # packed with its neighbours at flush
+                    self._chunked[item.task_id] = stream
+                else:
+                    self._move_chunk(item.task_id)  # keep order: what came before goes first
+                    self._items.append(protocol.StreamItem(item.task_id, 1, False, frames))
                 self._wake_sender.set()
                 stream.sent += 1
                 stream.wait_for_room()
@@ -290,9 +300,18 @@ class WorkerProcess:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()  # the generator's finally blocks run, even when the reader left early
+            self._move_chunk(item.task_id)
             del self._streams[item.task_id]
             del self._tasks[item.task_id]
             self._finish(item.task_id, status, frames)
+
+    def _move_chunk(self, task_id: int) -> None:
+        """Queue a stream's small values as one packed ITEM."""
+        stream = self._chunked.pop(task_id, None)
+        if stream is not None and stream.chunk:
+            packed = protocol.pack_values(stream.chunk)
+            self._items.append(protocol.StreamItem(task_id, len(stream.chunk), True, [packed]))
+            stream.chunk = []
 
     @staticmethod
     def _pickled(value: Any) -> tuple[Status, list[Any]]:
@@ -322,6 +341,8 @@ class WorkerProcess:
         control, self._control = self._control, []
         for frames in control:
             self.socket.send_multipart(frames, copy=False)
+        for task_id in list(self._chunked):
+            self._move_chunk(task_id)
         while self._items:
             items, self._items = self._items[:MAX_ITEMS], self._items[MAX_ITEMS:]
             self.socket.send_multipart(protocol.encode_items(items), copy=False)
