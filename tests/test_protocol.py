@@ -38,7 +38,8 @@ SUBMIT_ROW = "!Q16sBIHH"  # task id, fn hash, kind, window, n deps, n frames
 TASK_ROW = "!Q16sBHIHH"  # task id, fn hash, kind, attempt, window, n deps, n own frames
 TASK_DEP = "!BH"  # status, n frames
 RESULT_ROW = "!QBH"  # task id, status, n frames
-ITEM_ROW = "!QH"  # task id, n frames
+ITEM_ROW = "!QIBH"  # task id, n values, packed, n frames
+VALUE_LEN = "!I"  # before each value in a packed ITEM frame
 ACK_ROW = "!QI"  # task id, consumed
 CANCEL_ROW = "!Q"  # task id
 
@@ -56,7 +57,13 @@ def prefix(version: int = VERSION, type_: int = MsgType.HEARTBEAT, magic: bytes 
 
 def test_wire_numbers_are_stable() -> None:
     # Peers of the same version must agree on these numbers: they are part of the protocol.
-    assert [(t.name, t.value) for t in MsgType][-3:] == [("ITEM", 13), ("ACK", 14), ("CANCEL", 15)]
+    assert [(t.name, t.value) for t in MsgType][-5:] == [
+        ("ITEM", 13),
+        ("ACK", 14),
+        ("CANCEL", 15),
+        ("TIMEOUT", 16),
+        ("STARTED", 17),
+    ]
     assert {s.name: s.value for s in Status} == {"OK": 0, "ERROR": 1, "CANCELLED": 2}
     assert {k.name: k.value for k in Kind} == {"CALL": 0, "STREAM": 1}
 
@@ -414,19 +421,248 @@ def test_result_roundtrip() -> None:
     assert [item.status for item in decoded] == [s for _, s, _ in items]
 
 
+def _packed(task_id: int, values: list[bytes]) -> StreamItem:
+    return StreamItem(task_id, len(values), True, [protocol.pack_values(values)])
+
+
 def test_items_roundtrip() -> None:
     # A stream's values in order, several of one task in one batch, interleaved with another's.
-    items = [(7 if i % 3 else 8, f) for i, f in enumerate(FRAME_SETS)]
+    items = [StreamItem(7 if i % 3 else 8, 1, False, f) for i, f in enumerate(FRAME_SETS)]
     frames = protocol.encode_items(items)
     assert frames[0] == (
         prefix(type_=MsgType.ITEM)
         + struct.pack("!I", len(items))
-        + b"".join(struct.pack(ITEM_ROW, t, len(f)) for t, f in items)
+        + b"".join(struct.pack(ITEM_ROW, t, 1, 0, len(f)) for t, _, _, f in items)
     )
     body, payload = roundtrip(frames, MsgType.ITEM)
     decoded = protocol.decode_items(body, payload)
-    assert decoded == [StreamItem(t, list(f)) for t, f in items]
+    assert decoded == [StreamItem(t, 1, False, list(f)) for t, _, _, f in items]
     assert all(type(item) is StreamItem for item in decoded)
+    assert all(item.packed is False for item in decoded)
+
+
+def test_items_packed_and_unpacked_roundtrip() -> None:
+    # Packed chunks (0, 1 and several values) between unpacked values of the same task, and a
+    # second task's items interleaved: order and ownership survive, and so do the values.
+    values = {
+        "a": [b"v0", b"", b"v2" * 50],
+        "b": [b"w0"],
+        "c": [],
+        "d": [b"x" * 70_000, b"y"],  # a value longer than 16 bits can count
+    }
+    items = [
+        _packed(7, values["a"]),
+        StreamItem(7, 1, False, [b"big", b"oob0", b"oob1"]),
+        _packed(8, values["b"]),
+        StreamItem(8, 1, False, [b"one frame"]),
+        _packed(7, values["c"]),
+        _packed(2**64 - 1, values["d"]),
+        StreamItem(7, 1, False, [b"last"]),
+    ]
+    frames = protocol.encode_items(items)
+    assert frames[0] == (
+        prefix(type_=MsgType.ITEM)
+        + struct.pack("!I", 7)
+        + struct.pack(ITEM_ROW, 7, 3, 1, 1)
+        + struct.pack(ITEM_ROW, 7, 1, 0, 3)
+        + struct.pack(ITEM_ROW, 8, 1, 1, 1)
+        + struct.pack(ITEM_ROW, 8, 1, 0, 1)
+        + struct.pack(ITEM_ROW, 7, 0, 1, 1)
+        + struct.pack(ITEM_ROW, 2**64 - 1, 2, 1, 1)
+        + struct.pack(ITEM_ROW, 7, 1, 0, 1)
+    )
+    # One frame per packed item, each unpacked item's frames as they are, in item order.
+    assert frames[1:] == [f for item in items for f in item.frames]
+    body, payload = roundtrip(frames, MsgType.ITEM)
+    decoded = protocol.decode_items(body, payload)
+    assert decoded == items
+    assert [item.packed for item in decoded] == [True, False, True, False, True, True, False]
+    assert all(type(item.packed) is bool for item in decoded)
+    assert all(type(item.frames) is list for item in decoded)
+    unpacked = [
+        [bytes(v) for v in protocol.unpack_values(item.frames[0], item.n_values)]
+        for item in decoded
+        if item.packed
+    ]
+    assert unpacked == [values["a"], values["b"], values["c"], values["d"]]
+    assert [item.frames for item in decoded if not item.packed] == [
+        [b"big", b"oob0", b"oob1"],
+        [b"one frame"],
+        [b"last"],
+    ]
+
+
+def _item_body(*rows: tuple[int, int, int, int]) -> bytes:
+    """An ITEM header body written out by hand, so the decoder is tested apart from the encoder."""
+    return struct.pack("!I", len(rows)) + b"".join(struct.pack(ITEM_ROW, *row) for row in rows)
+
+
+@pytest.mark.parametrize("n_frames", [0, 2, 3])
+@pytest.mark.parametrize("n_values", [0, 1, 2])
+def test_decode_items_rejects_a_packed_item_without_exactly_one_frame(
+    n_frames: int, n_values: int
+) -> None:
+    packed = protocol.pack_values([b"v"] * n_values)
+    # The bad item follows a good one: the whole message is refused, not half of it.
+    body = _item_body((1, 1, 0, 1), (2, n_values, 1, n_frames))
+    payload = [b"good", *[packed] * n_frames]
+    with pytest.raises(ProtocolError, match="ITEM: a packed item has one frame"):
+        protocol.decode_items(body, payload)
+    # The same through the encoder, which trusts its caller.
+    bad = StreamItem(2, n_values, True, [packed] * n_frames)
+    body, payload = roundtrip(protocol.encode_items([bad]), MsgType.ITEM)
+    with pytest.raises(ProtocolError, match="ITEM: a packed item has one frame"):
+        protocol.decode_items(body, payload)
+    # With exactly one frame, the same item is fine.
+    body = _item_body((1, 1, 0, 1), (2, n_values, 1, 1))
+    assert protocol.decode_items(body, [b"good", packed]) == [
+        StreamItem(1, 1, False, [b"good"]),
+        StreamItem(2, n_values, True, [packed]),
+    ]
+
+
+@pytest.mark.parametrize("n_values", [0, 2, 3, 2**32 - 1])
+@pytest.mark.parametrize("n_frames", [0, 1, 2])
+def test_decode_items_rejects_an_unpacked_item_not_of_one_value(
+    n_values: int, n_frames: int
+) -> None:
+    own = [b"f%d" % i for i in range(n_frames)]
+    body = _item_body((1, 2, 1, 1), (2, n_values, 0, n_frames))
+    payload = [protocol.pack_values([b"a", b"b"]), *own]
+    with pytest.raises(ProtocolError, match="an unpacked one, one value"):
+        protocol.decode_items(body, payload)
+    body, payload = roundtrip(
+        protocol.encode_items([StreamItem(2, n_values, False, own)]), MsgType.ITEM
+    )
+    with pytest.raises(ProtocolError, match="an unpacked one, one value"):
+        protocol.decode_items(body, payload)
+    # One value is fine, however many frames it has.
+    body = _item_body((2, 1, 0, n_frames))
+    assert protocol.decode_items(body, own) == [StreamItem(2, 1, False, own)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed stream values
+
+
+def test_pack_values_wire_layout() -> None:
+    assert protocol.pack_values([]) == b""
+    assert protocol.pack_values([b""]) == struct.pack(VALUE_LEN, 0)
+    assert protocol.pack_values([b"ab", b"", b"c"]) == (
+        struct.pack(VALUE_LEN, 2)
+        + b"ab"
+        + struct.pack(VALUE_LEN, 0)
+        + struct.pack(VALUE_LEN, 1)
+        + b"c"
+    )
+    big = b"z" * 70_000
+    assert protocol.pack_values([big]) == struct.pack(VALUE_LEN, 70_000) + big
+    # Buffers pack like bytes.
+    assert protocol.pack_values([memoryview(b"ab"), bytearray(b"c")]) == protocol.pack_values(
+        [b"ab", b"c"]
+    )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [b""],
+        [b"", b"", b""],
+        [b"one"],
+        [b"a", b"", b"bc", b"", b"def"],
+        [bytes(range(256)) * 300, b"\x00\x00\x00\x04", b""],  # big; one that looks like a length
+    ],
+)
+def test_pack_unpack_values_roundtrip(values: list[bytes]) -> None:
+    frame = protocol.pack_values(values)
+    assert len(frame) == sum(4 + len(v) for v in values)
+    unpacked = protocol.unpack_values(frame, len(values))
+    assert all(type(v) is memoryview for v in unpacked)
+    assert [bytes(v) for v in unpacked] == values
+    assert all(v.obj is frame for v in unpacked)  # views of the frame, not copies
+    # Frames arrive as bytes, buffers, or zmq.Frame-like objects (a ``buffer`` attribute).
+    for as_frame in (bytearray(frame), memoryview(frame)):
+        assert [bytes(v) for v in protocol.unpack_values(as_frame, len(values))] == values
+
+    class FrameLike:
+        def __init__(self, data: bytes) -> None:
+            self.buffer = memoryview(data)
+
+    assert [bytes(v) for v in protocol.unpack_values(FrameLike(frame), len(values))] == values
+
+
+def test_unpack_values_reads_a_zmq_frame() -> None:
+    zmq = pytest.importorskip("zmq")
+    values = [b"first", b"", b"third" * 1000, b""]
+    frame = zmq.Frame(protocol.pack_values(values))
+    unpacked = protocol.unpack_values(frame, len(values))
+    assert all(type(v) is memoryview for v in unpacked)
+    assert [bytes(v) for v in unpacked] == values
+    assert protocol.unpack_values(zmq.Frame(b""), 0) == []
+    with pytest.raises(ProtocolError, match="end early"):
+        protocol.unpack_values(zmq.Frame(protocol.pack_values(values)), len(values) + 1)
+
+
+def test_unpack_values_returns_views_not_copies() -> None:
+    frame = bytearray(protocol.pack_values([b"abc", b"de"]))
+    first, second = protocol.unpack_values(frame, 2)
+    frame[4] = ord("X")  # the first value's first byte
+    frame[-1] = ord("Y")  # the second value's last byte
+    assert bytes(first) == b"Xbc"
+    assert bytes(second) == b"dY"
+
+
+@pytest.mark.parametrize(
+    ("frame", "count"),
+    [
+        (b"", 1),  # no values at all
+        (protocol.pack_values([b"a"]), 2),  # one value short
+        (protocol.pack_values([b"a", b""]), 3),
+        (b"\x00\x00\x00", 1),  # a length cut short
+        (protocol.pack_values([b"a"]) + b"\x00\x00", 2),  # the next length cut short
+        (protocol.pack_values([b"a"]), 2**32 - 1),  # a huge count fails fast, all the same
+    ],
+)
+def test_unpack_values_rejects_values_that_end_early(frame: bytes, count: int) -> None:
+    with pytest.raises(ProtocolError, match="ITEM: packed values end early"):
+        protocol.unpack_values(frame, count)
+
+
+@pytest.mark.parametrize(
+    ("frame", "count"),
+    [
+        (struct.pack(VALUE_LEN, 1), 1),  # a length and no value
+        (struct.pack(VALUE_LEN, 10) + b"abc", 1),
+        (struct.pack(VALUE_LEN, 2**32 - 1) + b"abc", 1),
+        (protocol.pack_values([b"ok"]) + struct.pack(VALUE_LEN, 3) + b"ab", 2),  # the last one
+        (protocol.pack_values([b"abc"])[:-1], 1),  # the frame cut inside a value
+    ],
+)
+def test_unpack_values_rejects_a_value_past_the_frame(frame: bytes, count: int) -> None:
+    with pytest.raises(ProtocolError, match="ITEM: a packed value runs past the frame"):
+        protocol.unpack_values(frame, count)
+
+
+@pytest.mark.parametrize(
+    ("frame", "count"),
+    [
+        (b"\x00", 0),  # no values expected, a byte arrived
+        (protocol.pack_values([b"a"]), 0),
+        (protocol.pack_values([b"a", b"b"]), 1),  # one value more than the count
+        (protocol.pack_values([b"a"]) + b"\x00", 1),  # a stray byte
+        (protocol.pack_values([b"a"]) + b"\x00\x00\x00", 1),  # three: not even a length
+        (protocol.pack_values([b"", b""]), 1),
+    ],
+)
+def test_unpack_values_rejects_bytes_left_over(frame: bytes, count: int) -> None:
+    with pytest.raises(ProtocolError, match="ITEM: bytes left after the packed values"):
+        protocol.unpack_values(frame, count)
+
+
+def test_unpack_values_of_nothing() -> None:
+    assert protocol.unpack_values(b"", 0) == []
+    assert protocol.unpack_values(protocol.pack_values([]), 0) == []
 
 
 def test_ack_roundtrip() -> None:
@@ -482,8 +718,13 @@ def test_single_item_batches(n_frames: int) -> None:
     frames = [bytes([i]) * 3 for i in range(n_frames)]
     body, payload = roundtrip(protocol.encode_result([(99, Status.OK, frames)]), MsgType.RESULT)
     assert protocol.decode_result(body, payload) == [ResultItem(99, Status.OK, frames)]
-    body, payload = roundtrip(protocol.encode_items([(99, frames)]), MsgType.ITEM)
-    assert protocol.decode_items(body, payload) == [StreamItem(99, frames)]
+    body, payload = roundtrip(
+        protocol.encode_items([StreamItem(99, 1, False, frames)]), MsgType.ITEM
+    )
+    assert protocol.decode_items(body, payload) == [StreamItem(99, 1, False, frames)]
+    packed = protocol.pack_values(frames)
+    body, payload = roundtrip(protocol.encode_items([_packed(99, frames)]), MsgType.ITEM)
+    assert protocol.decode_items(body, payload) == [StreamItem(99, n_frames, True, [packed])]
     dep = TaskItem(99, H1, Kind.CALL, 0, 0, [(Status.OK, frames)], [])
     body, payload = roundtrip(protocol.encode_task([dep]), MsgType.TASK)
     assert protocol.decode_task(body, payload) == [dep]
@@ -524,9 +765,15 @@ def test_batch_payload_frames_pass_through_untouched() -> None:
     )
     (submitted,) = protocol.decode_submit(body, payload)
     assert submitted.frames[0] is own[0] and submitted.frames[1] is own[1]
-    body, payload = roundtrip(protocol.encode_items([(1, own)]), MsgType.ITEM)
+    body, payload = roundtrip(protocol.encode_items([StreamItem(1, 1, False, own)]), MsgType.ITEM)
     (streamed,) = protocol.decode_items(body, payload)
     assert streamed.frames[0] is own[0] and streamed.frames[1] is own[1]
+    packed: Any = memoryview(protocol.pack_values([b"v0", b"v1"]))
+    body, payload = roundtrip(
+        protocol.encode_items([StreamItem(1, 2, True, [packed])]), MsgType.ITEM
+    )
+    (chunk,) = protocol.decode_items(body, payload)
+    assert chunk.frames[0] is packed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,7 +808,7 @@ BATCHES = [
     ),
     (
         "ITEM",
-        lambda f: (1, f),
+        lambda f: StreamItem(1, 1, False, f),  # one value, however many frames
         protocol.encode_items,
         protocol.decode_items,
         "ITEM: .* stray bytes after the items",
@@ -753,7 +1000,7 @@ def test_row_sizes() -> None:
         MsgType.SUBMIT: 33,
         MsgType.TASK: 35,
         MsgType.RESULT: 11,
-        MsgType.ITEM: 10,
+        MsgType.ITEM: 15,
         MsgType.ACK: 12,
         MsgType.CANCEL: 8,
     }
@@ -774,12 +1021,21 @@ def decode_any(frames: Sequence[Any]) -> object:
         MsgType.CREDIT: lambda: protocol.decode_credit(body),
         MsgType.ERROR: lambda: protocol.decode_error(body),
         MsgType.STATS: lambda: protocol.decode_stats(body),
-        MsgType.ITEM: lambda: protocol.decode_items(body, payload),
+        MsgType.ITEM: lambda: decode_and_unpack_items(body, payload),
         MsgType.ACK: lambda: protocol.decode_ack(body, payload),
         MsgType.CANCEL: lambda: protocol.decode_cancel(body, payload),
     }
     decoder = decoders.get(type_)
     return None if decoder is None else decoder()  # HEARTBEAT, DISCONNECT: nothing to decode
+
+
+def decode_and_unpack_items(body: bytes, payload: list[Any]) -> list[StreamItem]:
+    """What the client does with an ITEM: decode it, then unpack each packed chunk."""
+    items = protocol.decode_items(body, payload)
+    for item in items:
+        if item.packed:
+            assert len(protocol.unpack_values(item.frames[0], item.n_values)) == item.n_values
+    return items
 
 
 def _frames(rng: random.Random, most: int = 3) -> list[bytes]:
@@ -824,7 +1080,12 @@ def random_batch(rng: random.Random, type_: MsgType) -> tuple[list[Any], list[An
         ]
         return items, protocol.encode_result(items)
     if type_ is MsgType.ITEM:
-        items = [StreamItem(rng.getrandbits(64), _frames(rng)) for _ in range(n)]
+        items = [
+            StreamItem(rng.getrandbits(64), 1, False, _frames(rng))
+            if rng.random() < 0.5
+            else _packed(rng.getrandbits(64), _frames(rng, 5))
+            for _ in range(n)
+        ]
         return items, protocol.encode_items(items)
     if type_ is MsgType.ACK:
         items = [(rng.getrandbits(64), rng.getrandbits(32)) for _ in range(n)]
@@ -886,15 +1147,18 @@ def test_fuzz_only_protocol_errors() -> None:
     rng = random.Random(20240611)
     outcomes = {"ok": 0, "refused": 0}
     per_type = {t: {"ok": 0, "refused": 0} for t in BATCH_TYPES}
+    packed_ok = 0  # ITEM messages accepted with at least one packed value unpacked
     for _ in range(3000):
         type_, frames = random_message(rng)
         try:
-            decode_any(frames)
+            decoded = decode_any(frames)
         except ProtocolError as exc:
             assert isinstance(exc.frames, list)
             outcome = "refused"
         else:
             outcome = "ok"
+            if type_ is MsgType.ITEM and isinstance(decoded, list):
+                packed_ok += any(item.packed and item.n_values for item in decoded)
         outcomes[outcome] += 1
         if type_ is not None:
             per_type[type_][outcome] += 1
@@ -904,14 +1168,57 @@ def test_fuzz_only_protocol_errors() -> None:
     for type_, counts in per_type.items():
         assert counts["ok"] > 20, type_
         assert counts["refused"] > 20, type_
+    assert packed_ok > 5
 
 
 def test_fuzz_random_batches_roundtrip() -> None:
     rng = random.Random(99)
+    packed = 0
     for _ in range(400):
         type_ = rng.choice(BATCH_TYPES)
         items, frames = random_batch(rng, type_)
-        assert decode_any(frames) == items
+        decoded = decode_any(frames)
+        assert decoded == items
+        if type_ is MsgType.ITEM:
+            for item in protocol.decode_items(*roundtrip(frames, MsgType.ITEM)):
+                if item.packed:
+                    values = protocol.unpack_values(item.frames[0], item.n_values)
+                    assert protocol.pack_values([bytes(v) for v in values]) == item.frames[0]
+                    packed += 1
+    assert packed > 20
+
+
+def test_fuzz_packed_values() -> None:
+    # Damaged packed frames and wrong counts are refused cleanly; whatever is accepted is exactly
+    # what pack_values makes of the values it returns.
+    rng = random.Random(5)
+    seen = {"ok": 0, "refused": 0}
+    for _ in range(3000):
+        values = [rng.randbytes(rng.choice([0, 0, 1, 3, 7])) for _ in range(rng.randrange(0, 5))]
+        frame = protocol.pack_values(values)
+        count = len(values)
+        shape = rng.randrange(6)
+        if shape == 0 and frame:  # one byte changed, lengths included
+            at = rng.randrange(len(frame))
+            frame = frame[:at] + bytes([rng.randrange(256)]) + frame[at + 1 :]
+        elif shape == 1:  # cut
+            frame = frame[: rng.randrange(len(frame) + 1)]
+        elif shape == 2:  # extended
+            frame = frame + rng.randbytes(rng.randrange(1, 9))
+        elif shape == 3:  # another count
+            count = max(0, count + rng.choice([-2, -1, 1, 2]))
+        elif shape == 4:  # anything at all
+            frame = rng.randbytes(rng.randrange(0, 24))
+        try:
+            unpacked = protocol.unpack_values(frame, count)
+        except ProtocolError:
+            seen["refused"] += 1
+        else:
+            seen["ok"] += 1
+            assert len(unpacked) == count
+            assert protocol.pack_values([bytes(v) for v in unpacked]) == frame
+    assert seen["ok"] > 500
+    assert seen["refused"] > 1000
 
 
 def test_fuzz_random_bytes_through_parse_header() -> None:
@@ -967,7 +1274,14 @@ def test_fuzz_truncations_of_real_messages() -> None:
         ),
         protocol.encode_task(_task_items()),
         protocol.encode_result([(1, Status.OK, [b"x"]), (2, Status.ERROR, [])]),
-        protocol.encode_items([(1, [b"x"]), (1, [])]),
+        protocol.encode_items(
+            [
+                _packed(1, [b"x", b"", b"y"]),
+                StreamItem(1, 1, False, [b"a", b"b"]),
+                _packed(1, []),
+                StreamItem(2, 1, False, []),
+            ]
+        ),
         protocol.encode_ack([(1, 2), (3, 4)]),
         protocol.encode_cancel([1, 2]),
     ]
@@ -986,3 +1300,18 @@ def test_fuzz_truncations_of_real_messages() -> None:
             if len(frames) > 1:
                 with pytest.raises(ProtocolError):
                     decode_any(frames[:-1])
+
+
+def test_timeout_started_and_watchdog_heartbeat_roundtrip() -> None:
+    body, payload = roundtrip(protocol.encode_timeout(b"w1", "5 s", [3, 4]), MsgType.TIMEOUT)
+    assert protocol.decode_timeout(body, payload) == (b"w1", "5 s", [3, 4])
+    body, payload = roundtrip(protocol.encode_started([7, 8, 9]), MsgType.STARTED)
+    assert protocol.decode_started(body, payload) == [7, 8, 9]
+    body, payload = roundtrip(protocol.encode_heartbeat(b"w1"), MsgType.HEARTBEAT)
+    assert protocol.decode_heartbeat(body, payload) == b"w1"
+    body, payload = roundtrip(protocol.encode_heartbeat(), MsgType.HEARTBEAT)
+    assert protocol.decode_heartbeat(body, payload) == b""
+    with pytest.raises(ProtocolError):
+        protocol.decode_heartbeat(b"x", [])
+    with pytest.raises(ProtocolError):
+        protocol.decode_timeout(*roundtrip(protocol.encode_started([1]), MsgType.STARTED))

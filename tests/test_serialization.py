@@ -255,7 +255,8 @@ def test_dumps_reraises_what_pickling_raised() -> None:
 def test_dumps_call_roundtrip() -> None:
     frames = dumps_call((1, lambda v: v + 1, Point(1, 1)), {"k": "v", "data": b"d" * OOB_THRESHOLD})
     assert len(frames) == 2
-    args, kwargs = loads(frames)
+    args, kwargs, options = loads(frames)
+    assert options is None
     assert type(args) is tuple
     assert args[0] == 1
     assert args[1](1) == 2

@@ -252,6 +252,7 @@ def test_remove_worker_requeues_running_tasks_at_the_front() -> None:
 
 def test_attempt_grows_with_each_redelivery() -> None:
     state = make_state()
+    state.max_worker_deaths = 10
     state.add_client(C1, 1)
     state.submit(C1, items(0, 1))
     for expected in (1, 2, 3):
@@ -268,16 +269,27 @@ def test_remove_unknown_worker_is_harmless() -> None:
     assert state.counters["redelivered"] == 0
 
 
-def test_re_hello_of_a_worker_requeues_what_it_held() -> None:
+def test_hello_from_a_new_process_at_a_known_address_requeues_what_the_old_one_held() -> None:
     state = make_state()
     state.add_client(C1, 1)
     state.add_worker(W1, 10, 2)
     state.submit(C1, items(0, 2))
-    running = flatten(state.dispatch())
-    assert state.add_worker(W1, 11, 2) == running
+    state.dispatch()
+    state.add_worker(W1, 11, 2)
     assert state.workers[W1].pid == 11
     assert not state.workers[W1].running
     assert [t.attempt for t in state.queue] == [1, 1]
+
+
+def test_hello_again_from_the_same_process_keeps_its_tasks() -> None:
+    state = make_state()
+    state.add_client(C1, 1)
+    state.add_worker(W1, 10, 2)
+    state.submit(C1, items(0, 2))
+    state.dispatch()
+    state.add_worker(W1, 10, 5)
+    assert len(state.workers[W1].running) == 2 and state.workers[W1].capacity == 5
+    assert not state.queue and state.counters["redelivered"] == 0
 
 
 def test_expired_workers_with_fake_clock() -> None:
@@ -546,3 +558,77 @@ def test_a_body_too_big_to_cache_still_reaches_waiting_workers() -> None:
     assert state.body_for(W1, HASH) == (None, C1)
     assert state.body_arrived(HASH, BODY) == [W1]
     assert state.bodies.get(HASH) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker deaths, isolation, drains, time limits, queue bounds
+
+
+def test_a_task_that_keeps_killing_workers_is_isolated_then_fails() -> None:
+    state = make_state()
+    state.add_client(C1, 1)
+    state.submit(C1, items(0, 3))  # task 0 is the poison; 1 and 2 share its worker
+    state.add_worker(W1, 10, 10)
+    state.dispatch()
+    state.remove_worker(W1)  # first death: all three come back
+    state.add_worker(W1, 11, 10)
+    state.dispatch()
+    state.remove_worker(W1)  # second death: all three have died twice: suspects now
+    assert [t.client_task_id for t in state.suspects] == [0, 1, 2]
+    assert state.counters["worker_deaths"] == 2
+    # Suspects run alone: one per idle worker, which then takes nothing else.
+    for peer, pid in ((W1, 12), (W2, 20), (W3, 30)):
+        state.add_worker(peer, pid, 10)
+    state.submit(C1, items(10, 5))
+    plan = state.dispatch()
+    alone = {w.peer: [t.client_task_id for t in b] for w, b in plan if w.isolating is not None}
+    assert sorted(alone.values()) == [[0], [1], [2]]
+    assert all(state.workers[peer].free == 0 for peer in alone)
+    assert {t.client_task_id for t in state.queue} == {10, 11, 12, 13, 14}  # wait for room
+    poison_worker = next(peer for peer, ids in alone.items() if ids == [0])
+    state.remove_worker(poison_worker)  # third death: it fails, nothing else is hurt
+    ((failed, frames),) = state.take_failed()
+    assert failed.client_task_id == 0
+    assert b"WorkerLost" in frames[0] and b"died 3 times" in frames[0]
+    assert state.counters["worker_lost"] == 1
+    innocent = next(peer for peer, ids in alone.items() if ids == [1])
+    assert state.complete(innocent, state.by_client[(C1, 1)].id) is not None
+    assert state.workers[innocent].free == 10  # no longer isolating: takes normal work again
+
+
+def test_a_graceful_drain_hands_tasks_back_without_counting_a_death() -> None:
+    state = make_state()
+    state.add_client(C1, 1)
+    state.submit(C1, items(0, 2))
+    state.add_worker(W1, 10, 10)
+    state.dispatch()
+    requeued = state.remove_worker(W1, died=False)
+    assert [t.deaths for t in requeued] == [0, 0]
+    assert state.counters["worker_deaths"] == 0 and len(state.queue) == 2
+
+
+def test_timed_out_tasks_fail_and_the_rest_go_back() -> None:
+    state = make_state()
+    state.add_client(C1, 1)
+    state.submit(C1, items(0, 3))
+    state.add_worker(W1, 10, 10)
+    running = flatten(state.dispatch())
+    state.timed_out(W1, [running[0].id], "5 s")
+    ((task, frames),) = state.take_failed()
+    assert task.client_task_id == 0 and b"TaskTimeout" in frames[0]
+    assert W1 not in state.workers
+    assert [t.client_task_id for t in state.queue] == [1, 2]
+    assert all(t.deaths == 0 for t in state.queue)
+
+
+def test_a_client_cannot_queue_more_than_its_share() -> None:
+    state = make_state()
+    state.max_queued = 3
+    state.add_client(C1, 1)
+    assert state.submit(C1, items(0, 5)) == 3
+    refused = state.take_failed()
+    assert [t.client_task_id for t, _ in refused] == [3, 4]
+    assert b"queue for this client is full" in refused[0][1][0]
+    state.add_worker(W1, 10, 2)
+    state.dispatch()  # two leave the queue: room for two more
+    assert state.submit(C1, items(5, 2)) == 2

@@ -14,6 +14,7 @@ from squall.errors import (
     SquallError,
     StartupError,
     TaskFailed,
+    TaskTimeout,
     WorkerLost,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "SerializationError",
     "TaskFailed",
     "WorkerLost",
+    "TaskTimeout",
     "DependencyFailed",
     "StartupError",
     "ExecutorShutdown",

@@ -54,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds of silence before a worker is declared dead (default 3)",
     )
+    router.add_argument(
+        "--max-worker-deaths",
+        type=int,
+        help="a task whose worker dies this often fails with WorkerLost (default 3)",
+    )
+    router.add_argument(
+        "--max-queued",
+        type=int,
+        help="tasks one client may have queued in the router (default 1,000,000)",
+    )
+    router.add_argument(
+        "--max-message-size",
+        type=int,
+        metavar="BYTES",
+        help="disconnect peers sending bigger messages (default 1 GiB)",
+    )
     router.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(router)
 
@@ -69,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=1000, help="tasks at once per process (default 1000)"
     )
     worker.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
+    worker.add_argument(
+        "--grace", type=float, help="on SIGTERM, seconds running tasks get to finish (default 30)"
+    )
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(worker)
 
@@ -118,6 +137,9 @@ def _router(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         parent_pid=args.parent_pid,
         insecure=args.insecure,
+        max_worker_deaths=args.max_worker_deaths,
+        max_queued=args.max_queued,
+        max_message_size=args.max_message_size,
     )
     server = RouterServer(config)
     try:
@@ -149,6 +171,7 @@ def _worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         heartbeat=args.heartbeat,
         parent_pid=args.parent_pid,
+        grace=args.grace,
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     return WorkerNode(config, _log_args(args)).run()

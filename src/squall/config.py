@@ -28,6 +28,9 @@ class RouterConfig:
             given to others.
         parent_pid: exit when this process is gone (set by the embedded default).
         insecure: allow a non-loopback TCP address without authentication.
+        max_worker_deaths: a task whose worker dies this often fails with WorkerLost.
+        max_queued: tasks one client may have waiting in the router.
+        max_message_size: bytes; a peer sending a bigger message is disconnected.
     """
 
     bind: str
@@ -35,6 +38,9 @@ class RouterConfig:
     liveness: float = DEFAULT_LIVENESS
     parent_pid: int | None = None
     insecure: bool = False
+    max_worker_deaths: int = 3
+    max_queued: int = 1_000_000
+    max_message_size: int = 1 << 30
 
     @classmethod
     def from_env(cls, bind: str, **overrides: object) -> RouterConfig:
@@ -56,6 +62,8 @@ class WorkerConfig:
         concurrency: greenlets (tasks at once) per process.
         heartbeat: seconds between heartbeats to the router.
         parent_pid: exit when this process is gone.
+        grace: on SIGTERM, seconds running tasks get to finish before the rest are handed
+            back to the router.
     """
 
     connect: str
@@ -63,6 +71,7 @@ class WorkerConfig:
     concurrency: int = 1000
     heartbeat: float = DEFAULT_HEARTBEAT
     parent_pid: int | None = None
+    grace: float = 30.0
 
     def __post_init__(self) -> None:
         if self.processes < 1:

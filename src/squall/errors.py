@@ -54,6 +54,10 @@ def _dependency_failed(message: str, cause: BaseException | None) -> DependencyF
     return error
 
 
+class TaskTimeout(SquallError):
+    """The task ran past its ``timeout`` and was stopped."""
+
+
 class WorkerLost(SquallError):
     """The worker died while running the task, too many times to try again."""
 

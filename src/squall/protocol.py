@@ -54,6 +54,8 @@ class MsgType(enum.IntEnum):
     ITEM = 13  # worker -> router -> client: batch of values yielded by streaming tasks
     ACK = 14  # client -> router -> worker: the reader consumed this many stream items
     CANCEL = 15  # client -> router -> worker: stop these tasks
+    TIMEOUT = 16  # worker -> router: these tasks blocked me past their hard limit; I restart
+    STARTED = 17  # router -> client: these tasks went to a worker (their futures are running)
 
 
 class Role(enum.IntEnum):
@@ -221,8 +223,17 @@ def decode_credit(body: bytes) -> int:
     return int(_fixed(body, _CREDIT, "CREDIT")[0])
 
 
-def encode_heartbeat() -> list[Frame]:
-    return [_HEADERS[MsgType.HEARTBEAT]]
+def encode_heartbeat(on_behalf_of: bytes = b"") -> list[Frame]:
+    """HEARTBEAT; a worker's watchdog thread names the worker it speaks for (its own socket
+    has another identity), so a hub blocked by a long task does not look like a dead worker."""
+    return [_HEADERS[MsgType.HEARTBEAT], *([on_behalf_of] if on_behalf_of else [])]
+
+
+def decode_heartbeat(body: bytes, payload: Sequence[Frame]) -> bytes:
+    """The worker a heartbeat speaks for; empty when it is the sender itself."""
+    if body or len(payload) > 1:
+        raise ProtocolError("HEARTBEAT: unexpected content")
+    return bytes(payload[0]) if payload else b""
 
 
 def encode_disconnect() -> list[Frame]:
@@ -529,6 +540,32 @@ def decode_ack(body: bytes, payload: Sequence[Frame]) -> list[tuple[int, int]]:
     _check_no_extra("ACK", extra)
     _check_frames("ACK", 0, payload)
     return [(row[0], row[1]) for row in rows]
+
+
+def encode_timeout(worker: bytes, limit: str, task_ids: Sequence[int]) -> list[Frame]:
+    """TIMEOUT: sent by a worker's watchdog for the worker it speaks for."""
+    return _encode_batch(
+        MsgType.TIMEOUT, _CANCEL_ITEM, [(t,) for t in task_ids], [worker, limit.encode()]
+    )
+
+
+def decode_timeout(body: bytes, payload: Sequence[Frame]) -> tuple[bytes, str, list[int]]:
+    rows, extra = _decode_rows(body, _CANCEL_ITEM, "TIMEOUT")
+    _check_no_extra("TIMEOUT", extra)
+    _check_frames("TIMEOUT", 2, payload)
+    return bytes(payload[0]), bytes(payload[1]).decode(errors="replace"), [r[0] for r in rows]
+
+
+def encode_started(task_ids: Sequence[int]) -> list[Frame]:
+    """STARTED: these tasks were handed to a worker."""
+    return _encode_batch(MsgType.STARTED, _CANCEL_ITEM, [(t,) for t in task_ids], [])
+
+
+def decode_started(body: bytes, payload: Sequence[Frame]) -> list[int]:
+    rows, extra = _decode_rows(body, _CANCEL_ITEM, "STARTED")
+    _check_no_extra("STARTED", extra)
+    _check_frames("STARTED", 0, payload)
+    return [row[0] for row in rows]
 
 
 def encode_cancel(task_ids: Sequence[int]) -> list[Frame]:

@@ -168,14 +168,15 @@ class DependencyRef:
         return DependencyRef, (self.index, self.task_id)
 
 
-def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Frame]:
-    """Pickle a call's arguments; on failure, name the argument that would not pickle.
+def dumps_call(args: Sequence[Any], kwargs: Mapping[str, Any], options: Any = None) -> list[Frame]:
+    """Pickle a call's arguments (and the task's options); on failure, name the argument that
+    would not pickle.
 
     Raises:
         SerializationError: naming the argument (its position or keyword) and its type.
     """
     try:
-        return dumps((tuple(args), dict(kwargs)))
+        return dumps((tuple(args), dict(kwargs), options))
     except Exception as exc:
         raise _name_culprit(args, kwargs, exc) from exc
 

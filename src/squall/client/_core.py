@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from squall import protocol
+from squall.errors import WorkerLost
 from squall.protocol import Frame, Kind, ResultItem, StreamItem
 
 #: Items per SUBMIT message.
@@ -37,11 +38,16 @@ class Call(NamedTuple):
 class ClientCore:
     """Tasks waiting for an outcome, and the messages still to send for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending: int = 1_000_000) -> None:
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self.max_pending = max_pending
+        #: the I/O thread must never wait for room: only it can make room
+        self.io_thread: threading.Thread | None = None
         self._ids = itertools.count(1)
-        #: task id -> (target, fn hash, body): the body stays reachable while a task needs it
-        self.pending: dict[int, tuple[Any, bytes, bytes]] = {}
+        #: task id -> (target, fn hash, body, submitted item): each payload is kept until its
+        #: outcome arrives, so a restarted router can be given the task again
+        self.pending: dict[int, tuple[Any, bytes, bytes, protocol.SubmitItem]] = {}
         self._announced: set[bytes] = set()
         self._recent: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._outbox: list[protocol.SubmitItem] = []
@@ -51,8 +57,15 @@ class ClientCore:
         self.bodies_sent = 0
 
     def add(self, fn_hash: bytes, body: bytes, calls: Iterable[Call]) -> bool:
-        """Queue calls of one function; return True when the driver must be woken to send."""
+        """Queue calls of one function; return True when the driver must be woken to send.
+
+        Waits while ``max_pending`` tasks are without an outcome: a client submitting far
+        faster than the workers consume is slowed here rather than filling memory.
+        """
         with self._lock:
+            if threading.current_thread() is not self.io_thread:
+                while len(self.pending) >= self.max_pending:
+                    self._room.wait()
             if fn_hash not in self._announced:
                 self._announced.add(fn_hash)
                 self._new_bodies.append((fn_hash, body))
@@ -62,12 +75,11 @@ class ClientCore:
                 # A stream is held weakly: when the reader drops it, it is collected and its
                 # __del__ closes the remote generator.
                 target = weakref.ref(call.target) if call.kind == Kind.STREAM else call.target
-                self.pending[task_id] = (target, fn_hash, body)
-                self._outbox.append(
-                    protocol.SubmitItem(
-                        task_id, fn_hash, call.kind, call.window, call.deps, call.frames
-                    )
+                item = protocol.SubmitItem(
+                    task_id, fn_hash, call.kind, call.window, call.deps, call.frames
                 )
+                self.pending[task_id] = (target, fn_hash, body, item)
+                self._outbox.append(item)
             wake = not self._wake_pending
             self._wake_pending = True
         return wake
@@ -94,6 +106,7 @@ class ClientCore:
             for entry, _ in entries:
                 if entry is not None:
                     self._remember(entry[1], entry[2])
+            self._room.notify_all()
         for entry, item in entries:
             target = _live(entry)
             if target is not None:  # None: not ours any more (cancelled, or a dropped stream)
@@ -117,7 +130,7 @@ class ClientCore:
         with self._lock:
             if fn_hash in self._recent:
                 return self._recent[fn_hash]
-            for _, h, body in self.pending.values():
+            for _, h, body, _ in self.pending.values():
                 if h == fn_hash:
                     return body
         return b""
@@ -131,6 +144,46 @@ class ClientCore:
         """Stop tracking a task whose outcome nobody wants any more (cancelled)."""
         with self._lock:
             self.pending.pop(task_id, None)
+            self._room.notify_all()
+
+    def started(self, task_ids: list[int]) -> None:
+        """The router handed these tasks to workers: their futures are running now (and
+        ``cancel()`` returns False, as concurrent.futures says of running work)."""
+        for task_id in task_ids:
+            target = _live(self.pending.get(task_id))
+            if target is not None and hasattr(target, "set_running_or_notify_cancel"):
+                try:
+                    target.set_running_or_notify_cancel()
+                except RuntimeError:  # already resolved
+                    pass
+
+    def resubmit_all(self) -> int:
+        """The router lost its state (it restarted): queue every pending task again.
+
+        A stream that already delivered values fails instead: running it again would repeat
+        them. Returns how many tasks were queued again.
+        """
+        with self._lock:
+            self._announced.clear()
+            self._outbox.clear()
+            self._new_bodies.clear()
+            again, broken = [], []
+            for task_id in sorted(self.pending):
+                target, fn_hash, body, item = self.pending[task_id]
+                live = _live((target, fn_hash, body, item))
+                if getattr(live, "received", 0):
+                    broken.append(live)
+                    del self.pending[task_id]
+                    continue
+                if fn_hash not in self._announced:
+                    self._announced.add(fn_hash)
+                    self._new_bodies.append((fn_hash, body))
+                again.append(item)
+            self._outbox.extend(again)
+            self._room.notify_all()
+        for stream in broken:
+            stream._squall_fail(WorkerLost("the router restarted while the stream was running"))
+        return len(again)
 
     def targets(self) -> list[Any]:
         with self._lock:
@@ -144,9 +197,11 @@ class ClientCore:
         for target in map(_live, entries):
             if target is not None:
                 target._squall_fail(exc)
+        with self._lock:
+            self._room.notify_all()
 
 
-def _live(entry: tuple[Any, bytes, bytes] | None) -> Any:
+def _live(entry: tuple[Any, ...] | None) -> Any:
     """The future or stream of a pending entry; None if there is none (any more)."""
     if entry is None:
         return None

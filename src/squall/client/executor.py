@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from squall import options as task_options
 from squall import protocol, serialization
 from squall.client._core import Call, ClientCore
 from squall.client.embedded import LocalCluster
@@ -58,6 +59,9 @@ class Executor(concurrent.futures.Executor):
         processes: embedded default only: worker processes (default: number of cores).
         concurrency: embedded default only: tasks at once per worker process.
         connect_timeout: seconds to wait for the router (and embedded workers) to be ready.
+        stream_window: values a stream may have unread before its remote generator pauses.
+        max_pending: tasks without an outcome yet; ``submit`` waits while there are this many,
+            so a fast producer is slowed instead of filling memory.
 
     Raises:
         StartupError: the router (or the embedded processes) did not come up in time.
@@ -71,6 +75,7 @@ class Executor(concurrent.futures.Executor):
         concurrency: int = 1000,
         connect_timeout: float = 30.0,
         stream_window: int = DEFAULT_WINDOW,
+        max_pending: int = 100_000,
     ) -> None:
         if stream_window < 1:
             raise ValueError("stream_window must be at least 1")
@@ -78,7 +83,7 @@ class Executor(concurrent.futures.Executor):
         self._cluster: LocalCluster | None = None
         self._closed = False
         self._lock = threading.Lock()
-        self._core = ClientCore()
+        self._core = ClientCore(max_pending)
         if address is None:
             self._cluster = LocalCluster(processes or os.cpu_count() or 1, concurrency)
             address = self._cluster.start()
@@ -115,19 +120,26 @@ class Executor(concurrent.futures.Executor):
         collected into a list (use :meth:`stream` to receive them as they are yielded); an
         ``async def`` function is awaited on the worker.
 
+        squall keeps four keywords for itself (pass same-named arguments to ``fn`` with
+        ``functools.partial``): ``timeout`` (seconds; past it the task is interrupted and
+        raises ``squall.TaskTimeout``), ``retries`` and ``retry_on`` (run again on these
+        exception types, default any Exception; never on others), ``backoff`` (first pause
+        between attempts, doubling with jitter).
+
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled (named in the message);
                 nothing was sent.
             ExecutorShutdown: the executor was shut down.
         """
         self._check_open()
+        options = task_options.from_kwargs(kwargs)
         fn_hash, body = serialization.dumps_function(fn)
         future: Future[T] = self._new_future()
         args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             future.set_exception(failed)
             return future
-        frames = serialization.dumps_call(args, kwargs)
+        frames = serialization.dumps_call(args, kwargs, options)
         self._enqueue(fn_hash, body, [Call(frames, future, deps=deps)])
         return future
 
@@ -143,6 +155,7 @@ class Executor(concurrent.futures.Executor):
             SerializationError: as for :meth:`submit`.
         """
         self._check_open()
+        options = task_options.from_kwargs(kwargs)
         fn_hash, body = serialization.dumps_function(fn)
         stream: Stream[T] = Stream(self.stream_window, self._driver.send)
         stream.canceller = self._cancel_remote
@@ -150,7 +163,7 @@ class Executor(concurrent.futures.Executor):
         if failed is not None:
             stream._squall_fail(failed)
             return stream
-        frames = serialization.dumps_call(args, kwargs)
+        frames = serialization.dumps_call(args, kwargs, options)
         self._enqueue(fn_hash, body, [Call(frames, stream, Kind.STREAM, self.stream_window, deps)])
         return stream
 
@@ -209,6 +222,24 @@ class Executor(concurrent.futures.Executor):
         if batch:
             self._enqueue(fn_hash, body, batch)
         return futures
+
+    def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
+        """Cancel ``future``; with ``interrupt``, also stop it if a worker already runs it.
+
+        ``future.cancel()`` follows concurrent.futures: a running task is not cancelled. With
+        ``interrupt=True`` the worker's greenlet is killed (``finally`` blocks run) and the
+        future raises ``CancelledError``. Returns whether the task was stopped.
+        """
+        if future.cancel():
+            return True
+        if not interrupt or future.done():
+            return False
+        self._cancel_remote(future.task_id)
+        try:
+            future.set_exception(concurrent.futures.CancelledError("interrupted on its worker"))
+        except concurrent.futures.InvalidStateError:  # the outcome won the race
+            return False
+        return True
 
     def _new_future(self) -> Future[Any]:
         future: Future[Any] = Future()

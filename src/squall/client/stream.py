@@ -1,9 +1,10 @@
 """``squall.Stream``: a remote generator's values, as they are yielded, with backpressure.
 
 The worker pauses the generator while ``window`` values are unread; this side tells it how many
-were read (an ACK every quarter window, so the pipe never drains), so memory stays bounded on worker, router and client
-however fast the generator and however slow the reader. Closing the stream early (``break``,
-``close()``, garbage collection) cancels the remote generator, whose ``finally`` blocks run.
+were read (an ACK every quarter window, so the pipe never drains), so memory stays bounded on
+worker, router and client however fast the generator and however slow the reader. Closing the
+stream early (``break``, ``close()``, garbage collection) cancels the remote generator, whose
+``finally`` blocks run.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Stream(Generic[T]):
         self._end: tuple[int, list[Frame]] | None = None
         self._closed = False
         self._unacked = 0
+        self.received = 0
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     # -- fed by the I/O driver --------------------------------------------------------------
@@ -54,6 +56,7 @@ class Stream(Generic[T]):
             values = [item.frames]
         with self._lock:
             self._buffer.extend(values)
+            self.received += len(values)
             self._wake()
 
     def _squall_outcome(self, status: int, frames: list[Frame]) -> None:

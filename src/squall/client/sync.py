@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -55,6 +56,10 @@ class ThreadDriver:
             collections.deque()
         )
         self._welcome = threading.Event()
+        self._last_heard = time.monotonic()
+        self._last_hello = 0.0
+        self._liveness = 3.0
+        self._lost = False
         self._closing = False
         self.protocol_error: SquallError | None = None
         self._thread = threading.Thread(target=self._loop, name="squall-client-io", daemon=True)
@@ -108,9 +113,11 @@ class ThreadDriver:
         poller = self._zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        self.core.io_thread = threading.current_thread()
         try:
             while not self._closing:
-                events = dict(poller.poll(1000))
+                events = dict(poller.poll(250))
+                self._check_router()
                 if self._wake_r in events:
                     try:
                         os.read(self._wake_r, 65536)
@@ -146,7 +153,21 @@ class ThreadDriver:
             except ProtocolError as exc:
                 log.warning("malformed message from router dropped", error=str(exc))
 
+    def _check_router(self) -> None:
+        """Notice a router gone silent (crashed, restarting) and keep saying HELLO until one
+        answers; its WELCOME then gets every unfinished task again."""
+        now = time.monotonic()
+        if not self._lost and now - self._last_heard > self._liveness:
+            self._lost = True
+            log.warning(
+                "router silent; reconnecting", router=self.address, pending=len(self.core.pending)
+            )
+        if self._lost and now - self._last_hello > self._liveness / 3:
+            self._last_hello = now
+            self.socket.send_multipart(protocol.encode_hello(Role.CLIENT, os.getpid()))
+
     def _handle(self, frames: list[Any]) -> None:
+        self._last_heard = time.monotonic()
         type_, body = protocol.parse_header([frames[0].bytes])
         payload = frames[1:]
         if type_ is MsgType.RESULT:
@@ -160,18 +181,27 @@ class ThreadDriver:
             stats = protocol.decode_stats(body)
             if self._stats_waiters:
                 self._stats_waiters.popleft().set_result(stats)
+        elif type_ is MsgType.STARTED:
+            self.core.started(protocol.decode_started(body, payload))
         elif type_ is MsgType.WELCOME:
+            welcome = protocol.decode_welcome(body)
+            self._liveness = max(1.0, 3 * welcome.heartbeat_interval)
+            if self._lost:
+                self._lost = False
+                again = self.core.resubmit_all()
+                log.warning("router back; unfinished tasks submitted again", tasks=again)
             self._welcome.set()
         elif type_ is MsgType.ERROR:
             self._on_error(*protocol.decode_error(body))
         elif type_ is MsgType.DISCONNECT:
-            log.warning("router is shutting down", router=self.address)
+            log.warning("router is shutting down; will reconnect", router=self.address)
+            self._lost = True
 
     def _on_error(self, code: int, reason: str) -> None:
         log.warning("router refused a message", code=code, reason=reason)
-        if code == ErrorCode.UNKNOWN_PEER:
-            self.core.forget_announced()
-            self.socket.send_multipart(protocol.encode_hello(Role.CLIENT, os.getpid()))
+        if code == ErrorCode.UNKNOWN_PEER:  # the router restarted: HELLO, then resubmit
+            self._lost = True
+            self._last_hello = 0.0
         elif code == ErrorCode.VERSION:
             self.protocol_error = ProtocolError(f"router at {self.address} refused us: {reason}")
             self.core.fail_all(self.protocol_error)

@@ -35,6 +35,8 @@ T = TypeVar("T")
 
 #: Messages read per poll wake-up, and items per TASK/RESULT message sent.
 DRAIN_BATCH = 2000
+#: malformed messages one peer may send before it is cut off
+GARBAGE_LIMIT = 1000
 MAX_ITEMS = 1000
 
 
@@ -63,16 +65,26 @@ class RouterServer:
 
     def __init__(self, config: RouterConfig, context: zmq.Context[Any] | None = None) -> None:
         self.config = config
-        self.state = RouterState(liveness=config.liveness)
+        self.state = RouterState(
+            liveness=config.liveness,
+            max_worker_deaths=config.max_worker_deaths,
+            max_queued=config.max_queued,
+        )
         self.context = context or zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # ZeroMQ drops the connection of a peer sending a bigger message, before we read it.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
         self.endpoint = ""
         # What the drain pass decided to send, per peer, flushed as batches after it.
         self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
         self._items: dict[bytes, list[protocol.StreamItem]] = collections.defaultdict(list)
         self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
+        self._started: dict[bytes, list[int]] = collections.defaultdict(list)
+        #: peers that sent too much garbage: everything they send is dropped unread
+        self._ignored: set[bytes] = set()
+        self._garbage: collections.Counter[bytes] = collections.Counter()
         self._backlog: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
         self._running = False
         self._handlers: dict[MsgType, Callable[[bytes, bytes, list[Any]], None]] = {
@@ -88,6 +100,7 @@ class RouterServer:
             MsgType.ITEM: self._on_items,
             MsgType.ACK: self._on_ack,
             MsgType.CANCEL: self._on_cancel,
+            MsgType.TIMEOUT: self._on_timeout,
         }
 
     def bind(self) -> str:
@@ -155,6 +168,8 @@ class RouterServer:
 
     def _handle(self, frames: list[Any]) -> None:
         peer = frames[0].bytes
+        if peer in self._ignored:
+            return
         message = frames[1:]
         try:
             type_, body = protocol.parse_header(message)
@@ -171,6 +186,10 @@ class RouterServer:
             self._send(peer, protocol.encode_error(ErrorCode.VERSION, str(exc)))
         except ProtocolError as exc:
             self.state.counters["protocol_errors"] += 1
+            self._garbage[peer] += 1
+            if self._garbage[peer] > GARBAGE_LIMIT:
+                self._cut_off(peer)
+                return
             log.warning(
                 "malformed message dropped",
                 peer=peer.hex(),
@@ -188,13 +207,12 @@ class RouterServer:
     def _on_hello(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         hello = protocol.decode_hello(body)
         if hello.role is Role.WORKER:
-            requeued = self.state.add_worker(peer, hello.pid, hello.capacity)
+            self.state.add_worker(peer, hello.pid, hello.capacity)
             log.info(
                 "worker joined",
                 worker_pid=hello.pid,
                 capacity=hello.capacity,
                 workers=len(self.state.workers),
-                requeued=len(requeued),
             )
         else:
             self.state.add_client(peer, hello.pid)
@@ -206,7 +224,10 @@ class RouterServer:
         if peer in self.state.workers:
             raise ProtocolError("a worker cannot submit tasks")
         if peer not in self.state.clients:
-            self.state.add_client(peer, 0)  # lost its HELLO (e.g. we restarted): keep its tasks
+            # We restarted (or forgot it): it keeps every payload until the outcome arrives,
+            # and submits all its unfinished tasks again once it has said HELLO.
+            self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+            return
         self.state.submit(peer, items)
 
     def _on_result(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
@@ -259,13 +280,26 @@ class RouterServer:
         self.state.set_capacity(peer, protocol.decode_credit(body))
 
     def _on_heartbeat(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        if peer not in self.state.workers and peer not in self.state.clients:
+        on_behalf_of = protocol.decode_heartbeat(body, payload)
+        if on_behalf_of:  # a worker's watchdog thread: its hub may be busy with a long task
+            self.state.seen(on_behalf_of)
+        elif peer not in self.state.workers and peer not in self.state.clients:
             self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+
+    def _on_timeout(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        worker, limit, task_ids = protocol.decode_timeout(body, payload)
+        if worker in self.state.workers:
+            self.state.timed_out(worker, task_ids, limit)
+            log.warning(
+                "tasks blocked a worker past their hard time limit; it restarts",
+                tasks=len(task_ids),
+                limit=limit,
+            )
 
     def _on_disconnect(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         if peer in self.state.workers:
-            requeued = self.state.remove_worker(peer)
-            log.info("worker left", requeued=len(requeued), workers=len(self.state.workers))
+            requeued = self.state.remove_worker(peer, died=False)
+            log.info("worker left", handed_back=len(requeued), workers=len(self.state.workers))
         elif peer in self.state.clients:
             dropped = self.state.remove_client(peer)
             log.info("client left", dropped_queued=dropped)
@@ -277,6 +311,8 @@ class RouterServer:
 
     def _dispatch(self) -> None:
         for worker, tasks in self.state.dispatch():
+            for task in tasks:
+                self._started[task.client].append(task.client_task_id)
             for chunk in _chunks(tasks):
                 items = [
                     TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
@@ -299,6 +335,11 @@ class RouterServer:
             for peer, outcomes in results.items():
                 for result_chunk in _chunks(outcomes):
                     self._send(peer, protocol.encode_result(result_chunk))
+        if self._started:
+            started, self._started = self._started, collections.defaultdict(list)
+            for peer, ids in started.items():
+                for id_chunk in _chunks(ids):
+                    self._send(peer, protocol.encode_started(id_chunk))
         if self._acks:
             acks, self._acks = self._acks, collections.defaultdict(list)
             for peer, counts in acks.items():
@@ -331,6 +372,17 @@ class RouterServer:
             if not self._try_send(peer, frames):
                 self._backlog.extend(backlog)
                 return
+
+    def _cut_off(self, peer: bytes) -> None:
+        """Stop listening to a peer that keeps sending garbage (a ROUTER cannot hang up on one
+        peer, so its messages are dropped unread from now on)."""
+        self._ignored.add(peer)
+        self.state.counters["peers_cut_off"] += 1
+        if peer in self.state.workers:
+            self.state.remove_worker(peer)
+        elif peer in self.state.clients:
+            self.state.remove_client(peer)
+        log.warning("peer cut off after repeated malformed messages", peer=peer.hex())
 
     def _peer_unreachable(self, peer: bytes) -> None:
         if peer in self.state.workers:

@@ -39,6 +39,8 @@ class Task:
     dependents: list[tuple[Task, int]] | None = None  # None, not [], keeps submit cheap
     cancelled: bool = False
     items_sent: int = 0  # stream items already forwarded: such a task cannot simply run again
+    #: how often a worker died while running this task; from ISOLATE_AFTER on, it runs alone
+    deaths: int = 0
 
 
 @dataclass(slots=True)
@@ -48,9 +50,13 @@ class Worker:
     capacity: int
     last_seen: float
     running: dict[int, Task] = field(default_factory=dict)
+    #: a suspect task running alone here: nothing else is sent until it ends
+    isolating: int | None = None
 
     @property
     def free(self) -> int:
+        if self.isolating is not None:
+            return 0
         return self.capacity - len(self.running)
 
 
@@ -97,17 +103,36 @@ class BodyCache:
         return True
 
 
+#: a task whose worker died this often runs alone on a worker from then on, so that a task
+#: that kills its worker is told apart from the tasks that merely shared the process with it
+ISOLATE_AFTER = 2
+
+
 class RouterState:
     """Everything the router knows and decides.
 
     Args:
         liveness: seconds of silence after which a worker is declared dead.
+        max_worker_deaths: a task whose worker dies this many times while running it fails
+            with ``WorkerLost`` instead of running again.
+        max_queued: tasks one client may have waiting in the router; more are refused.
         clock: monotonic time source (tests pass a fake one).
     """
 
-    def __init__(self, liveness: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        liveness: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_worker_deaths: int = 3,
+        max_queued: int = 1_000_000,
+    ) -> None:
         self.liveness = liveness
         self.clock = clock
+        self.max_worker_deaths = max_worker_deaths
+        self.max_queued = max_queued
+        #: tasks that run alone (see ISOLATE_AFTER), FIFO, dispatched before the queue
+        self.suspects: collections.deque[Task] = collections.deque()
+        self.queued_by_client: collections.Counter[bytes] = collections.Counter()
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[bytes, Client] = {}
         self.queue: collections.deque[Task] = collections.deque()
@@ -135,6 +160,10 @@ class RouterState:
                     "dispatched",
                     "completed",
                     "redelivered",
+                    "worker_deaths",
+                    "worker_lost",
+                    "timed_out",
+                    "refused_full",
                     "stale_results",
                     "bodies_received",
                     "bodies_sent",
@@ -150,11 +179,17 @@ class RouterState:
     def add_client(self, peer: bytes, pid: int) -> None:
         self.clients[peer] = Client(peer, pid, self.clock())
 
-    def add_worker(self, peer: bytes, pid: int, capacity: int) -> list[Task]:
-        """Register (or re-register) a worker; return tasks it held that go back to the queue."""
-        requeued = self.remove_worker(peer) if peer in self.workers else []
+    def add_worker(self, peer: bytes, pid: int, capacity: int) -> None:
+        """Register a worker; a known one saying HELLO again keeps what it runs (it only
+        thought we had forgotten it) and updates its capacity."""
+        known = self.workers.get(peer)
+        if known is not None and known.pid == pid:
+            known.capacity = capacity
+            known.last_seen = self.clock()
+            return
+        if known is not None:  # same address, new process: the old one died
+            self.remove_worker(peer, died=True)
         self.workers[peer] = Worker(peer, pid, capacity, self.clock())
-        return requeued
 
     def set_capacity(self, peer: bytes, capacity: int) -> None:
         worker = self.workers.get(peer)
@@ -172,13 +207,24 @@ class RouterState:
         if client is not None:
             client.last_seen = now
 
-    def remove_worker(self, peer: bytes) -> list[Task]:
-        """Forget a worker; its running tasks go back to the front of the queue, attempt + 1."""
+    def remove_worker(self, peer: bytes, died: bool = True) -> list[Task]:
+        """Forget a worker; its running tasks go back to the front of the queue.
+
+        ``died``: the worker vanished (silence, crash) rather than handing its tasks back in a
+        graceful drain. Each task it held then counts one death; at ``max_worker_deaths`` the
+        task fails with WorkerLost, and from ISOLATE_AFTER on it runs alone. Returns the tasks
+        that will run again.
+        """
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
-        requeued = []
+        if died:
+            self.counters["worker_deaths"] += 1
+        requeued, isolated = [], []
         for task in worker.running.values():
+            task.worker = None
+            if died:
+                task.deaths += 1
             if task.client not in self.clients or task.cancelled:
                 self._forget(task)  # nobody is waiting for it: do not run it again
             elif task.items_sent:
@@ -188,16 +234,50 @@ class RouterState:
                     "WorkerLost",
                     f"the worker died after the stream yielded {task.items_sent} items",
                 )
+            elif task.deaths >= self.max_worker_deaths:
+                self.counters["worker_lost"] += 1
+                self._fail(
+                    task,
+                    "WorkerLost",
+                    f"the worker running this task died {task.deaths} times "
+                    f"(attempts 1 to {task.attempt + 1}); not trying again",
+                )
+            elif task.deaths >= ISOLATE_AFTER:
+                isolated.append(task)
             else:
                 requeued.append(task)
         for task in reversed(requeued):
-            task.worker = None
             task.attempt += 1
             self.queue.appendleft(task)
-        self.counters["redelivered"] += len(requeued)
+        for task in isolated:
+            task.attempt += 1
+            self.suspects.append(task)
+        for task in requeued + isolated:
+            self.queued_by_client[task.client] += 1
+        self.counters["redelivered"] += len(requeued) + len(isolated)
         for waiting in self.body_waiters.values():
             waiting.discard(peer)
-        return requeued
+        return requeued + isolated
+
+    def timed_out(self, worker_peer: bytes, task_ids: Iterable[int], limit: str) -> None:
+        """A worker reports tasks that blocked its hub past their time limit; it restarts.
+
+        Those tasks fail with TaskTimeout; the worker's other tasks are handed back without
+        counting a death against them: they did nothing wrong.
+        """
+        worker = self.workers.get(worker_peer)
+        if worker is None:
+            return
+        for task_id in task_ids:
+            task = worker.running.pop(task_id, None)
+            if task is not None:
+                self.counters["timed_out"] += 1
+                self._fail(
+                    task,
+                    "TaskTimeout",
+                    f"the task blocked its worker past {limit}; the worker process was restarted",
+                )
+        self.remove_worker(worker_peer, died=False)
 
     def remove_client(self, peer: bytes) -> int:
         """Forget a client and drop its queued tasks; return how many were dropped.
@@ -208,6 +288,8 @@ class RouterState:
         kept = collections.deque(t for t in self.queue if t.client != peer)
         dropped = len(self.queue) - len(kept)
         self.queue = kept
+        self.suspects = collections.deque(t for t in self.suspects if t.client != peer)
+        self.queued_by_client.pop(peer, None)
         for task in [t for t in self.tasks.values() if t.client == peer and t.worker is None]:
             self._forget(task)  # queued, or waiting for dependencies
         for key in [k for k in self.recent if k[0] == peer]:
@@ -225,6 +307,20 @@ class RouterState:
         """Queue tasks from ``client`` (FIFO); return how many."""
         n = 0
         for item in items:
+            if self.queued_by_client[client] >= self.max_queued:
+                self.counters["refused_full"] += 1
+                self.failed.append(
+                    (
+                        Task(0, client, item.task_id, item.fn_hash, item.kind, []),
+                        error_outcome(
+                            "squall.errors.SquallError",
+                            f"the router's queue for this client is full "
+                            f"({self.max_queued} tasks); submit more slowly",
+                        ),
+                    )
+                )
+                continue
+            self.queued_by_client[client] += 1
             self._next_id += 1
             task = Task(
                 self._next_id,
@@ -279,14 +375,29 @@ class RouterState:
         each worker gets a share in proportion to its free capacity (largest first), so load
         spreads across processes instead of piling onto the first one.
         """
+        plan: list[tuple[Worker, list[Task]]] = []
+        while self.suspects:
+            idle = next(
+                (
+                    w
+                    for w in self.workers.values()
+                    if not w.running and w.capacity > 0 and w.isolating is None
+                ),
+                None,
+            )
+            if idle is None:
+                break
+            task = self.suspects.popleft()
+            self._assign(idle, [task])
+            idle.isolating = task.id
+            plan.append((idle, [task]))
         if not self.queue:
-            return []
+            return plan
         ready = sorted((w for w in self.workers.values() if w.free > 0), key=lambda w: -w.free)
         total_free = sum(w.free for w in ready)
         n = min(len(self.queue), total_free)
         if n == 0:
-            return []
-        plan: list[tuple[Worker, list[Task]]] = []
+            return plan
         left = n
         for worker in ready:
             if left == 0:
@@ -294,13 +405,17 @@ class RouterState:
             share = worker.free if n == total_free else -(-n * worker.free // total_free)
             share = min(share, left)
             batch = [self.queue.popleft() for _ in range(share)]
-            for task in batch:
-                task.worker = worker.peer
-                worker.running[task.id] = task
+            self._assign(worker, batch)
             left -= share
             plan.append((worker, batch))
-        self.counters["dispatched"] += n
         return plan
+
+    def _assign(self, worker: Worker, tasks: list[Task]) -> None:
+        for task in tasks:
+            task.worker = worker.peer
+            worker.running[task.id] = task
+            self.queued_by_client[task.client] -= 1
+        self.counters["dispatched"] += len(tasks)
 
     def complete(
         self,
@@ -320,6 +435,8 @@ class RouterState:
         if task is None:
             self.counters["stale_results"] += 1
             return None
+        if worker is not None and worker.isolating == task_id:
+            worker.isolating = None
         self.counters["completed"] += 1
         self._settle(task, status, frames or [])
         if task.client not in self.clients or task.cancelled or status == Status.CANCELLED:
@@ -385,8 +502,11 @@ class RouterState:
             if task.worker is not None:
                 stop.setdefault(task.worker, []).append(task.id)
             else:
-                if task.waiting == 0:
+                if task in self.suspects:
+                    self.suspects.remove(task)
+                elif task.waiting == 0:
                     self.queue.remove(task)
+                self.queued_by_client[client] -= 1
                 self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
         return stop
 
@@ -427,7 +547,7 @@ class RouterState:
             "worker_pids": sorted(w.pid for w in self.workers.values()),
             "capacity": sum(w.capacity for w in self.workers.values()),
             "clients": len(self.clients),
-            "queued": len(self.queue),
+            "queued": len(self.queue) + len(self.suspects),
             "running": sum(len(w.running) for w in self.workers.values()),
             "bodies_cached": len(self.bodies),
             **self.counters,

@@ -36,13 +36,16 @@ import zmq.green as zmq
 
 from squall import protocol, serialization
 from squall.config import WorkerConfig
-from squall.errors import SerializationError, SquallError
+from squall.errors import SerializationError, SquallError, TaskTimeout
 from squall.log import get_logger
+from squall.options import TaskOptions
 from squall.protocol import ErrorCode, Kind, MsgType, Role, Status, TaskItem
 from squall.runner import calls
+from squall.runner.watchdog import Watchdog
 
 log = get_logger(__name__)
 
+_NO_OPTIONS = TaskOptions()
 _STREAM = int(Kind.STREAM)  # plain ints on the hot path: enum attribute lookups are slow
 
 DRAIN_BATCH = 2000
@@ -99,7 +102,13 @@ class WorkerProcess:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # A routing id of our own, so the watchdog thread can speak for this socket.
+        self.worker_id = b"w%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
+        self.socket.setsockopt(zmq.ROUTING_ID, self.worker_id)
         self.functions = FunctionCache()
+        #: task id -> monotonic deadline, for tasks with a timeout (read by the watchdog)
+        self.deadlines: dict[int, float] = {}
+        self.hub_tick = time.monotonic()
         #: fn hash -> tasks waiting for its body
         self._awaiting_body: dict[bytes, list[TaskItem]] = {}
         self._results: list[tuple[int, int, list[Any]]] = []
@@ -116,6 +125,7 @@ class WorkerProcess:
         self._wake_sender = gevent.event.Event()
         self._last_heard = time.monotonic()
         self._stopping = gevent.event.Event()
+        self._draining = False
 
     def run(self) -> None:
         self.socket.connect(self.config.connect)
@@ -123,20 +133,50 @@ class WorkerProcess:
             "worker connecting", router=self.config.connect, concurrency=self.config.concurrency
         )
         self._say_hello()
+        watchdog = Watchdog(
+            self.config.connect,
+            self.worker_id,
+            self.config.heartbeat,
+            lambda: self.hub_tick,
+            lambda: dict(self.deadlines),
+        )
+        watchdog.start()
         workers = [
             gevent.spawn(self._receive),
             gevent.spawn(self._send_loop),
             gevent.spawn(self._heartbeat),
+            gevent.spawn(self._tick),
         ]
         self._stopping.wait()
+        if self._draining:
+            self._drain()
+        watchdog.stop()
         gevent.killall(workers[:1] + workers[2:])
         self._flush()  # results of tasks that finished are not thrown away
-        self.socket.send_multipart(protocol.encode_disconnect())
+        self.socket.send_multipart(protocol.encode_disconnect())  # the router takes back the rest
         workers[1].kill()
         self.socket.close(linger=500)
 
-    def stop(self) -> None:
+    def stop(self, drain: bool = False) -> None:
+        """Stop; with ``drain``, take no new tasks and give running ones ``grace`` seconds."""
+        self._draining = drain
         self._stopping.set()
+
+    def _drain(self) -> None:
+        self._control.append(protocol.encode_credit(0))  # no new tasks, please
+        self._wake_sender.set()
+        deadline = time.monotonic() + self.config.grace
+        log.info("draining", running=len(self._tasks), grace=self.config.grace)
+        while self._tasks and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        if self._tasks:
+            log.warning("grace period over; handing unfinished tasks back", tasks=len(self._tasks))
+
+    def _tick(self) -> None:
+        """Prove to the watchdog thread that the hub still runs."""
+        while True:
+            self.hub_tick = time.monotonic()
+            gevent.sleep(0.1)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -239,12 +279,22 @@ class WorkerProcess:
         status, frames = Status.CANCELLED, list[Any]()
         handed_off = False
         try:
-            args, kwargs = serialization.loads(item.frames)
+            args, kwargs, options = serialization.loads(item.frames)
             args, kwargs = calls.resolve(args, kwargs, item.deps)
-            result = fn(*args, **kwargs)
+            options = options or _NO_OPTIONS
+            retry = 0
+            while True:
+                try:
+                    result = self._call(item.task_id, fn, args, kwargs, options)
+                    break
+                except options.retry_on:
+                    if retry >= options.retries:
+                        raise
+                    retry += 1
+                    gevent.sleep(options.pause(retry))
             if inspect.iscoroutine(result):  # async def: runs on the process's asyncio loop
-                done = functools.partial(self._coroutine_done, item.task_id)
-                self.bridge.spawn(item.task_id, result, done)
+                done = functools.partial(self._coroutine_done, item.task_id, options.timeout)
+                self.bridge.spawn(item.task_id, _with_timeout(result, options.timeout), done)
                 handed_off = True
                 return
             status, frames = self._pickled(calls.collect(result, self.bridge))
@@ -254,15 +304,34 @@ class WorkerProcess:
             status, frames = Status.ERROR, serialization.dumps_exception(exc)
         finally:
             del self._tasks[item.task_id]
+            self.deadlines.pop(item.task_id, None)
             if not handed_off:
                 self._finish(item.task_id, status, frames)
 
-    def _coroutine_done(self, task_id: int, task: asyncio.Task[Any]) -> None:
+    def _call(self, task_id: int, fn: Any, args: Any, kwargs: Any, options: TaskOptions) -> Any:
+        """One attempt, interrupted by TaskTimeout past ``options.timeout``."""
+        if options.timeout is None:
+            return fn(*args, **kwargs)
+        self.deadlines[task_id] = time.monotonic() + options.timeout
+        timer = gevent.Timeout(options.timeout)  # a BaseException: user code cannot swallow it
+        timer.start()
+        try:
+            return fn(*args, **kwargs)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise TaskTimeout(f"the task ran past its timeout of {options.timeout:g} s") from None
+        finally:
+            timer.close()
+
+    def _coroutine_done(self, task_id: int, timeout: float | None, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             self._finish(task_id, Status.CANCELLED, [])
-        elif task.exception() is not None:
-            error = task.exception()
-            assert error is not None
+            return
+        error = task.exception()
+        if isinstance(error, asyncio.TimeoutError) and timeout is not None:
+            error = TaskTimeout(f"the task ran past its timeout of {timeout:g} s")
+        if error is not None:
             self._finish(task_id, Status.ERROR, serialization.dumps_exception(error))
         else:
             self._finish(task_id, *self._pickled(task.result()))
@@ -274,7 +343,7 @@ class WorkerProcess:
         status, frames = Status.CANCELLED, list[Any]()
         iterator = None
         try:
-            args, kwargs = serialization.loads(item.frames)
+            args, kwargs, _ = serialization.loads(item.frames)
             args, kwargs = calls.resolve(args, kwargs, item.deps)
             iterator = calls.iterate(fn, args, kwargs, self.bridge)
             for value in iterator:
@@ -369,3 +438,9 @@ class WorkerProcess:
                 self._last_heard = time.monotonic()
             self._control.append(protocol.encode_heartbeat())
             self._wake_sender.set()
+
+
+async def _with_timeout(coroutine: Any, timeout: float | None) -> Any:
+    if timeout is None:
+        return await coroutine
+    return await asyncio.wait_for(coroutine, timeout)

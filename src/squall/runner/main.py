@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--parent-pid", type=int)
     parser.add_argument("--heartbeat", type=float)
+    parser.add_argument("--grace", type=float)
     parser.add_argument("--log-json", action="store_true", default=None)
     parser.add_argument("--log-level")
     args = parser.parse_args(argv)
@@ -36,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         parent_pid=args.parent_pid,
         heartbeat=args.heartbeat,
+        grace=args.grace,
     )
     worker = WorkerProcess(config)
-    gevent.signal_handler(signal.SIGTERM, worker.stop)
+    gevent.signal_handler(signal.SIGTERM, worker.stop, True)  # drain: finish, hand back the rest
     gevent.signal_handler(signal.SIGINT, worker.stop)
     worker.run()
     return 0

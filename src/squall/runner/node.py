@@ -54,6 +54,8 @@ class WorkerNode:
             str(os.getpid()),
             "--heartbeat",
             str(self.config.heartbeat),
+            "--grace",
+            str(self.config.grace),
         ]
         return cmd + self.log_args
 
@@ -117,7 +119,7 @@ class WorkerNode:
         live = [c for c in self.children if c is not None and c.poll() is None]
         for child in live:
             child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + self.config.grace + STOP_GRACE
         for child in live:
             try:
                 child.wait(timeout=max(0.0, deadline - time.monotonic()))
