@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="disconnect peers sending bigger messages (default 1 GiB)",
     )
+    router.add_argument(
+        "--auth",
+        metavar="DIR",
+        help="CurveZMQ: DIR/router.key_secret, allowed keys in DIR/clients and DIR/workers "
+        "(SIGHUP reloads them)",
+    )
     router.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(router)
 
@@ -88,8 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--grace", type=float, help="on SIGTERM, seconds running tasks get to finish (default 30)"
     )
+    worker.add_argument(
+        "--auth", metavar="DIR", help="CurveZMQ: DIR/router.key and this node's DIR/KEY.key_secret"
+    )
+    worker.add_argument("--key", default="worker", help="key pair name in --auth (default worker)")
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(worker)
+
+    keygen = commands.add_parser("keygen", help="write a CurveZMQ key pair")
+    keygen.add_argument("--out", required=True, metavar="DIR")
+    keygen.add_argument("name", help="router, or a client's or worker's name")
 
     commands.add_parser("demo", help="start the embedded default and run a few real tasks")
     return parser
@@ -102,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return _router(args)
         if args.command == "worker":
             return _worker(args)
+        if args.command == "keygen":
+            return _keygen(args)
         return _demo()
     except SquallError as exc:
         print(f"squall {args.command}: {exc}", file=sys.stderr)
@@ -123,11 +139,11 @@ def _router(args: argparse.Namespace) -> int:
     from squall.router.server import RouterServer, forbid_unpickling
 
     address = validate_address(args.bind)
-    if not is_loopback(address) and not args.insecure:
+    if not is_loopback(address) and not args.insecure and not args.auth:
         raise SquallError(
             f"refusing to listen on {address} without authentication: anyone who reaches it "
-            "could run code on your workers; bind 127.0.0.1 or ipc://, or pass --insecure on a "
-            "network you trust"
+            "could run code on your workers; pass --auth DIR (see squall keygen), bind "
+            "127.0.0.1 or ipc://, or pass --insecure on a network you trust"
         )
     log.configure(json=args.log_json, level=args.log_level, process="router")
     forbid_unpickling()
@@ -140,6 +156,7 @@ def _router(args: argparse.Namespace) -> int:
         max_worker_deaths=args.max_worker_deaths,
         max_queued=args.max_queued,
         max_message_size=args.max_message_size,
+        auth=args.auth,
     )
     server = RouterServer(config)
     try:
@@ -172,9 +189,19 @@ def _worker(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         parent_pid=args.parent_pid,
         grace=args.grace,
+        auth=args.auth,
+        key=args.key,
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     return WorkerNode(config, _log_args(args)).run()
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from squall.auth import keygen
+
+    public, secret = keygen(args.out, args.name)
+    print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
+    return 0
 
 
 def _sleep_then_echo(x: Any) -> Any:

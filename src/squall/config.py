@@ -31,6 +31,9 @@ class RouterConfig:
         max_worker_deaths: a task whose worker dies this often fails with WorkerLost.
         max_queued: tasks one client may have waiting in the router.
         max_message_size: bytes; a peer sending a bigger message is disconnected.
+        auth: directory with the router's CURVE key pair and the allowed client and worker
+            keys (see ``squall.auth``); None: no authentication (loopback only, or insecure).
+        handshake_timeout: seconds a new connection has to finish its security handshake.
     """
 
     bind: str
@@ -41,6 +44,8 @@ class RouterConfig:
     max_worker_deaths: int = 3
     max_queued: int = 1_000_000
     max_message_size: int = 1 << 30
+    auth: str | None = None
+    handshake_timeout: float = 10.0
 
     @classmethod
     def from_env(cls, bind: str, **overrides: object) -> RouterConfig:
@@ -64,6 +69,8 @@ class WorkerConfig:
         parent_pid: exit when this process is gone.
         grace: on SIGTERM, seconds running tasks get to finish before the rest are handed
             back to the router.
+        auth: directory with ``router.key`` and this node's ``KEY.key_secret``.
+        key: the name of this node's key pair in ``auth``.
     """
 
     connect: str
@@ -72,6 +79,8 @@ class WorkerConfig:
     heartbeat: float = DEFAULT_HEARTBEAT
     parent_pid: int | None = None
     grace: float = 30.0
+    auth: str | None = None
+    key: str = "worker"
 
     def __post_init__(self) -> None:
         if self.processes < 1:

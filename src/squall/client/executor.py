@@ -62,6 +62,9 @@ class Executor(concurrent.futures.Executor):
         stream_window: values a stream may have unread before its remote generator pauses.
         max_pending: tasks without an outcome yet; ``submit`` waits while there are this many,
             so a fast producer is slowed instead of filling memory.
+        auth: directory with the router's public key ``router.key`` and this client's key pair
+            ``KEY.key_secret`` (CurveZMQ; see ``squall keygen``). Default: ``SQUALL_AUTH``.
+        key: the name of this client's key pair in ``auth``.
 
     Raises:
         StartupError: the router (or the embedded processes) did not come up in time.
@@ -76,6 +79,8 @@ class Executor(concurrent.futures.Executor):
         connect_timeout: float = 30.0,
         stream_window: int = DEFAULT_WINDOW,
         max_pending: int = 100_000,
+        auth: str | None = None,
+        key: str = "client",
     ) -> None:
         if stream_window < 1:
             raise ValueError("stream_window must be at least 1")
@@ -88,7 +93,8 @@ class Executor(concurrent.futures.Executor):
             self._cluster = LocalCluster(processes or os.cpu_count() or 1, concurrency)
             address = self._cluster.start()
         self.address = validate_address(address)
-        self._driver = ThreadDriver(self.address, self._core)
+        auth = auth if auth is not None else os.environ.get("SQUALL_AUTH") or None
+        self._driver = ThreadDriver(self.address, self._core, auth, key)
         _live.add(self)
         try:
             self._driver.start(connect_timeout)

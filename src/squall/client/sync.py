@@ -19,6 +19,7 @@ import zmq
 import zmq.green
 
 from squall import protocol
+from squall.auth import apply_client_keys
 from squall.client._core import ClientCore
 from squall.errors import ProtocolError, SquallError, StartupError
 from squall.log import get_logger
@@ -38,7 +39,9 @@ def _gevent_patched() -> bool:
 class ThreadDriver:
     """Moves the core's messages over a DEALER socket connected to ``address``."""
 
-    def __init__(self, address: str, core: ClientCore) -> None:
+    def __init__(
+        self, address: str, core: ClientCore, auth: str | None = None, key: str = "client"
+    ) -> None:
         self.address = address
         self.core = core
         # Under gevent's monkey-patching our "thread" is a greenlet: it must poll with zmq.green,
@@ -48,6 +51,8 @@ class ThreadDriver:
         self.context: zmq.Context[Any] = zmq_module.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if auth is not None:
+            apply_client_keys(self.socket, auth, key)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

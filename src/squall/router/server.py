@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import zmq
 
 from squall import protocol
+from squall.auth import CLIENT, WORKER, ServerKeys, ZapHandler
 from squall.config import RouterConfig
 from squall.errors import ProtocolError
 from squall.log import get_logger
@@ -60,6 +61,12 @@ def forbid_unpickling() -> None:
     pickle.Unpickler = refuse  # type: ignore[assignment,misc]
 
 
+_WORKER_ONLY = frozenset(
+    {MsgType.RESULT, MsgType.ITEM, MsgType.FN_FETCH, MsgType.CREDIT, MsgType.TIMEOUT}
+)
+_CLIENT_ONLY = frozenset({MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL})
+
+
 class RouterServer:
     """A router bound to ``config.bind``; call :meth:`serve_forever`."""
 
@@ -76,6 +83,16 @@ class RouterServer:
         self.socket.setsockopt(zmq.LINGER, 0)
         # ZeroMQ drops the connection of a peer sending a bigger message, before we read it.
         self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, int(config.handshake_timeout * 1000))
+        self.keys: ServerKeys | None = None
+        self.zap: ZapHandler | None = None
+        #: peer -> ZAP user id ("client:<key>" / "worker:<key>"), with authentication on
+        self._peer_users: dict[bytes, str] = {}
+        self._reload_keys = False
+        if config.auth is not None:
+            self.keys = ServerKeys.load(config.auth)
+            self.zap = ZapHandler(self.context, self.keys)  # bound before anyone can connect
+            self.keys.apply(self.socket)
         self.endpoint = ""
         # What the drain pass decided to send, per peer, flushed as batches after it.
         self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
@@ -128,17 +145,28 @@ class RouterServer:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+
+        def reload_keys(signum: int, _: Any) -> None:
+            self._reload_keys = True
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload_keys)
         self._running = True
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(wake_r, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap.socket, zmq.POLLIN)
         next_beat = time.monotonic()
         try:
             while self._running:
                 wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(int(wait * 1000)))
+                if self.zap is not None and self.zap.socket in events:
+                    self.zap.handle()
+                if self._reload_keys:
+                    self._reload()
                 if self.socket in events:
                     self._drain()
                 self._dispatch()
@@ -154,6 +182,8 @@ class RouterServer:
             wake_r.close()
             wake_w.close()
             self._goodbye()
+            if self.zap is not None:
+                self.zap.close()
 
     def stop(self) -> None:
         self._running = False
@@ -176,6 +206,15 @@ class RouterServer:
             handler = self._handlers.get(type_)
             if handler is None:
                 raise ProtocolError(f"{type_.name} is not a message for the router")
+            if self.keys is not None and not self._allowed(peer, message[0], type_, body):
+                self.state.counters["refused"] += 1
+                self._send(
+                    peer,
+                    protocol.encode_error(
+                        ErrorCode.REFUSED, f"{type_.name} is not allowed for your key"
+                    ),
+                )
+                return
             self.state.seen(peer)
             handler(peer, body, message[1:])
         except protocol.VersionMismatch as exc:
@@ -201,6 +240,43 @@ class RouterServer:
         except Exception:  # a bug must not take the router down with every task in it
             self.state.counters["internal_errors"] += 1
             log.exception("error handling message", peer=peer.hex())
+
+    # -- authentication ---------------------------------------------------------------------
+
+    def _allowed(self, peer: bytes, first: Any, type_: MsgType, body: bytes) -> bool:
+        """Whether the sender's key (its ZAP role) may send this message.
+
+        A client key cannot register as a worker nor report results; a worker key cannot
+        submit. A watchdog may only speak for a worker of its own key.
+        """
+        assert self.keys is not None
+        user = first.get("User-Id")
+        self._peer_users[peer] = user
+        role = self.keys.role_of(user)
+        if role is None:  # revoked since it connected
+            return False
+        if type_ is MsgType.HELLO:
+            hello = protocol.decode_hello(body)
+            return (hello.role is Role.WORKER) == (role == WORKER)
+        if type_ in _WORKER_ONLY:
+            return role == WORKER
+        if type_ in _CLIENT_ONLY:
+            return role == CLIENT
+        return True
+
+    def _reload(self) -> None:
+        """SIGHUP: read the key directories again; cut off peers whose key was removed."""
+        self._reload_keys = False
+        assert self.keys is not None
+        try:
+            self.keys.reload()
+        except Exception:
+            log.exception("key reload failed; keeping the keys loaded before")
+            return
+        for peer, user in list(self._peer_users.items()):
+            if self.keys.role_of(user) is None:
+                del self._peer_users[peer]
+                self._cut_off(peer)
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -281,6 +357,10 @@ class RouterServer:
 
     def _on_heartbeat(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         on_behalf_of = protocol.decode_heartbeat(body, payload)
+        if on_behalf_of and self.keys is not None:
+            # A watchdog speaks only for a worker holding its own key.
+            if self._peer_users.get(on_behalf_of) != self._peer_users.get(peer):
+                return
         if on_behalf_of:  # a worker's watchdog thread: its hub may be busy with a long task
             self.state.seen(on_behalf_of)
         elif peer not in self.state.workers and peer not in self.state.clients:
@@ -288,6 +368,8 @@ class RouterServer:
 
     def _on_timeout(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         worker, limit, task_ids = protocol.decode_timeout(body, payload)
+        if self.keys is not None and self._peer_users.get(worker) != self._peer_users.get(peer):
+            return
         if worker in self.state.workers:
             self.state.timed_out(worker, task_ids, limit)
             log.warning(
@@ -377,6 +459,7 @@ class RouterServer:
         """Stop listening to a peer that keeps sending garbage (a ROUTER cannot hang up on one
         peer, so its messages are dropped unread from now on)."""
         self._ignored.add(peer)
+        self._peer_users.pop(peer, None)
         self.state.counters["peers_cut_off"] += 1
         if peer in self.state.workers:
             self.state.remove_worker(peer)

@@ -35,6 +35,7 @@ import greenlet
 import zmq.green as zmq
 
 from squall import protocol, serialization
+from squall.auth import apply_client_keys
 from squall.config import WorkerConfig
 from squall.errors import SerializationError, SquallError, TaskTimeout
 from squall.log import get_logger
@@ -105,6 +106,8 @@ class WorkerProcess:
         # A routing id of our own, so the watchdog thread can speak for this socket.
         self.worker_id = b"w%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
         self.socket.setsockopt(zmq.ROUTING_ID, self.worker_id)
+        if config.auth is not None:
+            apply_client_keys(self.socket, config.auth, config.key)
         self.functions = FunctionCache()
         #: task id -> monotonic deadline, for tasks with a timeout (read by the watchdog)
         self.deadlines: dict[int, float] = {}
@@ -134,7 +137,7 @@ class WorkerProcess:
         )
         self._say_hello()
         watchdog = Watchdog(
-            self.config.connect,
+            self.config,
             self.worker_id,
             self.config.heartbeat,
             lambda: self.hub_tick,

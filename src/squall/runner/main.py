@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int)
     parser.add_argument("--heartbeat", type=float)
     parser.add_argument("--grace", type=float)
+    parser.add_argument("--auth")
+    parser.add_argument("--key")
     parser.add_argument("--log-json", action="store_true", default=None)
     parser.add_argument("--log-level")
     args = parser.parse_args(argv)
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         parent_pid=args.parent_pid,
         heartbeat=args.heartbeat,
         grace=args.grace,
+        auth=args.auth,
+        key=args.key,
     )
     worker = WorkerProcess(config)
     gevent.signal_handler(signal.SIGTERM, worker.stop, True)  # drain: finish, hand back the rest

@@ -56,6 +56,7 @@ class WorkerNode:
             str(self.config.heartbeat),
             "--grace",
             str(self.config.grace),
+            *(["--auth", self.config.auth, "--key", self.config.key] if self.config.auth else []),
         ]
         return cmd + self.log_args
 

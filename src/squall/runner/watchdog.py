@@ -22,6 +22,8 @@ import zmq as native_zmq  # not zmq.green: this thread runs outside the hub
 from gevent import monkey
 
 from squall import protocol
+from squall.auth import apply_client_keys
+from squall.config import WorkerConfig
 from squall.log import get_logger
 
 log = get_logger(__name__)
@@ -35,7 +37,7 @@ class Watchdog:
     """Heartbeats for ``worker_id`` and restarts the process on a hard time limit.
 
     Args:
-        address: the router's address.
+        config: the worker's settings (router address, keys).
         worker_id: the routing id of the worker's own socket.
         interval: seconds between heartbeats.
         hub_tick: returns when the hub last ran (monotonic seconds).
@@ -44,13 +46,13 @@ class Watchdog:
 
     def __init__(
         self,
-        address: str,
+        config: WorkerConfig,
         worker_id: bytes,
         interval: float,
         hub_tick: Callable[[], float],
         deadlines: Callable[[], dict[int, float]],
     ) -> None:
-        self.address = address
+        self.config = config
         self.worker_id = worker_id
         self.interval = interval
         self.hub_tick = hub_tick
@@ -69,7 +71,9 @@ class Watchdog:
         sock = context.socket(native_zmq.DEALER)
         sock.setsockopt(native_zmq.LINGER, 1000)
         sock.setsockopt(native_zmq.ROUTING_ID, self.worker_id + b"/watchdog")
-        sock.connect(self.address)
+        if self.config.auth is not None:
+            apply_client_keys(sock, self.config.auth, self.config.key)
+        sock.connect(self.config.connect)
         beat = protocol.encode_heartbeat(on_behalf_of=self.worker_id)
         try:
             while not self._stop:
