@@ -207,6 +207,9 @@ class ThreadDriver:
         if code == ErrorCode.UNKNOWN_PEER:  # the router restarted: HELLO, then resubmit
             self._lost = True
             self._last_hello = 0.0
+        elif code == ErrorCode.REFUSED and not self._welcome.is_set():
+            self.protocol_error = SquallError(f"router at {self.address} refused us: {reason}")
+            self._welcome.set()
         elif code == ErrorCode.VERSION:
             self.protocol_error = ProtocolError(f"router at {self.address} refused us: {reason}")
             self.core.fail_all(self.protocol_error)

@@ -1,0 +1,156 @@
+"""CurveZMQ: only listed keys get in, each only in its role; revoked keys are cut off."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+import squall
+from conftest import free_port, wait_for
+from squall.auth import keygen
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def make_keys(root: Path) -> dict[str, Path]:
+    """A router auth dir, and one key dir per peer (router.key + its own pair)."""
+    server = root / "router"
+    keygen(server, "router")
+    dirs = {"router": server}
+    for name, role in (
+        ("alice", "clients"),
+        ("bob", "clients"),
+        ("node1", "workers"),
+        ("node2", "workers"),
+        ("mallory", None),
+    ):
+        own = root / name
+        public, secret = keygen(own, name)
+        shutil.copy(server / "router.key", own / "router.key")
+        if role is not None:
+            (server / role).mkdir(exist_ok=True)
+            shutil.copy(public, server / role / public.name)
+        dirs[name] = own
+    return dirs
+
+
+def touch_marker(path: str) -> str:
+    Path(path).write_text("ran")
+    return "ran"
+
+
+@pytest.fixture
+def secured(cluster, tmp_path):
+    keys = make_keys(tmp_path / "keys")
+    cluster.address = f"tcp://127.0.0.1:{free_port()}"
+    cluster.router = cluster.start(
+        "router", "--bind", cluster.address, "--auth", str(keys["router"])
+    )
+    cluster.start(
+        "worker",
+        "--connect",
+        cluster.address,
+        "--processes",
+        "1",
+        "--auth",
+        str(keys["node1"]),
+        "--key",
+        "node1",
+    )
+    with squall.Executor(
+        cluster.address, auth=str(keys["alice"]), key="alice", connect_timeout=15
+    ) as alice:
+        wait_for(lambda: alice.stats()["workers"] == 1, 20, "worker registered")
+        yield cluster, keys, alice
+
+
+def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:
+    public, secret = keygen(tmp_path, "someone")
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+    assert "public-key" in public.read_text() and "secret-key" in secret.read_text()
+
+
+def test_listed_keys_work(secured) -> None:
+    _, _, alice = secured
+    assert alice.submit(abs, -9).result(timeout=30) == 9
+
+
+@pytest.mark.parametrize("who", ["no key", "unlisted key", "wrong router key"])
+def test_strangers_never_get_a_task_through(secured, tmp_path: Path, who: str) -> None:
+    cluster, keys, alice = secured
+    marker = tmp_path / f"canary-{who.replace(' ', '-')}"
+    if who == "no key":
+        options = {}
+    elif who == "unlisted key":
+        options = {"auth": str(keys["mallory"]), "key": "mallory"}
+    else:
+        fake = tmp_path / "fake-router"
+        keygen(fake, "router")
+        shutil.copy(keys["bob"] / "bob.key_secret", fake / "bob.key_secret")
+        options = {"auth": str(fake), "key": "bob"}
+    with pytest.raises(squall.StartupError):
+        squall.Executor(cluster.address, connect_timeout=2, **options)
+    time.sleep(0.5)
+    assert not marker.exists()  # no canary task could even be sent
+    assert alice.submit(touch_marker, str(tmp_path / "alice")).result(timeout=30) == "ran"
+
+
+def test_keys_only_work_in_their_role(secured, tmp_path: Path) -> None:
+    cluster, keys, alice = secured
+    # A client key used by a worker: it never registers, never receives a task.
+    impostor = cluster.start(
+        "worker",
+        "--connect",
+        cluster.address,
+        "--processes",
+        "1",
+        "--auth",
+        str(keys["bob"]),
+        "--key",
+        "bob",
+    )
+    time.sleep(2)
+    assert alice.stats()["workers"] == 1
+    assert alice.stats()["refused"] > 0
+    impostor.stop()
+    # A worker key used by a client: refused at HELLO, with a clear error.
+    with pytest.raises(squall.SquallError, match="HELLO is not allowed for your key"):
+        squall.Executor(cluster.address, auth=str(keys["node2"]), key="node2", connect_timeout=10)
+    assert alice.submit(abs, -3).result(timeout=30) == 3
+
+
+def test_a_revoked_key_is_cut_off_and_others_go_on(secured, tmp_path: Path) -> None:
+    cluster, keys, alice = secured
+    with squall.Executor(
+        cluster.address, auth=str(keys["bob"]), key="bob", connect_timeout=10
+    ) as bob:
+        assert bob.submit(abs, -1).result(timeout=30) == 1
+        (keys["router"] / "clients" / "bob.key").unlink()
+        os.kill(cluster.router.pid, signal.SIGHUP)
+        time.sleep(1.0)
+        late = bob.submit(touch_marker, str(tmp_path / "bob-after"))
+        time.sleep(1.5)
+        assert not late.done() and not (tmp_path / "bob-after").exists()
+        assert alice.submit(abs, -2).result(timeout=30) == 2
+        bob.shutdown(wait=False, cancel_futures=True)
+
+
+def test_a_non_loopback_bind_needs_auth(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "squall", "router", "--bind", "tcp://0.0.0.0:5557"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ran.returncode != 0
+    assert "refusing to listen on tcp://0.0.0.0:5557 without authentication" in ran.stderr
+    assert "--auth" in ran.stderr
