@@ -127,3 +127,19 @@ def test_tasks_of_a_silent_worker_are_redelivered(cluster) -> None:
             cluster.start_workers(processes=1, concurrency=100)
             assert [f.result(timeout=30) for f in futures] == list(range(100))
         assert cluster.stats()["redelivered"] >= 100
+
+
+def test_the_router_process_cannot_unpickle_at_all(cluster) -> None:
+    """The router disables every pickle loader at start, so the whole suite runs through
+    routers that could not unpickle a payload even by mistake."""
+    import subprocess
+    import sys
+
+    code = (
+        "import pickle; from squall.router.server import forbid_unpickling; "
+        "forbid_unpickling(); pickle.loads(pickle.dumps(1))"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert ran.returncode != 0 and "never unpickles" in ran.stderr
+    router = cluster.start_router()
+    assert "unpickling=disabled" in router.output()

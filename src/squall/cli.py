@@ -171,7 +171,8 @@ def _router(args: argparse.Namespace) -> int:
             endpoint=endpoint,
         )
     logger.info(
-        "router listening", endpoint=endpoint, heartbeat=config.heartbeat, liveness=config.liveness
+        "router listening",
+        unpickling="disabled", endpoint=endpoint, heartbeat=config.heartbeat, liveness=config.liveness
     )
     server.serve_forever()
     return 0
