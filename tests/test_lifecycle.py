@@ -131,3 +131,10 @@ def test_router_logs_where_it_listens_as_json(cluster) -> None:
         "startup log",
     )
     assert line["endpoint"] == f"tcp://127.0.0.1:{port}" and line["process"] == "router"
+
+
+def test_squall_bench_quick_prints_its_table() -> None:
+    result = _run_cli("bench", "--quick", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| no-op throughput" in result.stdout and "tasks/s" in result.stdout
+    assert "| stream" in result.stdout and "round trip p50" in result.stdout

@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
     keygen.add_argument("--out", required=True, metavar="DIR")
     keygen.add_argument("name", help="router, or a client's or worker's name")
 
+    bench = commands.add_parser("bench", help="measure squall here (under a minute)")
+    bench.add_argument("--connect", metavar="ADDR", help="a running router (default: embedded)")
+    bench.add_argument("--quick", action="store_true", help="smaller workloads, one run")
+    bench.add_argument("--runs", type=int, default=3, help="measured runs (default 3)")
+
     commands.add_parser("demo", help="start the embedded default and run a few real tasks")
     return parser
 
@@ -118,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(args)
         if args.command == "keygen":
             return _keygen(args)
+        if args.command == "bench":
+            return _bench(args)
         return _demo()
     except SquallError as exc:
         print(f"squall {args.command}: {exc}", file=sys.stderr)
@@ -172,7 +179,10 @@ def _router(args: argparse.Namespace) -> int:
         )
     logger.info(
         "router listening",
-        unpickling="disabled", endpoint=endpoint, heartbeat=config.heartbeat, liveness=config.liveness
+        unpickling="disabled",
+        endpoint=endpoint,
+        heartbeat=config.heartbeat,
+        liveness=config.liveness,
     )
     server.serve_forever()
     return 0
@@ -195,6 +205,15 @@ def _worker(args: argparse.Namespace) -> int:
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     return WorkerNode(config, _log_args(args)).run()
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from squall import bench
+
+    runs = 1 if args.quick else max(1, args.runs)
+    figures = bench.run(args.connect, args.quick, runs)
+    print(bench.table(figures, args.connect or "the embedded default"))
+    return 0
 
 
 def _keygen(args: argparse.Namespace) -> int:
