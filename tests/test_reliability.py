@@ -306,3 +306,34 @@ def test_fuzzed_messages_never_hurt_the_router(cluster) -> None:
         assert ex.submit(noop, 7).result(timeout=10) == 7
     assert router.popen.poll() is None
     assert cluster.stats()["internal_errors"] == 0
+
+
+def test_a_killed_clients_queued_tasks_are_dropped(cluster) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=1)
+    script = textwrap.dedent(f"""
+        import time, squall
+        ex = squall.Executor({cluster.address!r})
+        futures = [ex.submit(time.sleep, 0.5) for _ in range(200)]
+        print("submitted", flush=True)
+        time.sleep(600)
+    """)
+    client = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert client.stdout is not None and client.stdout.readline().strip() == b"submitted"
+        wait_for(lambda: cluster.stats()["queued"] > 100, 10, "tasks queued")
+        client.kill()
+        client.wait()
+        # Heartbeats both ways: 5 liveness windows (5 s here) of silence and it is gone.
+        wait_for(lambda: cluster.stats()["clients"] == 0, 20, "silent client dropped")
+        assert cluster.stats()["queued"] == 0
+    finally:
+        if client.stdout is not None:
+            client.stdout.close()
+        if client.poll() is None:
+            client.kill()
+            client.wait()

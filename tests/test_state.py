@@ -632,3 +632,15 @@ def test_a_client_cannot_queue_more_than_its_share() -> None:
     state.add_worker(W1, 10, 2)
     state.dispatch()  # two leave the queue: room for two more
     assert state.submit(C1, items(5, 2)) == 2
+
+
+def test_silent_clients_expire_after_a_longer_window() -> None:
+    t = [100.0]
+    state = make_state(t, liveness=1.0)
+    state.add_client(C1, 1)
+    state.add_client(C2, 2)
+    t[0] += 3.0
+    state.seen(C2)
+    assert state.expired_clients() == []  # a worker would be dead by now; a client is not
+    t[0] += 2.5
+    assert state.expired_clients() == [C1]

@@ -63,6 +63,7 @@ class ThreadDriver:
         self._welcome = threading.Event()
         self._last_heard = time.monotonic()
         self._last_hello = 0.0
+        self._last_beat = 0.0
         self._liveness = 3.0
         self._lost = False
         self._closing = False
@@ -170,6 +171,9 @@ class ThreadDriver:
         if self._lost and now - self._last_hello > self._liveness / 3:
             self._last_hello = now
             self.socket.send_multipart(protocol.encode_hello(Role.CLIENT, os.getpid()))
+        elif not self._lost and now - self._last_beat > self._liveness / 3:
+            self._last_beat = now  # heartbeats both ways: the router drops silent clients
+            self.socket.send_multipart(protocol.encode_heartbeat())
 
     def _handle(self, frames: list[Any]) -> None:
         self._last_heard = time.monotonic()

@@ -488,6 +488,9 @@ class RouterServer:
                 liveness=self.config.liveness,
                 requeued=len(requeued),
             )
+        for peer in self.state.expired_clients():
+            dropped = self.state.remove_client(peer)
+            log.warning("client silent; its queued tasks are dropped", dropped=dropped)
         parent = self.config.parent_pid
         if parent is not None and os.getppid() != parent:
             log.info("parent process gone; router exits", parent_pid=parent)

@@ -106,6 +106,8 @@ class BodyCache:
 #: a task whose worker died this often runs alone on a worker from then on, so that a task
 #: that kills its worker is told apart from the tasks that merely shared the process with it
 ISOLATE_AFTER = 2
+#: a client is declared gone after this many liveness windows of silence
+CLIENT_LIVENESS = 5
 
 
 class RouterState:
@@ -300,6 +302,15 @@ class RouterState:
         """Workers silent for longer than the liveness window."""
         deadline = self.clock() - self.liveness
         return [peer for peer, w in self.workers.items() if w.last_seen < deadline]
+
+    def expired_clients(self) -> list[bytes]:
+        """Clients silent for CLIENT_LIVENESS windows: gone (killed, or cut off) for good.
+
+        A client's I/O thread competes for the GIL with the application, so it gets a longer
+        window than a worker before its queued tasks are dropped.
+        """
+        deadline = self.clock() - CLIENT_LIVENESS * self.liveness
+        return [peer for peer, c in self.clients.items() if c.last_seen < deadline]
 
     # -- tasks ------------------------------------------------------------------------------
 
