@@ -1,6 +1,6 @@
 """squall's headline figures on the embedded default, as a Markdown table.
 
-Three workloads, each run once to warm up and then ``--runs`` times; the table shows the median,
+Six workloads, each run once to warm up and then ``--runs`` times; the table shows the median,
 min and max of the measured runs next to the target:
 
 1. **no-op throughput**: ``ex.map(echo, range(20_000))`` on ``squall.Executor()`` (default
@@ -14,6 +14,17 @@ min and max of the measured runs next to the target:
 3. **round-trip latency**: sequential ``ex.submit(echo, i).result()`` calls, p50 and p99. Nothing
    batches here, so it shows the fixed cost of one hop through every process and every wake-up,
    which is what an interactive caller waiting on one result feels.
+4. **asyncio no-op throughput**: ``await asyncio.gather(*(ex.submit(echo, i) for i in
+   range(20_000)))`` on ``squall.AsyncExecutor()``, run right after figure 1, and its ratio to
+   figure 1's median. The same per-task path plus what asyncio adds: an awaitable per task,
+   the hand-over of results to the event loop, and one ``submit`` per task instead of ``map``'s
+   batches.
+5. **stream throughput**: ``for x in ex.stream(count_up, 100_000)`` on ``squall.Executor()``,
+   where the generator yields small ints; items per second through the router with the default
+   ``stream_window`` (the table names it), and again with ``stream_window=1024`` (no target) to
+   show how much the window matters.
+6. **stream first-item latency**: the time from calling ``ex.stream(yield_once)`` to receiving
+   its first value, from a generator that yields at once; p50 and p99 over 200 streams per run.
 
 Usage::
 
@@ -26,6 +37,7 @@ cloudpickle, as a user's own functions do.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import gc
 import hashlib
@@ -36,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,11 +62,17 @@ SLEEP_SECONDS = 0.1
 SLEEP_CONCURRENCY = 10_000
 LATENCY_CALLS = 2_000
 LATENCY_WARMUP_CALLS = 200
+STREAM_ITEMS = 100_000
+STREAM_WIDE_WINDOW = 1024
+FIRST_ITEM_STREAMS = 200
+FIRST_ITEM_WARMUP_STREAMS = 20
 
 QUICK_RUNS = 2
 QUICK_NOOP_TASKS = 5_000
 QUICK_SLEEP_TASKS = 2_000
 QUICK_LATENCY_CALLS = 300
+QUICK_STREAM_ITEMS = 20_000
+QUICK_FIRST_ITEM_STREAMS = 50
 
 
 def echo(x: Any) -> Any:
@@ -65,6 +84,16 @@ def sleep_then_echo(x: Any) -> Any:
     """The I/O-bound task: a gevent-patched ``time.sleep`` on the worker, then its argument."""
     time.sleep(SLEEP_SECONDS)
     return x
+
+
+def count_up(n: int) -> Iterator[int]:
+    """The streaming task: yields the small ints 0 .. n-1, as fast as the window lets it."""
+    yield from range(n)
+
+
+def yield_once() -> Iterator[int]:
+    """The first-item task: yields one value at once, then ends."""
+    yield 0
 
 
 @dataclass
@@ -179,6 +208,110 @@ def bench_latency(runs: int, calls: int) -> tuple[Figure, Figure]:
     )
 
 
+def bench_async_noop(runs: int, tasks: int, threaded: Figure) -> tuple[Figure, Figure]:
+    """Figure 4: no-op tasks per second from asyncio, ``gather`` over one ``submit`` per task;
+    and its ratio to ``threaded`` (figure 1, measured just before in the same process)."""
+
+    async def measure() -> tuple[list[float], int]:
+        values: list[float] = []
+        expected = list(range(tasks))
+        async with squall.AsyncExecutor() as ex:
+            processes = ex.executor.stats()["workers"]
+            for run in range(runs + 1):  # run 0 is the warm-up
+                _settle()
+                t0 = time.perf_counter()
+                results = await asyncio.gather(*(ex.submit(echo, i) for i in range(tasks)))
+                elapsed = time.perf_counter() - t0
+                if results != expected:
+                    raise RuntimeError("asyncio no-op results came back wrong")
+                if run:
+                    values.append(tasks / elapsed)
+        return values, processes
+
+    values, processes = asyncio.run(measure())
+    extra = {"tasks": tasks, "processes": processes}
+    rate = Figure(
+        name=f"asyncio no-op throughput ({tasks:,} tasks, {processes} processes)",
+        unit="tasks/s",
+        values=values,
+        higher_is_better=True,
+        extra=extra,
+    )
+    ratio = Figure(
+        name="asyncio ÷ threaded no-op throughput",
+        unit="×",
+        # One value per asyncio run, each against the threaded median: the median of these is
+        # the ratio of the two medians.
+        values=[value / threaded.median for value in values],
+        target=0.8,
+        higher_is_better=True,
+        extra={**extra, "threaded_median": threaded.median, "threaded_tasks": threaded.extra},
+    )
+    return rate, ratio
+
+
+def bench_stream(runs: int, items: int, window: int | None = None) -> Figure:
+    """Figure 5: items per second from one stream of small ints; ``window`` None for the
+    executor's default (the figure with the target)."""
+    values: list[float] = []
+    options = {} if window is None else {"stream_window": window}
+    with squall.Executor(**options) as ex:
+        window = ex.stream_window
+        for run in range(runs + 1):  # run 0 is the warm-up
+            _settle()
+            expected = 0
+            t0 = time.perf_counter()
+            for x in ex.stream(count_up, items):
+                if x != expected:
+                    raise RuntimeError("stream items came back wrong")
+                expected += 1
+            elapsed = time.perf_counter() - t0
+            if expected != items:
+                raise RuntimeError(f"stream ended after {expected:,} of {items:,} items")
+            if run:
+                values.append(items / elapsed)
+    return Figure(
+        name=f"stream throughput ({items:,} small ints, window {window})",
+        unit="items/s",
+        values=values,
+        target=100_000 if not options else None,
+        higher_is_better=True,
+        extra={"items": items, "window": window},
+    )
+
+
+def bench_first_item(runs: int, streams: int) -> tuple[Figure, Figure]:
+    """Figure 6: p50 and p99 of the time from ``ex.stream()`` to the first value, one of each
+    per run."""
+    p50s: list[float] = []
+    p99s: list[float] = []
+
+    def one() -> float:
+        t0 = time.perf_counter()
+        stream = ex.stream(yield_once)
+        first = next(stream)
+        elapsed = time.perf_counter() - t0
+        # Read to the end, untimed: the next stream starts with nothing in flight.
+        if first != 0 or list(stream):
+            raise RuntimeError("first-item stream came back wrong")
+        return elapsed
+
+    with squall.Executor() as ex:
+        for _ in range(FIRST_ITEM_WARMUP_STREAMS):
+            one()
+        for _ in range(runs):
+            _settle()
+            samples = sorted(one() for _ in range(streams))
+            p50s.append(_percentile(samples, 0.50) * 1e6)
+            p99s.append(_percentile(samples, 0.99) * 1e6)
+    extra = {"streams": streams, "warmup_streams": FIRST_ITEM_WARMUP_STREAMS}
+    name = f"stream first-item latency {{}} ({streams:,} streams)"
+    return (
+        Figure(name.format("p50"), "µs", p50s, extra=extra),
+        Figure(name.format("p99"), "µs", p99s, extra=extra),
+    )
+
+
 def _revision() -> str:
     """The checkout measured: short commit hash, plus "+dirty.<hash of the diff>" when src/ has
     uncommitted changes (so two runs on different uncommitted code do not look alike)."""
@@ -200,8 +333,10 @@ def _revision() -> str:
 
 
 def _fmt(value: float, unit: str) -> str:
-    if unit == "tasks/s":
-        return f"{value:,.0f} tasks/s"
+    if unit in ("tasks/s", "items/s"):
+        return f"{value:,.0f} {unit}"
+    if unit == "×":
+        return f"{value:.2f}×"
     if unit == "s":
         return f"{value:.3f} s"
     if unit == "µs":
@@ -230,7 +365,8 @@ def table(figures: list[Figure]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Measure squall's throughput, fan-out and latency on the embedded default."
+        description="Measure squall's throughput, fan-out, latency and streams on the embedded "
+        "default."
     )
     parser.add_argument(
         "--runs",
@@ -259,14 +395,23 @@ def main(argv: list[str] | None = None) -> int:
     noop_tasks = QUICK_NOOP_TASKS if args.quick else NOOP_TASKS
     sleep_tasks = QUICK_SLEEP_TASKS if args.quick else SLEEP_TASKS
     latency_calls = QUICK_LATENCY_CALLS if args.quick else LATENCY_CALLS
+    stream_items = QUICK_STREAM_ITEMS if args.quick else STREAM_ITEMS
+    first_item_streams = QUICK_FIRST_ITEM_STREAMS if args.quick else FIRST_ITEM_STREAMS
 
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure
     revision = _revision()
     started = time.perf_counter()
+    noop = bench_noop(runs, noop_tasks)
+    # Straight after the threaded figure, so that the ratio sees the machine as it was.
+    async_noop = bench_async_noop(runs, noop_tasks, noop)
     figures = [
-        bench_noop(runs, noop_tasks),
+        noop,
+        *async_noop,
         bench_sleep(runs, sleep_tasks),
         *bench_latency(runs, latency_calls),
+        bench_stream(runs, stream_items),
+        bench_stream(runs, stream_items, STREAM_WIDE_WINDOW),
+        *bench_first_item(runs, first_item_streams),
     ]
     elapsed = time.perf_counter() - started
 
