@@ -94,6 +94,9 @@ async def _results(
         if ordered:
             deadline = None if timeout is None else time.monotonic() + timeout
             for future in futures:
+                if future.done():  # results come in batches: most are here already
+                    yield future.result()
+                    continue
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 yield await asyncio.wait_for(future, remaining)
         else:

@@ -55,7 +55,9 @@ class Future(concurrent.futures.Future[T]):
         return True
 
     def __await__(self) -> Generator[Any, None, T]:
-        return _asyncio_future(self).__await__()
+        if not self.done():  # a finished future costs no trip through the event loop
+            yield from _asyncio_future(self).__await__()
+        return self.result()
 
     def result(self, timeout: float | None = None) -> T:
         value = super().result(timeout)

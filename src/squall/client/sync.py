@@ -171,7 +171,7 @@ class ThreadDriver:
         if self._lost and now - self._last_hello > self._liveness / 3:
             self._last_hello = now
             self.socket.send_multipart(protocol.encode_hello(Role.CLIENT, os.getpid()))
-        elif not self._lost and now - self._last_beat > self._liveness / 3:
+        elif self._welcome.is_set() and now - self._last_beat > self._liveness / 3:
             self._last_beat = now  # heartbeats both ways: the router drops silent clients
             self.socket.send_multipart(protocol.encode_heartbeat())
 
