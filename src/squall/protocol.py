@@ -9,10 +9,13 @@ protocol version, the message type, then the fields of that type. The router rea
 payload frames (pickles, function bodies, out-of-band buffers) pass through it as opaque bytes, so
 the router never needs ``pickle``.
 
-Batches: SUBMIT, TASK and RESULT carry many items in one message, which is what lets squall move
-tens of thousands of small tasks a second through Python processes. Their header holds an item
-count and, per item, its fixed fields and how many payload frames it owns; the payload frames
-follow in item order.
+Batches: SUBMIT, TASK, RESULT, ITEM, ACK, CANCEL and STARTED carry many items in one message,
+which is what lets squall move tens of thousands of small tasks a second through Python
+processes. Their header holds an item count and, per item, its fixed fields and how many payload
+frames it owns; the payload frames follow in item order. SUBMIT and TASK add a section after the
+rows: the dependencies of each item (client task ids in SUBMIT; each dependency's status and
+frame count in TASK, whose outcome frames follow the item's own). Small stream values travel
+packed, many to a frame (:func:`pack_values`).
 
 Developer notes: decoding validates everything the router relies on (counts, frame totals, sizes)
 and raises :class:`ProtocolError` with the frames attached, so a malformed message is logged and

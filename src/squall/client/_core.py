@@ -135,11 +135,6 @@ class ClientCore:
                     return body
         return b""
 
-    def forget_announced(self) -> None:
-        """The router lost its state (restart): bodies must be sent again on next use."""
-        with self._lock:
-            self._announced.clear()
-
     def forget(self, task_id: int) -> None:
         """Stop tracking a task whose outcome nobody wants any more (cancelled)."""
         with self._lock:
