@@ -154,3 +154,16 @@ def test_a_non_loopback_bind_needs_auth(tmp_path: Path) -> None:
     assert ran.returncode != 0
     assert "refusing to listen on tcp://0.0.0.0:5557 without authentication" in ran.stderr
     assert "--auth" in ran.stderr
+
+
+def test_sighup_does_not_leave_the_router_spinning(secured) -> None:
+    import psutil
+
+    cluster, _, alice = secured
+    os.kill(cluster.router.pid, signal.SIGHUP)
+    time.sleep(0.5)
+    router = psutil.Process(cluster.router.pid)
+    router.cpu_percent(None)
+    time.sleep(1.0)
+    assert router.cpu_percent(None) < 50, "the router busy-loops after a signal"
+    assert alice.submit(abs, -6).result(timeout=30) == 6

@@ -163,6 +163,11 @@ class RouterServer:
             while self._running:
                 wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(int(wait * 1000)))
+                if wake_r in events:  # a signal arrived: its handler has run; empty the pipe
+                    try:
+                        wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
                 if self.zap is not None and self.zap.socket in events:
                     self.zap.handle()
                 if self._reload_keys:
