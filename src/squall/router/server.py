@@ -163,7 +163,7 @@ class RouterServer:
             while self._running:
                 wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(int(wait * 1000)))
-                if wake_r in events:  # a signal arrived: its handler has run; empty the pipe
+                if wake_r.fileno() in events:  # a signal arrived, its handler ran: empty the pipe
                     try:
                         wake_r.recv(4096)
                     except BlockingIOError:
