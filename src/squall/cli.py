@@ -229,6 +229,12 @@ def _sleep_then_echo(x: Any) -> Any:
     return x
 
 
+def _ticks(n: int, pause: float) -> Any:
+    for i in range(n):
+        yield i
+        time.sleep(pause)
+
+
 def _echo(x: Any) -> Any:
     return x
 
@@ -256,6 +262,20 @@ def _demo() -> int:
             ex.submit(lambda: 1 / 0).result()
         except ZeroDivisionError as exc:
             print(f"error:    ZeroDivisionError('{exc}') came back with its remote traceback")
+
+        t0 = time.perf_counter()
+        stream = ex.stream(_ticks, 5, 0.2)
+        first = next(stream)
+        first_ms = (time.perf_counter() - t0) * 1000
+        rest = list(stream)
+        print(
+            f"stream:   value {first} after {first_ms:.0f} ms, then {rest} as the remote "
+            f"generator yielded them, every 0.2 s"
+        )
+
+        parts = [ex.submit(_sleep_then_echo, i) for i in range(1, 11)]
+        total = ex.submit(sum, parts)  # futures as arguments: values go worker to worker
+        print(f"pipeline: sum of 10 tasks' results, computed remotely = {total.result()}")
 
         n = 10_000
         t0 = time.perf_counter()
