@@ -114,3 +114,12 @@ def test_future_of_another_executor_is_refused(remote: squall.Executor, cluster)
         with pytest.raises(ValueError, match="another executor"):
             remote.submit(add, foreign, 1)
         foreign.result(timeout=30)
+
+
+def test_more_dependencies_than_the_wire_counts_fail_at_submit(remote: squall.Executor) -> None:
+    # The wire counts a task's dependencies in 16 bits: refuse clearly, before anything is sent
+    # (an encoding error later would take the client's I/O thread down).
+    pending = [remote._new_future() for _ in range(65_536)]
+    with pytest.raises(ValueError, match="at most 65,535 futures"):
+        remote.submit(max, pending)
+    assert remote.submit(add, 1, 2).result(timeout=30) == 3

@@ -360,8 +360,10 @@ def test_results_for_a_removed_client_are_dropped() -> None:
     assert a.id not in state.tasks  # forgotten, not leaked
     assert not state.workers[W1].running.get(a.id)
     assert state.counters["stale_results"] == 0
-    state.add_client(C1, 1)  # the same identity coming back gets results again
-    assert state.complete(W1, b.id) is b
+    # Its running tasks are stopped on their worker: nobody wants their outcomes.
+    assert state.take_stops() == {W1: [a.id, b.id]}
+    state.add_client(C1, 1)  # the same identity coming back resubmits; the old run is void
+    assert state.complete(W1, b.id) is None
 
 
 def test_remove_unknown_client_drops_nothing() -> None:

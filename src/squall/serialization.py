@@ -294,13 +294,18 @@ def dumps_exception(exc: BaseException) -> list[Frame]:
     The summary (type, message, traceback text) lets the caller raise ``TaskFailed`` when the
     exception itself cannot cross.
     """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        message = str(exc)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception as broken:  # an exception whose __str__ raises still gets an outcome
+        message = f"<unprintable {type(exc).__name__}: {type(broken).__name__}>"
+        tb = ""
     try:
         pickled = dumps(exc)
         pickle.loads(pickled[0], buffers=pickled[1:])  # some exceptions pickle but never load
     except Exception:
         pickled = [b""]
-    return protocol.error_outcome(_qualified_name(type(exc)), str(exc), tb, pickled)
+    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, pickled)
 
 
 def loads_exception(frames: Sequence[Any]) -> BaseException:

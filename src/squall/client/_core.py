@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from squall import protocol
-from squall.errors import WorkerLost
+from squall.errors import SerializationError, WorkerLost
 from squall.protocol import Frame, Kind, ResultItem, StreamItem
 
 #: Items per SUBMIT message.
@@ -109,8 +109,12 @@ class ClientCore:
             self._room.notify_all()
         for entry, item in entries:
             target = _live(entry)
-            if target is not None:  # None: not ours any more (cancelled, or a dropped stream)
+            if target is None:  # not ours any more (cancelled, or a dropped stream)
+                continue
+            try:
                 target._squall_outcome(item.status, item.frames)
+            except Exception as exc:  # one bad outcome must not cost the rest of the batch
+                target._squall_fail(SerializationError(f"the outcome could not be read: {exc!r}"))
 
     def deliver_items(self, items: list[StreamItem]) -> None:
         """Hand streamed values to their streams."""

@@ -32,6 +32,9 @@ T = TypeVar("T")
 #: that the first tasks start while the rest are still being pickled.
 MAP_BATCH = 1000
 
+#: the wire counts a task's dependencies in 16 bits
+MAX_DEPENDENCIES = 65_535
+
 #: containers whose elements may be futures to wait for
 _WALKED = (list, tuple, dict)
 
@@ -311,6 +314,11 @@ class Executor(concurrent.futures.Executor):
 
         new_args = tuple(swap(a, 0) for a in args)
         new_kwargs = {k: swap(v, 0) for k, v in kwargs.items()}
+        if len(deps) > MAX_DEPENDENCIES:
+            raise ValueError(
+                f"a task can wait for at most {MAX_DEPENDENCIES:,} futures, not {len(deps):,}: "
+                "combine them in stages (a tree of fan-ins)"
+            )
         return new_args, new_kwargs, tuple(deps), (failures[0] if failures else None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

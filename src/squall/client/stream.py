@@ -71,7 +71,10 @@ class Stream(Generic[T]):
         self._lock.notify_all()
         waiters, self._async_waiters = self._async_waiters, []
         for loop, waiter in waiters:
-            loop.call_soon_threadsafe(_resolve, waiter)
+            try:
+                loop.call_soon_threadsafe(_resolve, waiter)
+            except RuntimeError:  # that event loop is closed: nobody waits there any more
+                pass
 
     # -- read by the caller -----------------------------------------------------------------
 

@@ -100,7 +100,12 @@ class ThreadDriver:
         waiter: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._stats_waiters.append(waiter)
         self.send(protocol.encode_stats_request())
-        return waiter.result(timeout)
+        try:
+            return waiter.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # Replies come in order: a late one must not answer the next caller.
+            waiter.cancel()
+            raise
 
     def close(self) -> None:
         if self._closing:
@@ -109,6 +114,10 @@ class ThreadDriver:
         self.wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5.0)
+        if self._thread.is_alive():
+            return  # still polling: leave its fds and context alone rather than pull them away
+        if not self.socket.closed:  # the thread never ran (start failed early)
+            self.socket.close(linger=0)
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.context.term()
@@ -123,7 +132,6 @@ class ThreadDriver:
         try:
             while not self._closing:
                 events = dict(poller.poll(250))
-                self._check_router()
                 if self._wake_r in events:
                     try:
                         os.read(self._wake_r, 65536)
@@ -132,11 +140,14 @@ class ThreadDriver:
                 self._send_queued()
                 if self.socket in events:
                     self._drain()
+                self._check_router()  # after reading: a stalled thread is not a silent router
             self._send_queued()
             self.socket.send_multipart(protocol.encode_disconnect(), flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
+        except Exception as exc:
             if not self._closing:
-                log.error("client I/O thread stopped", error=str(exc))
+                # Nobody would ever resolve the pending futures: fail them, loudly.
+                log.exception("client I/O thread stopped")
+                self.core.fail_all(SquallError(f"the client's I/O thread stopped: {exc!r}"))
         finally:
             self.socket.close(linger=0)
 
@@ -189,7 +200,9 @@ class ThreadDriver:
         elif type_ is MsgType.STATS:
             stats = protocol.decode_stats(body)
             if self._stats_waiters:
-                self._stats_waiters.popleft().set_result(stats)
+                waiter = self._stats_waiters.popleft()
+                if not waiter.cancelled():  # its caller gave up: this was its late reply
+                    waiter.set_result(stats)
         elif type_ is MsgType.STARTED:
             self.core.started(protocol.decode_started(body, payload))
         elif type_ is MsgType.WELCOME:

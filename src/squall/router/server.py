@@ -410,6 +410,8 @@ class RouterServer:
     def _flush(self) -> None:
         """Send what the drain pass decided, as batches. Stream items go before results, so a
         stream's last item never overtakes its end."""
+        for worker, task_ids in self.state.take_stops().items():
+            self._send(worker, protocol.encode_cancel(task_ids))
         for task, frames in self.state.take_failed():
             self._results[task.client].append((task.client_task_id, protocol.Status.ERROR, frames))
         if self._items:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from squall.protocol import HASH_SIZE, Status, SubmitItem, error_outcome
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: queue.remove() must be cheap
 class Task:
     """One accepted task, from submit until its outcome reaches the client."""
 
@@ -149,10 +150,14 @@ class RouterState:
         self.recent_size = 10_000
         #: outcomes the router decided itself (lost dependency, worker died mid-stream)
         self.failed: list[tuple[Task, list[Any]]] = []
+        #: worker -> running task ids to stop because their client is gone
+        self._stop_on_worker: dict[bytes, list[int]] = {}
         self.bodies = BodyCache()
         #: fn hash -> workers waiting for its body
         self.body_waiters: dict[bytes, set[bytes]] = {}
-        self._next_id = 0
+        # Task ids start at random: a worker still running tasks from before a router restart
+        # must not report them under ids this router has given to other tasks.
+        self._next_id = int.from_bytes(os.urandom(6), "big") << 8
         self.counters: collections.Counter[str] = collections.Counter(
             {
                 name: 0
@@ -227,7 +232,9 @@ class RouterState:
             task.worker = None
             if died:
                 task.deaths += 1
-            if task.client not in self.clients or task.cancelled:
+            if task.cancelled:
+                self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
+            elif task.client not in self.clients:
                 self._forget(task)  # nobody is waiting for it: do not run it again
             elif task.items_sent:
                 # Running it again would repeat items the reader already has.
@@ -284,8 +291,14 @@ class RouterState:
     def remove_client(self, peer: bytes) -> int:
         """Forget a client and drop its queued tasks; return how many were dropped.
 
-        Tasks already running finish; their results are discarded when they come back.
+        Its running tasks are marked cancelled; :meth:`running_of_departed` tells the server
+        which workers must stop them (a paused stream would otherwise hold its slot forever).
         """
+        for worker in self.workers.values():
+            for task in worker.running.values():
+                if task.client == peer and not task.cancelled:
+                    task.cancelled = True
+                    self._stop_on_worker.setdefault(worker.peer, []).append(task.id)
         self.clients.pop(peer, None)
         kept = collections.deque(t for t in self.queue if t.client != peer)
         dropped = len(self.queue) - len(kept)
@@ -318,6 +331,9 @@ class RouterState:
         """Queue tasks from ``client`` (FIFO); return how many."""
         n = 0
         for item in items:
+            if (client, item.task_id) in self.by_client:
+                self.counters["duplicate_submits"] += 1  # resent after a false alarm: known
+                continue
             if self.queued_by_client[client] >= self.max_queued:
                 self.counters["refused_full"] += 1
                 self.failed.append(
@@ -478,6 +494,11 @@ class RouterState:
         self._settle(task, Status.ERROR, frames)
         if task.client in self.clients and not task.cancelled:
             self.failed.append((task, frames))
+
+    def take_stops(self) -> dict[bytes, list[int]]:
+        """Running tasks of departed clients, per worker, to cancel there."""
+        stops, self._stop_on_worker = self._stop_on_worker, {}
+        return {w: ids for w, ids in stops.items() if w in self.workers}
 
     def take_failed(self) -> list[tuple[Task, list[Any]]]:
         failed, self.failed = self.failed, []

@@ -42,6 +42,11 @@ class AsyncBridge:
             gevent.spawn(self._loop.run_forever)
         return self._loop
 
+    @property
+    def running(self) -> int:
+        """Coroutines started and not finished."""
+        return len(self._running) + len(self._incoming)
+
     def spawn(self, key: int, coroutine: Any, done: Callable[[asyncio.Task[Any]], None]) -> None:
         """Start ``coroutine`` as a task on the loop; ``done(task)`` runs when it ends.
 

@@ -170,10 +170,16 @@ class WorkerProcess:
         self._wake_sender.set()
         deadline = time.monotonic() + self.config.grace
         log.info("draining", running=len(self._tasks), grace=self.config.grace)
-        while self._tasks and time.monotonic() < deadline:
+        while self._busy() and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        if self._tasks:
-            log.warning("grace period over; handing unfinished tasks back", tasks=len(self._tasks))
+        if self._busy():
+            log.warning("grace period over; handing unfinished tasks back", tasks=self._busy())
+
+    def _busy(self) -> int:
+        """Tasks this process still owes an outcome: greenlets, coroutines, and tasks waiting
+        for their function's body."""
+        waiting = sum(len(items) for items in self._awaiting_body.values())
+        return len(self._tasks) + self.bridge.running + waiting
 
     def _tick(self) -> None:
         """Prove to the watchdog thread that the hub still runs."""
@@ -306,8 +312,7 @@ class WorkerProcess:
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its outcome
             status, frames = Status.ERROR, serialization.dumps_exception(exc)
         finally:
-            del self._tasks[item.task_id]
-            self.deadlines.pop(item.task_id, None)
+            self._forget_task(item.task_id)
             if not handed_off:
                 self._finish(item.task_id, status, frames)
 
@@ -326,6 +331,7 @@ class WorkerProcess:
             raise TaskTimeout(f"the task ran past its timeout of {options.timeout:g} s") from None
         finally:
             timer.close()
+            self.deadlines.pop(task_id, None)  # not during a retry's backoff pause
 
     def _coroutine_done(self, task_id: int, timeout: float | None, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -374,8 +380,13 @@ class WorkerProcess:
                 close()  # the generator's finally blocks run, even when the reader left early
             self._move_chunk(item.task_id)
             del self._streams[item.task_id]
-            del self._tasks[item.task_id]
+            self._forget_task(item.task_id)
             self._finish(item.task_id, status, frames)
+
+    def _forget_task(self, task_id: int) -> None:
+        # Only our own entry: the id may already name another task (a router restart).
+        if self._tasks.get(task_id) is greenlet.getcurrent():
+            del self._tasks[task_id]
 
     def _move_chunk(self, task_id: int) -> None:
         """Queue a stream's small values as one packed ITEM."""
@@ -424,7 +435,10 @@ class WorkerProcess:
 
     def _say_hello(self) -> None:
         self._control.append(
-            protocol.encode_hello(Role.WORKER, os.getpid(), self.config.concurrency)
+            # Draining: say HELLO with no capacity, or the router would send work again.
+            protocol.encode_hello(
+                Role.WORKER, os.getpid(), 0 if self._draining else self.config.concurrency
+            )
         )
         self._wake_sender.set()
 
