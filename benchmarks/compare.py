@@ -1349,7 +1349,11 @@ def _fmt_ratio(ratio: float) -> str:
         return f"{ratio:,.0f}×"
     if ratio >= 10:
         return f"{ratio:.0f}×"
-    return f"{ratio:.2f}×" if ratio < 1 else f"{ratio:.1f}×"
+    if ratio >= 1:
+        return f"{ratio:.1f}×"
+    if ratio >= 0.1:
+        return f"{ratio:.2f}×"
+    return f"{ratio:.2g}×"  # two significant digits: 0.0013×, not 0.00×
 
 
 # column: (title, workload, metric, unit)

@@ -64,7 +64,7 @@ class ThreadDriver:
         self._last_heard = time.monotonic()
         self._last_hello = 0.0
         self._last_beat = 0.0
-        self._liveness = 3.0
+        self._liveness = 5.0
         self._lost = False
         self._closing = False
         self.protocol_error: SquallError | None = None
@@ -207,7 +207,9 @@ class ThreadDriver:
             self.core.started(protocol.decode_started(body, payload))
         elif type_ is MsgType.WELCOME:
             welcome = protocol.decode_welcome(body)
-            self._liveness = max(1.0, 3 * welcome.heartbeat_interval)
+            # Five windows, not three: a router busy with a burst of a million tasks can be
+            # late with a heartbeat without being gone.
+            self._liveness = max(1.0, 5 * welcome.heartbeat_interval)
             if self._lost:
                 self._lost = False
                 again = self.core.resubmit_all()
