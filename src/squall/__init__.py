@@ -1,10 +1,15 @@
-"""squall: run any Python callable on a fleet of gevent workers behind a ZeroMQ router."""
+"""squall: run any Python callable on a fleet of gevent workers behind a ZeroMQ router.
+
+The client API is imported on first use: routers and worker processes import ``squall`` too,
+and have no use for the client's modules (a few MB and tens of milliseconds each).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from squall._version import __version__
-from squall.client.aio import AsyncExecutor
-from squall.client.executor import Executor
-from squall.client.future import Future, as_completed
-from squall.client.stream import Stream
 from squall.errors import (
     DependencyFailed,
     ExecutorShutdown,
@@ -17,6 +22,12 @@ from squall.errors import (
     TaskTimeout,
     WorkerLost,
 )
+
+if TYPE_CHECKING:
+    from squall.client.aio import AsyncExecutor
+    from squall.client.executor import Executor
+    from squall.client.future import Future, as_completed
+    from squall.client.stream import Stream
 
 __all__ = [
     "__version__",
@@ -31,13 +42,29 @@ __all__ = [
     "ProtocolError",
     "SerializationError",
     "TaskFailed",
-    "WorkerLost",
     "TaskTimeout",
+    "WorkerLost",
     "DependencyFailed",
     "StartupError",
     "ExecutorShutdown",
     "RemoteTraceback",
 ]
 
-for _name in ("Executor", "AsyncExecutor", "Future", "Stream"):
-    globals()[_name].__module__ = "squall"  # reprs and docs show the public path
+_CLIENT = {
+    "Executor": "squall.client.executor",
+    "AsyncExecutor": "squall.client.aio",
+    "Future": "squall.client.future",
+    "Stream": "squall.client.stream",
+    "as_completed": "squall.client.future",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _CLIENT.get(name)
+    if module is None:
+        raise AttributeError(f"module 'squall' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    if isinstance(value, type):
+        value.__module__ = "squall"  # reprs and docs show the public path
+    globals()[name] = value
+    return value
