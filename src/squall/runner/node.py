@@ -8,6 +8,8 @@ even a SIGKILLed node leaves no orphans.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -42,23 +44,11 @@ class WorkerNode:
         self._stopping = False
 
     def _command(self) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "squall.runner.main",
-            "--connect",
-            self.config.connect,
-            "--concurrency",
-            str(self.config.concurrency),
-            "--parent-pid",
-            str(os.getpid()),
-            "--heartbeat",
-            str(self.config.heartbeat),
-            "--grace",
-            str(self.config.grace),
-            *(["--auth", self.config.auth, "--key", self.config.key] if self.config.auth else []),
-        ]
-        return cmd + self.log_args
+        # The whole config travels as one JSON argument: a new WorkerConfig field reaches the
+        # worker processes without a flag to add on both sides.
+        own = dataclasses.replace(self.config, processes=1, parent_pid=os.getpid())
+        config = json.dumps(dataclasses.asdict(own))
+        return [sys.executable, "-m", "squall.runner.main", "--config", config, *self.log_args]
 
     def _spawn(self, slot: int) -> None:
         child = subprocess.Popen(self._command())
