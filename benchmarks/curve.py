@@ -53,7 +53,7 @@ def measure(
 ) -> dict[str, list[float]]:
     address = f"tcp://127.0.0.1:{free_port()}"
     squall_cmd = [sys.executable, "-m", "squall"]
-    router_auth = ["--auth", str(auth[0])] if auth else []
+    router_auth = ["--auth", str(auth[0])] if auth else ["--insecure"]
     worker_auth = ["--auth", str(auth[2])] if auth else []
     procs = [
         subprocess.Popen(

@@ -36,7 +36,13 @@ def free_port() -> int:
 class Proc:
     """A squall subprocess with its log, stopped by PID."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        umask: int = -1,
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")
@@ -46,6 +52,7 @@ class Proc:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
+            umask=umask,
         )
         self.pid = self.popen.pid
 
@@ -81,14 +88,17 @@ class Cluster:
         self.address = ""
         self.router: Proc | None = None
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(list(args), self.tmp_path / f"{args[0]}-{len(self.procs)}.log", env)
+    def start(self, *args: str, env: dict[str, str] | None = None, umask: int = -1) -> Proc:
+        """Start ``python -m squall ARGS``; ``umask`` for the child (-1: this process's)."""
+        proc = Proc(list(args), self.tmp_path / f"{args[0]}-{len(self.procs)}.log", env, umask)
         self.procs.append(proc)
         return proc
 
     def start_router(self, *extra: str) -> Proc:
+        """A router on a random loopback port; ``--insecure`` unless ``extra`` has ``--auth``."""
         self.address = f"tcp://127.0.0.1:{free_port()}"
-        self.router = self.start("router", "--bind", self.address, *extra)
+        insecure = () if "--auth" in extra else ("--insecure",)
+        self.router = self.start("router", "--bind", self.address, *insecure, *extra)
         wait_for(
             lambda: router_stats(self.address, timeout=0.5) is not None, 15, "router did not answer"
         )

@@ -114,7 +114,7 @@ def test_cli_errors_are_one_line(args: list[str], message: str) -> None:
 
 def test_address_in_use_is_one_line(cluster) -> None:
     cluster.start_router()
-    result = _run_cli("router", "--bind", cluster.address)
+    result = _run_cli("router", "--bind", cluster.address, "--insecure")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot bind" in lines[0] and "in use" in lines[0], result.stderr
@@ -122,7 +122,7 @@ def test_address_in_use_is_one_line(cluster) -> None:
 
 def test_router_logs_where_it_listens_as_json(cluster) -> None:
     port = free_port()
-    proc = cluster.start("router", "--bind", f"tcp://127.0.0.1:{port}", "--log-json")
+    proc = cluster.start("router", "--bind", f"tcp://127.0.0.1:{port}", "--insecure", "--log-json")
     line = wait_for(
         lambda: next(
             (json.loads(x) for x in proc.output().splitlines() if "router listening" in x), None

@@ -65,7 +65,7 @@ def test_router_restart_does_not_deliver_an_old_run_as_another_tasks_result(clus
         wait_for(old.running, 10, "task started")
         router.popen.kill()
         router.popen.wait()
-        cluster.start("router", "--bind", address)
+        cluster.start("router", "--bind", address, "--insecure")
         # old is resubmitted (new id 1); wait for the worker to be back
         wait_for(
             lambda: (

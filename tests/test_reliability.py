@@ -220,7 +220,7 @@ def test_router_sigkilled_and_restarted_every_future_resolves_once(cluster, tmp_
         router.popen.kill()
         router.popen.wait()
         time.sleep(0.5)
-        cluster.start("router", "--bind", address)
+        cluster.start("router", "--bind", address, "--insecure")
         resolved = collections.Counter()
         for f in futures:
             resolved[f.result(timeout=120)] += 1

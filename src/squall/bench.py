@@ -45,8 +45,12 @@ def _time(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def run(address: str | None, quick: bool, runs: int) -> list[Figure]:
-    """Measure; return the figures (each: every run's value)."""
+def run(address: str | None, quick: bool, runs: int, *, insecure: bool = False) -> list[Figure]:
+    """Measure; return the figures (each: every run's value).
+
+    ``insecure`` lets the client talk to a remote router without keys (``squall bench
+    --insecure``), as ``Executor(insecure=True)`` does.
+    """
     from tqdm import tqdm
 
     scale = 0.2 if quick else 1.0
@@ -58,7 +62,9 @@ def run(address: str | None, quick: bool, runs: int) -> list[Figure]:
         Figure(f"round trip p99 ({calls:,} sequential submits)", "us", []),
         Figure(f"stream ({items:,} small values)", "values/s", []),
     ]
-    options = {} if address else {"concurrency": 10_000}
+    options: dict[str, object] = {"insecure": True} if insecure else {}
+    if not address:
+        options["concurrency"] = 10_000
     progress = tqdm(
         total=runs + 1,
         desc="squall bench",

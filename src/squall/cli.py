@@ -41,12 +41,14 @@ def _parser() -> argparse.ArgumentParser:
         "--bind",
         required=True,
         metavar="ADDR",
-        help="address for clients and workers, e.g. tcp://127.0.0.1:5555",
+        help="address for clients and workers, e.g. tcp://0.0.0.0:5555 (with --auth) or "
+        "ipc:///path/to/socket",
     )
     router.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback address without authentication (trusted networks)",
+        help="allow TCP without authentication: any local user (on loopback) or anyone who "
+        "reaches the address can run code on your workers",
     )
     router.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
     router.add_argument(
@@ -125,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args)
         if args.command == "bench":
             return _bench(args)
+    worker.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback router without authentication: whoever answers there can "
+        "run any code on this worker",
+    )
         return _demo()
     except SquallError as exc:
         print(f"squall {args.command}: {exc}", file=sys.stderr)
@@ -137,21 +145,19 @@ def _log_args(args: argparse.Namespace) -> list[str]:
     out = ["--log-json"] if args.log_json else []
     return out + (["--log-level", args.log_level] if args.log_level else [])
 
+    bench.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback router without auth"
+    )
 
 def _router(args: argparse.Namespace) -> int:
     import zmq
 
     from squall import log
-    from squall.config import RouterConfig, is_loopback, validate_address
+    from squall.config import RouterConfig, check_listen_policy, validate_address
     from squall.router.server import RouterServer, forbid_unpickling
 
     address = validate_address(args.bind)
-    if not is_loopback(address) and not args.insecure and not args.auth:
-        raise SquallError(
-            f"refusing to listen on {address} without authentication: anyone who reaches it "
-            "could run code on your workers; pass --auth DIR (see squall keygen), bind "
-            "127.0.0.1 or ipc://, or pass --insecure on a network you trust"
-        )
+    check_listen_policy(address, args.auth, args.insecure)
     log.configure(json=args.log_json, level=args.log_level, process="router")
     forbid_unpickling()
     config = RouterConfig.from_env(
@@ -171,12 +177,9 @@ def _router(args: argparse.Namespace) -> int:
     except zmq.ZMQError as exc:
         raise SquallError(f"cannot bind {address}: {exc}") from None
     logger = log.get_logger("squall.router")
-    if args.insecure and not is_loopback(address):
-        logger.warning(
-            "listening WITHOUT authentication: anyone who can reach this address "
-            "can run code on every worker",
-            endpoint=endpoint,
-        )
+    warning = _insecure_warning(address, args.auth)
+    if warning:
+        logger.warning(warning, endpoint=endpoint)
     logger.info(
         "router listening",
         unpickling="disabled",
@@ -190,7 +193,7 @@ def _router(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from squall import log
-    from squall.config import WorkerConfig, validate_address
+    from squall.config import WorkerConfig, is_loopback, validate_address
     from squall.runner.node import WorkerNode
 
     config = WorkerConfig.from_env(
@@ -211,7 +214,7 @@ def _bench(args: argparse.Namespace) -> int:
     from squall import bench
 
     runs = 1 if args.quick else max(1, args.runs)
-    figures = bench.run(args.connect, args.quick, runs)
+    figures = bench.run(args.connect, args.quick, runs, insecure=args.insecure)
     print(bench.table(figures, args.connect or "the embedded default"))
     return 0
 
@@ -222,6 +225,23 @@ def _keygen(args: argparse.Namespace) -> int:
     public, secret = keygen(args.out, args.name)
     print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
     return 0
+def _insecure_warning(address: str, auth: str | None) -> str | None:
+    """What to shout when a router listens on TCP without keys (``--insecure``)."""
+    from squall.config import is_loopback
+
+    if auth or not address.startswith("tcp://"):
+        return None
+    if is_loopback(address):
+        return (
+            "listening WITHOUT authentication on loopback: ANY LOCAL USER can run code on "
+            "every worker, as the user running it"
+        )
+    return (
+        "listening WITHOUT authentication: anyone who can reach this address "
+        "can run code on every worker"
+    )
+
+
 
 
 def _sleep_then_echo(x: Any) -> Any:
@@ -236,8 +256,15 @@ def _ticks(n: int, pause: float) -> Any:
 
 
 def _echo(x: Any) -> Any:
+        insecure=args.insecure,
     return x
 
+    if not config.auth and not is_loopback(config.connect):
+        log.get_logger("squall.worker").warning(
+            "connecting WITHOUT authentication: whoever answers at this address can run any "
+            "code on this worker",
+            router=config.connect,
+        )
 
 def _demo() -> int:
     """The README's main job: the embedded default doing a few real things, with figures."""

@@ -21,7 +21,7 @@ from squall.client.embedded import LocalCluster
 from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
-from squall.config import validate_address
+from squall.config import check_client_policy, validate_address
 from squall.errors import DependencyFailed, ExecutorShutdown, StartupError
 from squall.protocol import Kind
 from squall.serialization import DependencyRef
@@ -68,8 +68,13 @@ class Executor(concurrent.futures.Executor):
         auth: directory with the router's public key ``router.key`` and this client's key pair
             ``KEY.key_secret`` (CurveZMQ; see ``squall keygen``). Default: ``SQUALL_AUTH``.
         key: the name of this client's key pair in ``auth``.
+        insecure: allow a non-loopback ``address`` without ``auth``. Whoever answers there
+            sees every task and can run code in this process (results are unpickled here), so
+            without it such an address is refused.
 
     Raises:
+        SquallError: ``address`` is beyond this machine and neither ``auth`` nor ``insecure``
+            is given (raised at once, before connecting).
         StartupError: the router (or the embedded processes) did not come up in time.
     """
 
@@ -84,9 +89,13 @@ class Executor(concurrent.futures.Executor):
         max_pending: int = 100_000,
         auth: str | None = None,
         key: str = "client",
+        insecure: bool = False,
     ) -> None:
         if stream_window < 1:
             raise ValueError("stream_window must be at least 1")
+        auth = auth if auth is not None else os.environ.get("SQUALL_AUTH") or None
+        if address is not None:
+            check_client_policy(validate_address(address), auth, insecure)
         self.stream_window = stream_window
         self._cluster: LocalCluster | None = None
         self._closed = False
@@ -96,7 +105,6 @@ class Executor(concurrent.futures.Executor):
             self._cluster = LocalCluster(processes or os.cpu_count() or 1, concurrency)
             address = self._cluster.start()
         self.address = validate_address(address)
-        auth = auth if auth is not None else os.environ.get("SQUALL_AUTH") or None
         self._driver = ThreadDriver(self.address, self._core, auth, key)
         _live.add(self)
         try:
