@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
         "--auth", metavar="DIR", help="CurveZMQ: DIR/router.key and this node's DIR/KEY.key_secret"
     )
     worker.add_argument("--key", default="worker", help="key pair name in --auth (default worker)")
+    worker.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback router without authentication: whoever answers there can "
+        "run any code on this worker",
+    )
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(worker)
 
@@ -111,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--connect", metavar="ADDR", help="a running router (default: embedded)")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, one run")
     bench.add_argument("--runs", type=int, default=3, help="measured runs (default 3)")
+    bench.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback router without auth"
+    )
 
     commands.add_parser("demo", help="start the embedded default and run a few real tasks")
     return parser
@@ -127,12 +136,6 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args)
         if args.command == "bench":
             return _bench(args)
-    worker.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow a non-loopback router without authentication: whoever answers there can "
-        "run any code on this worker",
-    )
         return _demo()
     except SquallError as exc:
         print(f"squall {args.command}: {exc}", file=sys.stderr)
@@ -145,9 +148,6 @@ def _log_args(args: argparse.Namespace) -> list[str]:
     out = ["--log-json"] if args.log_json else []
     return out + (["--log-level", args.log_level] if args.log_level else [])
 
-    bench.add_argument(
-        "--insecure", action="store_true", help="allow a non-loopback router without auth"
-    )
 
 def _router(args: argparse.Namespace) -> int:
     import zmq
@@ -191,6 +191,23 @@ def _router(args: argparse.Namespace) -> int:
     return 0
 
 
+def _insecure_warning(address: str, auth: str | None) -> str | None:
+    """What to shout when a router listens on TCP without keys (``--insecure``)."""
+    from squall.config import is_loopback
+
+    if auth or not address.startswith("tcp://"):
+        return None
+    if is_loopback(address):
+        return (
+            "listening WITHOUT authentication on loopback: ANY LOCAL USER can run code on "
+            "every worker, as the user running it"
+        )
+    return (
+        "listening WITHOUT authentication: anyone who can reach this address "
+        "can run code on every worker"
+    )
+
+
 def _worker(args: argparse.Namespace) -> int:
     from squall import log
     from squall.config import WorkerConfig, is_loopback, validate_address
@@ -205,8 +222,15 @@ def _worker(args: argparse.Namespace) -> int:
         grace=args.grace,
         auth=args.auth,
         key=args.key,
+        insecure=args.insecure,
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
+    if not config.auth and not is_loopback(config.connect):
+        log.get_logger("squall.worker").warning(
+            "connecting WITHOUT authentication: whoever answers at this address can run any "
+            "code on this worker",
+            router=config.connect,
+        )
     return WorkerNode(config, _log_args(args)).run()
 
 
@@ -225,23 +249,6 @@ def _keygen(args: argparse.Namespace) -> int:
     public, secret = keygen(args.out, args.name)
     print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
     return 0
-def _insecure_warning(address: str, auth: str | None) -> str | None:
-    """What to shout when a router listens on TCP without keys (``--insecure``)."""
-    from squall.config import is_loopback
-
-    if auth or not address.startswith("tcp://"):
-        return None
-    if is_loopback(address):
-        return (
-            "listening WITHOUT authentication on loopback: ANY LOCAL USER can run code on "
-            "every worker, as the user running it"
-        )
-    return (
-        "listening WITHOUT authentication: anyone who can reach this address "
-        "can run code on every worker"
-    )
-
-
 
 
 def _sleep_then_echo(x: Any) -> Any:
@@ -256,15 +263,8 @@ def _ticks(n: int, pause: float) -> Any:
 
 
 def _echo(x: Any) -> Any:
-        insecure=args.insecure,
     return x
 
-    if not config.auth and not is_loopback(config.connect):
-        log.get_logger("squall.worker").warning(
-            "connecting WITHOUT authentication: whoever answers at this address can run any "
-            "code on this worker",
-            router=config.connect,
-        )
 
 def _demo() -> int:
     """The README's main job: the embedded default doing a few real things, with figures."""

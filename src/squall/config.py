@@ -78,6 +78,10 @@ class WorkerConfig:
             back to the router.
         auth: directory with ``router.key`` and this node's ``KEY.key_secret``.
         key: the name of this node's key pair in ``auth``.
+        insecure: allow a non-loopback router address without authentication.
+
+    Raises:
+        SquallError: a bad setting, or a remote router without ``auth`` or ``insecure``.
     """
 
     connect: str
@@ -88,16 +92,19 @@ class WorkerConfig:
     grace: float = 30.0
     auth: str | None = None
     key: str = "worker"
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.processes < 1:
-        insecure: allow a non-loopback router address without authentication.
-
-    Raises:
-        SquallError: a bad setting, or a remote router without ``auth`` or ``insecure``.
             raise SquallError("--processes must be at least 1")
         if self.concurrency < 1:
             raise SquallError("--concurrency must be at least 1")
+        if needs_auth_to_connect(self.connect, self.auth, self.insecure):
+            raise SquallError(
+                f"refusing to connect to {self.connect} without authentication: whoever answers "
+                "there can run any code on this worker; pass --auth DIR (see squall keygen), "
+                "or --insecure on a network you trust"
+            )
 
     @classmethod
     def from_env(cls, connect: str, **overrides: object) -> WorkerConfig:
@@ -105,16 +112,9 @@ class WorkerConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(connect=connect, **values)  # type: ignore[arg-type]
 
-    insecure: bool = False
 
 def validate_address(address: str) -> str:
     """Check that ``address`` is a ZeroMQ endpoint squall can use; return it.
-        if needs_auth_to_connect(self.connect, self.auth, self.insecure):
-            raise SquallError(
-                f"refusing to connect to {self.connect} without authentication: whoever answers "
-                "there can run any code on this worker; pass --auth DIR (see squall keygen), "
-                "or --insecure on a network you trust"
-            )
 
     Raises:
         SquallError: with a one-line reason.
@@ -127,6 +127,15 @@ def validate_address(address: str) -> str:
     if scheme == "tcp" and urlsplit(address).port is None and not address.endswith(":*"):
         raise SquallError(f"{address!r} has no port: use tcp://HOST:PORT")
     return address
+
+
+def _tcp_host(address: str) -> str:
+    """The host of a ``tcp://[SOURCE;]HOST:PORT`` address, without IPv6 brackets."""
+    rest = address[len("tcp://") :].rsplit(";", 1)[-1]  # connect: the peer is after the ';'
+    host = rest.rsplit(":", 1)[0]
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
 
 
 def is_loopback(address: str) -> bool:
@@ -275,12 +284,3 @@ def bind_router_socket(socket: zmq.Socket[Any], address: str, *, private: bool =
     else:
         socket.bind(address)
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
-def _tcp_host(address: str) -> str:
-    """The host of a ``tcp://[SOURCE;]HOST:PORT`` address, without IPv6 brackets."""
-    rest = address[len("tcp://") :].rsplit(";", 1)[-1]  # connect: the peer is after the ';'
-    host = rest.rsplit(":", 1)[0]
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host
-
-
