@@ -99,7 +99,8 @@ class ClientCore:
     def deliver(self, items: list[ResultItem]) -> None:
         """Resolve the futures (or end the streams) of a RESULT batch.
 
-        Outside the lock: resolving runs the caller's done-callbacks.
+        Outside the lock: resolving runs the caller's done-callbacks. Nothing is unpickled
+        here (this is the I/O thread): targets keep the frames until their caller asks.
         """
         with self._lock:
             entries = [(self.pending.pop(item.task_id, None), item) for item in items]
@@ -113,8 +114,8 @@ class ClientCore:
                 continue
             try:
                 target._squall_outcome(item.status, item.frames)
-            except Exception as exc:  # one bad outcome must not cost the rest of the batch
-                target._squall_fail(SerializationError(f"the outcome could not be read: {exc!r}"))
+            except Exception as exc:  # one target's failure must not cost the rest of the batch
+                target._squall_fail(SerializationError(f"the outcome could not be filed: {exc!r}"))
 
     def deliver_items(self, items: list[StreamItem]) -> None:
         """Hand streamed values to their streams."""

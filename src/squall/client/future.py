@@ -26,15 +26,48 @@ class _Undecoded:
         self.frames = frames
 
 
+class _UndecodedError(BaseException):
+    """An error outcome's frames, as they arrived; stands in for the exception until asked.
+
+    A BaseException so that it can be what ``set_exception`` stores: the future is done and its
+    waiters and callbacks are told, with nothing unpickled. ``result()`` and ``exception()``
+    swap in the real exception on first use.
+    """
+
+    def __init__(self, frames: list[Frame]) -> None:
+        super().__init__("an error outcome not unpickled yet")
+        self.frames = frames
+
+
+def decode_error(frames: list[Frame]) -> BaseException:
+    """The remote exception an error outcome holds; a SerializationError if it cannot be read.
+
+    Unpickling runs code the worker chose: only ever call this in the thread of a caller that
+    asked for the outcome, never in the I/O thread.
+    """
+    try:
+        return serialization.loads_exception(frames)
+    except Exception as exc:  # a malformed summary; an unloadable pickle is a TaskFailed already
+        return _unreadable("the error could not be read", exc)
+
+
+def _unreadable(what: str, cause: Exception) -> SerializationError:
+    error = SerializationError(f"{what}: {cause!r}")
+    error.__cause__ = cause
+    return error
+
+
 class Future(concurrent.futures.Future[T]):
     """The outcome of one task.
 
     Being a ``concurrent.futures.Future``, it works with ``concurrent.futures.wait`` and
     ``as_completed``; ``await fut`` works too, without blocking the event loop.
 
-    A result is unpickled on first ``result()``, in the caller's thread: the client's I/O thread
-    only routes frames, and a result nobody reads (one only passed on to another task) is never
-    unpickled here at all.
+    An outcome is unpickled on first ``result()`` or ``exception()``, in the caller's thread:
+    the client's I/O thread only routes frames, so a worker's pickle runs nothing in this
+    process until someone asks for it, and a result nobody reads (one only passed on to
+    another task) is never unpickled here at all. (A done-callback runs in the thread that
+    resolves the future, the I/O thread included: one that asks decodes there.)
     """
 
     task_id: int = 0
@@ -60,30 +93,50 @@ class Future(concurrent.futures.Future[T]):
         return self.result()
 
     def result(self, timeout: float | None = None) -> T:
-        value = super().result(timeout)
-        if isinstance(value, _Undecoded):
-            return self._decode(value)  # type: ignore[no-any-return]
-        return value
+        try:
+            value = super().result(timeout)
+        except _UndecodedError:
+            pass  # decoded below, outside this handler: it must not become the __context__
+        else:
+            if not isinstance(value, _Undecoded):
+                return value
+        self._decode()
+        return super().result()  # done now: the value, or the decoded exception raised
 
-    def _decode(self, raw: _Undecoded) -> Any:
-        with _decode_lock:
-            if self._result is not raw:  # another thread decoded it meanwhile
-                return self.result()
-            try:
-                self._result = serialization.loads(raw.frames)
-            except Exception as exc:
-                self._result = None
-                self._exception = SerializationError(f"the result could not be unpickled: {exc!r}")
-                raise self._exception from exc
-        return self._result
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        # A result is decoded too: one that cannot be unpickled is the SerializationError that
+        # result() raises, and callers (asyncio.wrap_future, wait(FIRST_EXCEPTION)) that ask
+        # here first and then call result() must not be told None.
+        error = super().exception(timeout)
+        if isinstance(error, _UndecodedError) or isinstance(self._result, _Undecoded):
+            self._decode()
+            return super().exception()
+        return error
+
+    def _decode(self) -> None:
+        """Unpickle the outcome's frames in place: once, by the first thread that asks.
+
+        Under the future's own (reentrant) lock, which also guards its state, so that
+        concurrent callers wait for one decoding and all see its outcome.
+        """
+        with self._condition:
+            if isinstance(self._result, _Undecoded):
+                try:
+                    self._result = serialization.loads(self._result.frames)
+                except Exception as exc:
+                    self._result = None
+                    self._exception = _unreadable("the result could not be unpickled", exc)
+            elif isinstance(self._exception, _UndecodedError):
+                self._exception = decode_error(self._exception.frames)
 
     def _squall_outcome(self, status: int, frames: list[Frame]) -> None:
-        """Resolve from a RESULT item (called by the client's I/O driver)."""
+        """Resolve from a RESULT item (called by the client's I/O driver): keep the frames,
+        unpickle nothing."""
         try:
             if status == Status.OK:
                 self.set_result(_Undecoded(frames))  # type: ignore[arg-type]
             elif status == Status.ERROR:
-                self.set_exception(serialization.loads_exception(frames))
+                self.set_exception(_UndecodedError(frames))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the caller meanwhile
 
@@ -94,10 +147,10 @@ class Future(concurrent.futures.Future[T]):
             pass
 
     def __repr__(self) -> str:
-        return super().__repr__().replace("<Future", f"<squall.Future task={self.task_id}", 1)
-
-
-_decode_lock = threading.Lock()
+        text = super().__repr__().replace("<Future", f"<squall.Future task={self.task_id}", 1)
+        for placeholder in (_Undecoded, _UndecodedError):  # repr unpickles nothing either
+            text = text.replace(f" {placeholder.__name__}>", " (not unpickled yet)>")
+        return text
 
 
 class _LoopInbox:
@@ -127,15 +180,27 @@ class _LoopInbox:
         with self._lock:
             done, self._done = self._done, []
         for target, source in done:
-            if target.done():
-                continue
-            if source.cancelled():
-                target.cancel()
-                continue
-            try:
-                target.set_result(source.result())
-            except BaseException as exc:  # the task's own outcome, handed on
-                target.set_exception(exc)
+            if not target.done():
+                _hand_on(target, source)
+
+
+def _hand_on(target: asyncio.Future[Any], source: concurrent.futures.Future[Any]) -> None:
+    """Copy a finished future's outcome to an asyncio future, in the loop's thread.
+
+    ``source.result()`` unpickles here: the loop is the caller that asked (by awaiting).
+    """
+    if source.cancelled():
+        target.cancel()
+        return
+    try:
+        target.set_result(source.result())
+    except BaseException as exc:  # the task's own outcome, handed on
+        try:
+            target.set_exception(exc)
+        except TypeError:  # asyncio refuses StopIteration: it would end the awaiting coroutine
+            refused = RuntimeError(f"the task raised {exc!r}")
+            refused.__cause__ = exc
+            target.set_exception(refused)
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopInbox] = (

@@ -5,6 +5,9 @@ were read (an ACK every quarter window, so the pipe never drains), so memory sta
 worker, router and client however fast the generator and however slow the reader. Closing the
 stream early (``break``, ``close()``, garbage collection) cancels the remote generator, whose
 ``finally`` blocks run.
+
+Values and the generator's error are unpickled by the reader, as it takes each one: the I/O
+thread only files frames, so nothing a worker sends runs here before the reader asks for it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from squall import protocol, serialization
+from squall.client.future import decode_error
+from squall.errors import SerializationError
 from squall.protocol import Frame, Status
 
 T = TypeVar("T")
@@ -23,6 +28,21 @@ T = TypeVar("T")
 DEFAULT_WINDOW = 128
 
 _END = object()
+
+
+class _Failed:
+    """How the stream ended, when it failed: the error's frames (unpickled by the reader when it
+    gets there), or an exception raised on this side (a lost router, a failed dependency)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: list[Frame] | BaseException) -> None:
+        self.error = error
+
+    def exception(self) -> BaseException:
+        if isinstance(self.error, BaseException):
+            return self.error
+        return decode_error(self.error)
 
 
 class Stream(Generic[T]):
@@ -41,7 +61,8 @@ class Stream(Generic[T]):
         self._send = send
         self._lock = threading.Condition(threading.Lock())
         self._buffer: collections.deque[list[Frame]] = collections.deque()
-        self._end: tuple[int, list[Frame]] | None = None
+        #: how the generator ended: _END for good, _Failed with its error; None while it runs
+        self._end: object | None = None
         self._closed = False
         self._unacked = 0
         self.received = 0
@@ -60,12 +81,15 @@ class Stream(Generic[T]):
             self._wake()
 
     def _squall_outcome(self, status: int, frames: list[Frame]) -> None:
-        with self._lock:
-            self._end = (status, frames)
-            self._wake()
+        self._finish(_Failed(frames) if status == Status.ERROR else _END)
 
     def _squall_fail(self, exc: BaseException) -> None:
-        self._squall_outcome(Status.ERROR, serialization.dumps_exception(exc))
+        self._finish(_Failed(exc))
+
+    def _finish(self, end: object) -> None:
+        with self._lock:
+            self._end = end
+            self._wake()
 
     def _wake(self) -> None:
         self._lock.notify_all()
@@ -85,7 +109,8 @@ class Stream(Generic[T]):
         with self._lock:
             while not self._buffer and self._end is None and not self._closed:
                 self._lock.wait()
-            value = self._take()
+            taken = self._take()
+        value = _open(taken)
         if value is _END:
             raise StopIteration
         return value  # type: ignore[no-any-return]
@@ -97,31 +122,34 @@ class Stream(Generic[T]):
         while True:
             with self._lock:
                 if self._buffer or self._end is not None or self._closed:
-                    value = self._take()
+                    taken = self._take()
                     break
                 waiter = asyncio.get_running_loop().create_future()
                 self._async_waiters.append((asyncio.get_running_loop(), waiter))
             await waiter
+        value = _open(taken)
         if value is _END:
             raise StopAsyncIteration
         return value  # type: ignore[no-any-return]
 
     def _take(self) -> Any:
-        """The next value, or _END; raises the generator's error. Called with the lock held."""
+        """The next value's frames, _END, or the _Failed end. Called with the lock held.
+
+        Takes, and does not unpickle: that is :func:`_open`'s, outside the lock, so the I/O
+        thread never waits for the reader's unpickling to file the next values.
+        """
         if self._buffer:
             frames = self._buffer.popleft()
             self._unacked += 1
             if self._unacked >= max(1, self.window // 4):
                 self._send(protocol.encode_ack([(self.task_id, self._unacked)]))
                 self._unacked = 0
-            return serialization.loads(frames)
+            return frames
         if self._closed or self._end is None:
             return _END
-        status, frames = self._end
-        if status == Status.ERROR:
-            self._closed = True
-            raise serialization.loads_exception(frames)
-        return _END
+        if isinstance(self._end, _Failed):
+            self._closed = True  # raised once; iterating again ends the stream
+        return self._end
 
     def close(self) -> None:
         """Stop reading: the remote generator is closed (its ``finally`` runs), its slot freed."""
@@ -153,6 +181,23 @@ class Stream(Generic[T]):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "done" if self._end else "running"
         return f"<squall.Stream task={self.task_id} {state} buffered={len(self._buffer)}>"
+
+
+def _open(taken: Any) -> Any:
+    """A value from what :meth:`Stream._take` took, unpickled in the reader's thread; _END as
+    it is; raises the generator's error.
+
+    Raises:
+        SerializationError: the value could not be unpickled (the stream goes on).
+    """
+    if taken is _END:
+        return _END
+    if isinstance(taken, _Failed):
+        raise taken.exception()
+    try:
+        return serialization.loads(taken)
+    except Exception as exc:
+        raise SerializationError(f"a streamed value could not be unpickled: {exc!r}") from exc
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:
