@@ -17,7 +17,10 @@ single message gets through. The router then checks every message against its se
 
 from __future__ import annotations
 
+import datetime
 import os
+import secrets
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import zmq
 import zmq.auth
 import zmq.utils.z85
 
+from squall.config import make_private_dirs
 from squall.errors import SquallError
 from squall.log import get_logger
 
@@ -35,12 +39,100 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 CLIENT, WORKER = "client", "worker"
 
 
-def keygen(out_dir: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Write ``NAME.key`` and ``NAME.key_secret`` (mode 0600) in ZeroMQ's certificate format."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(out_dir, name)
-    os.chmod(secret, 0o600)
-    return Path(public), Path(secret)
+_BANNERS = {
+    "public": (
+        "#   ZeroMQ CURVE Public Certificate\n#   Share it with the peers that must trust this key."
+    ),
+    "secret": (
+        "#   ZeroMQ CURVE **Secret** Certificate\n"
+        "#   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions."
+    ),
+}
+
+
+def _certificate(kind: str, public: bytes, secret: bytes | None = None) -> bytes:
+    """A key file in the ZPL text format ``zmq.auth.load_certificate`` reads."""
+    lines = [
+        f"#   ****  Generated on {datetime.datetime.now()} by squall keygen  ****",
+        _BANNERS[kind],
+        "",
+        "metadata",
+        "curve",
+        f'    public-key = "{public.decode()}"',
+    ]
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _check_directory(directory: Path) -> None:
+    """Refuse a directory other users may rename files in: they could swap the keys."""
+    mode = os.stat(directory).st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        raise SquallError(
+            f"{directory} is writable by other users, who could swap the keys: "
+            "use a directory only you can write to"
+        )
+
+
+def _write_exclusive(path: Path, content: bytes, mode: int, replace: bool) -> None:
+    """Create ``path`` with ``mode`` from the start (never readable by others, not even for
+    an instant), refusing one that exists; with ``replace``, write a fresh temporary file the
+    same way and move it over ``path`` in one step.
+
+    Raises:
+        SquallError: ``path`` exists (without ``replace``), or cannot be written.
+    """
+    target = path.with_name(f".{path.name}.{secrets.token_hex(8)}") if replace else path
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise SquallError(f"{path} exists; pass --force to replace it") from None
+    except OSError as exc:
+        raise SquallError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)  # the umask may have narrowed the public key's mode
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        if replace:
+            os.replace(target, path)
+    except OSError as exc:
+        if replace:
+            target.unlink(missing_ok=True)
+        raise SquallError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def keygen(out_dir: str | os.PathLike[str], name: str, *, force: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (mode 0644) and ``NAME.key_secret`` (mode 0600) in ZeroMQ's
+    certificate format; return their paths.
+
+    The secret file is created with mode 0600 and ``O_EXCL``, so no other local user can open
+    it in between, and a planted file or symlink is refused rather than written through.
+    Directories that do not exist yet are created mode 0700; an existing one keeps its mode.
+
+    Args:
+        out_dir: where the pair goes.
+        name: the pair's name (``router``, or a client's or worker node's).
+        force: replace an existing pair (each file atomically) instead of refusing.
+
+    Raises:
+        SquallError: the pair exists (without ``force``), the directory is writable by other
+            users, or a file cannot be written.
+    """
+    root = Path(out_dir)
+    make_private_dirs(root)
+    _check_directory(root)
+    public_path, secret_path = root / f"{name}.key", root / f"{name}.key_secret"
+    if not force:
+        for path in (secret_path, public_path):
+            if os.path.lexists(path):
+                raise SquallError(f"{path} exists; pass --force to replace it")
+    public, secret = zmq.curve_keypair()
+    _write_exclusive(secret_path, _certificate("secret", public, secret), 0o600, force)
+    _write_exclusive(public_path, _certificate("public", public), 0o644, force)
+    return public_path, secret_path
 
 
 def _load_pair(path: Path) -> tuple[bytes, bytes]:

@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="write a CurveZMQ key pair")
     keygen.add_argument("--out", required=True, metavar="DIR")
     keygen.add_argument("name", help="router, or a client's or worker's name")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
 
     bench = commands.add_parser("bench", help="measure squall here (under a minute)")
     bench.add_argument("--connect", metavar="ADDR", help="a running router (default: embedded)")
@@ -246,7 +247,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _keygen(args: argparse.Namespace) -> int:
     from squall.auth import keygen
 
-    public, secret = keygen(args.out, args.name)
+    public, secret = keygen(args.out, args.name, force=args.force)
     print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
     return 0
 
