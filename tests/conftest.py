@@ -7,6 +7,7 @@ the test fails, and it is stopped with SIGTERM, then SIGKILL after a grace perio
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import zmq
 
 import squall
 from squall import protocol
+from squall.auth import keygen
 
 # Short liveness settings keep failure-detection tests quick; production defaults are 1 s / 3 s.
 FAST_ENV = {"SQUALL_HEARTBEAT": "0.2", "SQUALL_LIVENESS": "1.0", "SQUALL_LOG_LEVEL": "info"}
@@ -121,6 +123,26 @@ class Cluster:
         )
         return node
 
+    def start_keyed_router(self, keys: dict[str, Path]) -> Proc:
+        """A router with ``--auth`` (see :func:`make_keys`) on a random loopback port."""
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.router = self.start("router", "--bind", self.address, "--auth", str(keys["router"]))
+        return self.router
+
+    def start_keyed_worker(self, keys: dict[str, Path], name: str, processes: int = 1) -> Proc:
+        """A worker node holding the key pair ``name`` (does not wait for it to register)."""
+        return self.start(
+            "worker",
+            "--connect",
+            self.address,
+            "--processes",
+            str(processes),
+            "--auth",
+            str(keys[name]),
+            "--key",
+            name,
+        )
+
     def stats(self) -> dict[str, Any]:
         stats = router_stats(self.address)
         assert stats is not None, "router did not answer"
@@ -158,6 +180,29 @@ def router_stats(address: str, timeout: float = 5.0) -> dict[str, Any] | None:
         return protocol.decode_stats(body)
 
 
+def make_keys(root: Path) -> dict[str, Path]:
+    """A router auth dir, and one key dir per peer (router.key + its own pair): alice and bob
+    are listed clients, node1 and node2 listed workers, mallory is not listed at all."""
+    server = root / "router"
+    keygen(server, "router")
+    dirs = {"router": server}
+    for name, role in (
+        ("alice", "clients"),
+        ("bob", "clients"),
+        ("node1", "workers"),
+        ("node2", "workers"),
+        ("mallory", None),
+    ):
+        own = root / name
+        public, _ = keygen(own, name)
+        shutil.copy(server / "router.key", own / "router.key")
+        if role is not None:
+            (server / role).mkdir(exist_ok=True)
+            shutil.copy(public, server / role / public.name)
+        dirs[name] = own
+    return dirs
+
+
 @pytest.fixture
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """Start nothing yet; stop (by PID) whatever the test started, dump logs on failure."""
@@ -178,6 +223,21 @@ def remote(cluster: Cluster) -> Iterator[squall.Executor]:
     cluster.start_workers(processes=2, concurrency=200)
     with cluster.executor() as ex:
         yield ex
+
+
+@pytest.fixture
+def secured(
+    cluster: Cluster, tmp_path: Path
+) -> Iterator[tuple[Cluster, dict[str, Path], squall.Executor]]:
+    """A router with --auth, a worker node with node1's key, and alice's executor."""
+    keys = make_keys(tmp_path / "keys")
+    cluster.start_keyed_router(keys)
+    cluster.start_keyed_worker(keys, "node1")
+    with squall.Executor(
+        cluster.address, auth=str(keys["alice"]), key="alice", connect_timeout=15
+    ) as alice:
+        wait_for(lambda: alice.stats()["workers"] == 1, 20, "worker registered")
+        yield cluster, keys, alice
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -12,62 +12,14 @@ from pathlib import Path
 import pytest
 
 import squall
-from conftest import free_port, wait_for
 from squall.auth import keygen
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def make_keys(root: Path) -> dict[str, Path]:
-    """A router auth dir, and one key dir per peer (router.key + its own pair)."""
-    server = root / "router"
-    keygen(server, "router")
-    dirs = {"router": server}
-    for name, role in (
-        ("alice", "clients"),
-        ("bob", "clients"),
-        ("node1", "workers"),
-        ("node2", "workers"),
-        ("mallory", None),
-    ):
-        own = root / name
-        public, secret = keygen(own, name)
-        shutil.copy(server / "router.key", own / "router.key")
-        if role is not None:
-            (server / role).mkdir(exist_ok=True)
-            shutil.copy(public, server / role / public.name)
-        dirs[name] = own
-    return dirs
-
-
 def touch_marker(path: str) -> str:
     Path(path).write_text("ran")
     return "ran"
-
-
-@pytest.fixture
-def secured(cluster, tmp_path):
-    keys = make_keys(tmp_path / "keys")
-    cluster.address = f"tcp://127.0.0.1:{free_port()}"
-    cluster.router = cluster.start(
-        "router", "--bind", cluster.address, "--auth", str(keys["router"])
-    )
-    cluster.start(
-        "worker",
-        "--connect",
-        cluster.address,
-        "--processes",
-        "1",
-        "--auth",
-        str(keys["node1"]),
-        "--key",
-        "node1",
-    )
-    with squall.Executor(
-        cluster.address, auth=str(keys["alice"]), key="alice", connect_timeout=15
-    ) as alice:
-        wait_for(lambda: alice.stats()["workers"] == 1, 20, "worker registered")
-        yield cluster, keys, alice
 
 
 def test_keygen_writes_a_private_secret(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def test_router_never_unpickles(cluster, tmp_path: Path) -> None:
 def _raw_dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, protocol.new_peer_id())  # as squall's own peers do
     sock.connect(address)
     return sock
 

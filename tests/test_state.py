@@ -27,6 +27,13 @@ def items(first: int, n: int, h: bytes = HASH) -> list[SubmitItem]:
     ]
 
 
+def join(state: RouterState, client: bytes, pid: int) -> None:
+    """A client says HELLO and uploads the bodies of the functions these tests submit."""
+    state.add_client(client, pid)
+    for h in (HASH, OTHER_HASH):
+        state.note_upload(client, h)
+
+
 def make_state(clock: list[float] | None = None, liveness: float = 3.0) -> RouterState:
     if clock is None:
         return RouterState(liveness=liveness)
@@ -47,8 +54,8 @@ def by_worker(plan: list[tuple[object, list[Task]]]) -> dict[bytes, list[int]]:
 
 def test_dispatch_is_fifo() -> None:
     state = make_state()
-    state.add_client(C1, 1)
-    state.add_client(C2, 2)
+    join(state, C1, 1)
+    join(state, C2, 2)
     state.submit(C1, items(0, 3))
     state.submit(C2, items(100, 2))
     state.submit(C1, items(3, 2))
@@ -73,7 +80,7 @@ def test_dispatch_is_fifo() -> None:
 
 def test_fifo_is_kept_across_partial_dispatches() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 10))
     state.add_worker(W1, 10, 3)
     assert by_worker(state.dispatch()) == {W1: [0, 1, 2]}
@@ -92,7 +99,7 @@ def test_dispatch_with_empty_queue_is_empty() -> None:
 
 def test_only_workers_with_free_capacity_get_tasks() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 0)  # no capacity at all
     state.add_worker(W2, 20, 2)
     state.add_worker(W3, 30, 1)
@@ -111,7 +118,7 @@ def test_only_workers_with_free_capacity_get_tasks() -> None:
 
 def test_burst_smaller_than_capacity_is_split_by_free_capacity() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 100)
     state.add_worker(W2, 20, 300)
     state.submit(C1, items(0, 200))
@@ -128,7 +135,7 @@ def test_burst_smaller_than_capacity_is_split_by_free_capacity() -> None:
 
 def test_split_uses_free_not_total_capacity() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 400)
     state.add_worker(W2, 20, 200)
     state.submit(C1, items(0, 300))
@@ -141,7 +148,7 @@ def test_split_uses_free_not_total_capacity() -> None:
 
 def test_uneven_split_never_exceeds_the_burst_or_any_free_capacity() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     for i, cap in enumerate((7, 5, 3, 1)):
         state.add_worker(bytes([i]), i, cap)
     state.submit(C1, items(0, 11))
@@ -154,7 +161,7 @@ def test_uneven_split_never_exceeds_the_burst_or_any_free_capacity() -> None:
 
 def test_queue_waits_without_capacity_and_drains_when_a_slot_frees() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 3))
     assert state.dispatch() == []  # no workers at all
     state.add_worker(W1, 10, 1)
@@ -170,7 +177,7 @@ def test_queue_waits_without_capacity_and_drains_when_a_slot_frees() -> None:
 
 def test_set_capacity_opens_and_closes_slots() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 0)
     state.submit(C1, items(0, 5))
     assert state.dispatch() == []
@@ -186,7 +193,7 @@ def test_set_capacity_opens_and_closes_slots() -> None:
 
 def test_complete_returns_task_and_counts() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 5)
     state.submit(C1, items(7, 1))
     (task,) = flatten(state.dispatch())
@@ -199,7 +206,7 @@ def test_complete_returns_task_and_counts() -> None:
 
 def test_complete_of_unknown_or_stale_task_is_none() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 5)
     state.add_worker(W2, 20, 5)
     state.submit(C1, items(0, 1))
@@ -221,7 +228,7 @@ def test_complete_of_unknown_or_stale_task_is_none() -> None:
 
 def test_remove_worker_requeues_running_tasks_at_the_front() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 3)
     state.submit(C1, items(0, 5))
     running = flatten(state.dispatch())
@@ -253,7 +260,7 @@ def test_remove_worker_requeues_running_tasks_at_the_front() -> None:
 def test_attempt_grows_with_each_redelivery() -> None:
     state = make_state()
     state.max_worker_deaths = 10
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 1))
     for expected in (1, 2, 3):
         state.add_worker(W1, 10, 1)
@@ -271,7 +278,7 @@ def test_remove_unknown_worker_is_harmless() -> None:
 
 def test_hello_from_a_new_process_at_a_known_address_requeues_what_the_old_one_held() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 2)
     state.submit(C1, items(0, 2))
     state.dispatch()
@@ -283,7 +290,7 @@ def test_hello_from_a_new_process_at_a_known_address_requeues_what_the_old_one_h
 
 def test_hello_again_from_the_same_process_keeps_its_tasks() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 2)
     state.submit(C1, items(0, 2))
     state.dispatch()
@@ -312,7 +319,7 @@ def test_seen_refreshes_liveness() -> None:
     state = make_state(t, liveness=2.0)
     state.add_worker(W1, 10, 1)
     state.add_worker(W2, 20, 1)
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     t[0] = 1.5
     state.seen(W1)
     state.seen(C1)
@@ -333,8 +340,8 @@ def test_seen_refreshes_liveness() -> None:
 
 def test_remove_client_drops_only_its_queued_tasks() -> None:
     state = make_state()
-    state.add_client(C1, 1)
-    state.add_client(C2, 2)
+    join(state, C1, 1)
+    join(state, C2, 2)
     state.add_worker(W1, 10, 2)
     state.submit(C1, items(0, 2))  # these two will run
     state.submit(C1, items(2, 3))
@@ -351,7 +358,7 @@ def test_remove_client_drops_only_its_queued_tasks() -> None:
 
 def test_results_for_a_removed_client_are_dropped() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 5)
     state.submit(C1, items(0, 2))
     a, b = flatten(state.dispatch())
@@ -362,13 +369,13 @@ def test_results_for_a_removed_client_are_dropped() -> None:
     assert state.counters["stale_results"] == 0
     # Its running tasks are stopped on their worker: nobody wants their outcomes.
     assert state.take_stops() == {W1: [a.id, b.id]}
-    state.add_client(C1, 1)  # the same identity coming back resubmits; the old run is void
+    join(state, C1, 1)  # the same identity coming back resubmits; the old run is void
     assert state.complete(W1, b.id) is None
 
 
 def test_remove_unknown_client_drops_nothing() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 2))
     assert state.remove_client(C2) == 0
     assert len(state.queue) == 2
@@ -381,7 +388,7 @@ def test_remove_unknown_client_drops_nothing() -> None:
 def test_body_for_returns_cached_body() -> None:
     state = make_state()
     state.add_worker(W1, 10, 1)
-    assert state.body_arrived(HASH, BODY) == []
+    assert state.body_arrived(HASH, BODY) == ([], True)
     assert state.body_for(W1, HASH) == (BODY, None)
     assert state.counters["bodies_sent"] == 1
     assert state.body_waiters == {}
@@ -389,8 +396,8 @@ def test_body_for_returns_cached_body() -> None:
 
 def test_body_for_names_the_owning_client_and_registers_the_waiter() -> None:
     state = make_state()
-    state.add_client(C1, 1)
-    state.add_client(C2, 2)
+    join(state, C1, 1)
+    join(state, C2, 2)
     state.add_worker(W1, 10, 5)
     state.add_worker(W2, 20, 5)
     state.submit(C2, items(0, 1, OTHER_HASH))
@@ -408,7 +415,7 @@ def test_body_for_names_the_owning_client_and_registers_the_waiter() -> None:
 
 def test_body_for_with_no_owner_is_none_none() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 1)
     assert state.body_for(W1, HASH) == (None, None)  # nothing running
     assert state.body_for(b"ghost", HASH) == (None, None)  # unknown worker
@@ -421,7 +428,7 @@ def test_body_for_with_no_owner_is_none_none() -> None:
 
 def test_body_arrived_returns_waiting_workers_and_caches() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 1)
     state.add_worker(W2, 20, 1)
     state.add_worker(W3, 30, 1)
@@ -430,32 +437,34 @@ def test_body_arrived_returns_waiting_workers_and_caches() -> None:
     for w in (W1, W2, W3):
         assert state.body_for(w, HASH) == (None, C1)
     state.remove_worker(W3)  # a dead waiter is not answered
-    assert sorted(state.body_arrived(HASH, BODY)) == [W1, W2]
+    waiting, good = state.body_arrived(HASH, BODY)
+    assert good and sorted(waiting) == [W1, W2]
     assert HASH not in state.body_waiters
     assert state.bodies.get(HASH) == BODY
     assert state.counters["bodies_received"] == 1
     assert state.counters["bodies_sent"] == 2
-    assert state.body_arrived(HASH, BODY) == []  # nobody waits any more
+    assert state.body_arrived(HASH, BODY) == ([], True)  # nobody waits any more
 
 
 def test_body_arrived_rejects_a_body_that_does_not_match_its_hash() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 1)
     state.submit(C1, items(0, 1))
     state.dispatch()
     assert state.body_for(W1, HASH) == (None, C1)
-    assert state.body_arrived(HASH, OTHER_BODY) == []
+    # The waiting worker is answered (with nothing: it fails the task) rather than left to
+    # wait forever for a body that will not come.
+    assert state.body_arrived(HASH, OTHER_BODY) == ([W1], False)
     assert state.counters["bad_bodies"] == 1
     assert state.bodies.get(HASH) is None
     assert len(state.bodies) == 0
-    assert state.body_waiters[HASH] == {W1}  # still waiting for the real one
-    assert state.body_arrived(HASH, BODY) == [W1]
+    assert HASH not in state.body_waiters
 
 
 def test_stats_reflect_state() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 2)
     state.add_worker(W2, 5, 3)
     state.submit(C1, items(0, 7))
@@ -537,8 +546,8 @@ def test_body_cache_does_not_keep_a_body_bigger_than_the_whole_cache() -> None:
 
 def test_tasks_of_a_departed_client_are_not_run_again() -> None:
     state = make_state()
-    state.add_client(C1, 1)
-    state.add_client(C2, 2)
+    join(state, C1, 1)
+    join(state, C2, 2)
     state.submit(C1, items(0, 2))
     state.submit(C2, items(10, 2))
     state.add_worker(W1, 10, 100)
@@ -553,12 +562,12 @@ def test_tasks_of_a_departed_client_are_not_run_again() -> None:
 def test_a_body_too_big_to_cache_still_reaches_waiting_workers() -> None:
     state = make_state()
     state.bodies.max_bytes = 5
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.add_worker(W1, 10, 100)
     state.submit(C1, items(0, 1))
     state.dispatch()
     assert state.body_for(W1, HASH) == (None, C1)
-    assert state.body_arrived(HASH, BODY) == [W1]
+    assert state.body_arrived(HASH, BODY) == ([W1], True)
     assert state.bodies.get(HASH) is None
 
 
@@ -568,7 +577,7 @@ def test_a_body_too_big_to_cache_still_reaches_waiting_workers() -> None:
 
 def test_a_task_that_keeps_killing_workers_is_isolated_then_fails() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 3))  # task 0 is the poison; 1 and 2 share its worker
     state.add_worker(W1, 10, 10)
     state.dispatch()
@@ -589,8 +598,8 @@ def test_a_task_that_keeps_killing_workers_is_isolated_then_fails() -> None:
     assert {t.client_task_id for t in state.queue} == {10, 11, 12, 13, 14}  # wait for room
     poison_worker = next(peer for peer, ids in alone.items() if ids == [0])
     state.remove_worker(poison_worker)  # third death: it fails, nothing else is hurt
-    ((failed, frames),) = state.take_failed()
-    assert failed.client_task_id == 0
+    ((_, failed_id, frames),) = state.take_failed()
+    assert failed_id == 0
     assert b"WorkerLost" in frames[0] and b"died 3 times" in frames[0]
     assert state.counters["worker_lost"] == 1
     innocent = next(peer for peer, ids in alone.items() if ids == [1])
@@ -600,7 +609,7 @@ def test_a_task_that_keeps_killing_workers_is_isolated_then_fails() -> None:
 
 def test_a_graceful_drain_hands_tasks_back_without_counting_a_death() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 2))
     state.add_worker(W1, 10, 10)
     state.dispatch()
@@ -611,13 +620,13 @@ def test_a_graceful_drain_hands_tasks_back_without_counting_a_death() -> None:
 
 def test_timed_out_tasks_fail_and_the_rest_go_back() -> None:
     state = make_state()
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     state.submit(C1, items(0, 3))
     state.add_worker(W1, 10, 10)
     running = flatten(state.dispatch())
     state.timed_out(W1, [running[0].id], "5 s")
-    ((task, frames),) = state.take_failed()
-    assert task.client_task_id == 0 and b"TaskTimeout" in frames[0]
+    ((_, task_id, frames),) = state.take_failed()
+    assert task_id == 0 and b"TaskTimeout" in frames[0]
     assert W1 not in state.workers
     assert [t.client_task_id for t in state.queue] == [1, 2]
     assert all(t.deaths == 0 for t in state.queue)
@@ -626,11 +635,11 @@ def test_timed_out_tasks_fail_and_the_rest_go_back() -> None:
 def test_a_client_cannot_queue_more_than_its_share() -> None:
     state = make_state()
     state.max_queued = 3
-    state.add_client(C1, 1)
+    join(state, C1, 1)
     assert state.submit(C1, items(0, 5)) == 3
     refused = state.take_failed()
-    assert [t.client_task_id for t, _ in refused] == [3, 4]
-    assert b"queue for this client is full" in refused[0][1][0]
+    assert [task_id for _, task_id, _ in refused] == [3, 4]
+    assert b"queue for this client is full" in refused[0][2][0]
     state.add_worker(W1, 10, 2)
     state.dispatch()  # two leave the queue: room for two more
     assert state.submit(C1, items(5, 2)) == 2
@@ -639,8 +648,8 @@ def test_a_client_cannot_queue_more_than_its_share() -> None:
 def test_silent_clients_expire_after_a_longer_window() -> None:
     t = [100.0]
     state = make_state(t, liveness=1.0)
-    state.add_client(C1, 1)
-    state.add_client(C2, 2)
+    join(state, C1, 1)
+    join(state, C2, 2)
     t[0] += 3.0
     state.seen(C2)
     assert state.expired_clients() == []  # a worker would be dead by now; a client is not

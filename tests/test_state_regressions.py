@@ -20,6 +20,7 @@ def item(task_id: int, deps: tuple[int, ...] = ()) -> SubmitItem:
 def test_dependent_of_a_cancelled_running_task_resolves_when_its_worker_dies() -> None:
     s = RouterState()
     s.add_client(C, 1)
+    s.note_upload(C, H)
     s.add_worker(W, 2, 10)
     s.submit(C, [item(1)])
     s.dispatch()  # task 1 runs on W
@@ -34,9 +35,11 @@ def test_a_duplicate_submit_of_a_known_task_is_not_run_twice() -> None:
     """What a client's resubmit_all() does while the router still has its tasks."""
     s = RouterState()
     s.add_client(C, 1)
+    s.note_upload(C, H)
     s.add_worker(W, 2, 10)
     s.submit(C, [item(1)])
-    s.add_client(C, 1)  # HELLO again (client thought the router was gone)
+    s.add_client(C, 1)
+    s.note_upload(C, H)  # HELLO again (client thought the router was gone)
     s.submit(C, [item(1)])  # resubmit_all
     dispatched = [t for _, batch in s.dispatch() for t in batch]
     assert len(dispatched) == 1, f"client task 1 dispatched {len(dispatched)} times"
@@ -45,6 +48,7 @@ def test_a_duplicate_submit_of_a_known_task_is_not_run_twice() -> None:
 def test_cancelling_many_queued_tasks_one_by_one_is_not_quadratic() -> None:
     s = RouterState()
     s.add_client(C, 1)
+    s.note_upload(C, H)
     n = 5_000
     s.submit(C, [item(i) for i in range(1, n + 1)])
     start = time.perf_counter()

@@ -14,6 +14,7 @@ from squall.errors import (
     DependencyFailed,
     ExecutorShutdown,
     ProtocolError,
+    Refused,
     RemoteTraceback,
     SerializationError,
     SquallError,
@@ -46,6 +47,7 @@ __all__ = [
     "WorkerLost",
     "DependencyFailed",
     "StartupError",
+    "Refused",
     "ExecutorShutdown",
     "RemoteTraceback",
 ]

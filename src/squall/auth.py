@@ -21,6 +21,7 @@ import datetime
 import os
 import secrets
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,9 @@ class ServerKeys:
     public: bytes
     secret: bytes
     roles: dict[bytes, str] = field(default_factory=dict)
+    #: worker key -> its group (the subfolder of workers/ it is in); keys directly in
+    #: workers/ belong to no group
+    groups: dict[bytes, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ServerKeys:
@@ -176,23 +180,42 @@ class ServerKeys:
         return keys
 
     def reload(self) -> None:
+        """Read the allow-lists: ``clients/*.key``, ``workers/*.key`` and, for worker groups,
+        ``workers/GROUP/*.key``."""
         roles: dict[bytes, str] = {}
-        for role, sub in ((CLIENT, "clients"), (WORKER, "workers")):
-            folder = self.directory / sub
-            if folder.is_dir():
+        groups: dict[bytes, str] = {}
+        clients = self.directory / "clients"
+        if clients.is_dir():
+            for path in sorted(clients.glob("*.key")):
+                roles[_load_public(path)] = CLIENT
+        workers = self.directory / "workers"
+        if workers.is_dir():
+            for path in sorted(workers.glob("*.key")):
+                roles[_load_public(path)] = WORKER
+            for folder in sorted(p for p in workers.iterdir() if p.is_dir()):
                 for path in sorted(folder.glob("*.key")):
-                    roles[_load_public(path)] = role
-        self.roles = roles
+                    key = _load_public(path)
+                    roles[key] = WORKER
+                    groups[key] = folder.name
+        self.roles, self.groups = roles, groups
         log.info(
             "keys loaded",
             clients=sum(r == CLIENT for r in roles.values()),
             workers=sum(r == WORKER for r in roles.values()),
+            groups=sorted(set(groups.values())),
         )
 
     def role_of(self, user_id: str) -> str | None:
         """The role a ZAP user id stands for, if its key is still allowed."""
         role, _, key = user_id.partition(":")
         return role if self.roles.get(key.encode()) == role else None
+
+    def group_of(self, user_id: str) -> str:
+        """The worker group of a ZAP user id's key ("" for none)."""
+        return self.groups.get(user_id.partition(":")[2].encode(), "")
+
+    def has_group(self, name: str) -> bool:
+        return name in self.groups.values()
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         """Make ``socket`` a CURVE server (before it binds)."""
@@ -220,11 +243,16 @@ def apply_client_keys(
 class ZapHandler:
     """Answers ZAP requests for the router's socket, from the router's poll loop."""
 
+    #: seconds between two warnings about refused keys; refusals in between are counted
+    WARN_EVERY = 5.0
+
     def __init__(self, context: zmq.Context[Any], keys: ServerKeys) -> None:
         self.keys = keys
         self.socket = context.socket(zmq.REP)
         self.socket.linger = 0
         self.socket.bind(ZAP_ENDPOINT)
+        self._last_warning = -self.WARN_EVERY
+        self._unreported = 0
 
     def handle(self) -> None:
         """Answer every request waiting (call when the socket is readable)."""
@@ -245,9 +273,24 @@ class ZapHandler:
         key = zmq.utils.z85.encode(credentials[0])
         role = self.keys.roles.get(key)
         if role is None:
-            log.warning("connection refused: key not allowed", address=address.decode(), key=key)
+            self._warn_refused(address, key)
             return [version, request_id, b"400", b"key not allowed", b"", b""]
         return [version, request_id, b"200", b"OK", f"{role}:{key.decode()}".encode(), b""]
+
+    def _warn_refused(self, address: bytes, key: bytes) -> None:
+        """One line per refused key at most every WARN_EVERY seconds: a flood of handshakes
+        must not flood the log."""
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._last_warning < self.WARN_EVERY:
+            return
+        log.warning(
+            "connection refused: key not allowed",
+            address=address.decode(errors="replace"),
+            key=key,
+            refused=self._unreported,
+        )
+        self._last_warning, self._unreported = now, 0
 
     def close(self) -> None:
         self.socket.close(linger=0)

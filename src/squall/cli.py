@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from typing import Any, NoReturn
@@ -29,6 +30,17 @@ def _log_flags(parser: argparse.ArgumentParser) -> None:
         help="log one JSON object per line (env SQUALL_LOG_JSON=1)",
     )
     parser.add_argument("--log-level", help="debug, info, warning or error (env SQUALL_LOG_LEVEL)")
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """``1048576``, ``64MiB``, ``64M`` or ``1g``: a size in bytes (powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 1048576, 64MiB, 2GiB")
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,9 +80,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     router.add_argument(
         "--max-message-size",
-        type=int,
+        type=byte_size,
         metavar="BYTES",
-        help="disconnect peers sending bigger messages (default 1 GiB)",
+        help="disconnect peers sending bigger messages (default 1GiB)",
+    )
+    limits = (
+        ("--max-client-bytes", "argument bytes one client's tasks may hold (default 512MiB)"),
+        ("--max-held-bytes", "argument bytes all tasks together may hold (default 2GiB)"),
+        ("--max-recent-bytes", "bytes of finished outcomes kept for late dependents (64MiB)"),
+        ("--max-body-size", "bytes one function body may have (default 16MiB)"),
+        ("--max-backlog-bytes", "bytes waiting for one slow peer before it is cut off (64MiB)"),
+    )
+    for flag, text in limits:
+        router.add_argument(flag, type=byte_size, metavar="BYTES", help=text)
+    router.add_argument(
+        "--max-backlog",
+        type=int,
+        metavar="N",
+        help="messages waiting for one slow peer before it is cut off (default 10,000)",
     )
     router.add_argument(
         "--auth",
@@ -170,6 +197,12 @@ def _router(args: argparse.Namespace) -> int:
         max_worker_deaths=args.max_worker_deaths,
         max_queued=args.max_queued,
         max_message_size=args.max_message_size,
+        max_client_bytes=args.max_client_bytes,
+        max_held_bytes=args.max_held_bytes,
+        max_recent_bytes=args.max_recent_bytes,
+        max_body_size=args.max_body_size,
+        max_backlog=args.max_backlog,
+        max_backlog_bytes=args.max_backlog_bytes,
         auth=args.auth,
     )
     server = RouterServer(config)

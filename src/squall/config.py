@@ -41,6 +41,13 @@ class RouterConfig:
         auth: directory with the router's CURVE key pair and the allowed client and worker
             keys (see ``squall.auth``); None: no authentication (an ipc:// path, or insecure).
         handshake_timeout: seconds a new connection has to finish its security handshake.
+        max_client_bytes: argument bytes one client's tasks may hold in the router.
+        max_held_bytes: argument bytes all clients' tasks may hold in the router together.
+        max_recent_bytes: bytes of finished outcomes kept for dependents submitted late.
+        max_body_size: bytes one function body may have (its own, much smaller limit).
+        max_backlog: messages that may wait for one peer that reads too slowly; past it (or
+            past ``max_backlog_bytes``) the peer is cut off.
+        max_backlog_bytes: bytes that may wait for one peer.
     """
 
     bind: str
@@ -53,6 +60,12 @@ class RouterConfig:
     max_message_size: int = 1 << 30
     auth: str | None = None
     handshake_timeout: float = 10.0
+    max_client_bytes: int = 512 << 20
+    max_held_bytes: int = 2 << 30
+    max_recent_bytes: int = 64 << 20
+    max_body_size: int = 16 << 20
+    max_backlog: int = 10_000
+    max_backlog_bytes: int = 64 << 20
 
     @classmethod
     def from_env(cls, bind: str, **overrides: object) -> RouterConfig:

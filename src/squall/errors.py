@@ -62,6 +62,11 @@ class WorkerLost(SquallError):
     """The worker died while running the task, too many times to try again."""
 
 
+class Refused(SquallError):
+    """The router will not serve this peer: its key is not (or no longer) allowed, or it was
+    cut off (reading too slowly, sending garbage). Trying again as is will not help."""
+
+
 class StartupError(SquallError):
     """An embedded router or worker node did not come up."""
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import json
+import secrets
 import struct
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -85,6 +86,7 @@ class ErrorCode(enum.IntEnum):
         3  # the router does not know you (it restarted, or declared you dead): HELLO again
     )
     REFUSED = 4  # well-formed, but not allowed (e.g. a client sending worker messages)
+    CUT_OFF = 5  # the router stopped serving you (key revoked, reading too slowly): give up
 
 
 class Kind(enum.IntEnum):
@@ -95,6 +97,26 @@ class Kind(enum.IntEnum):
 
 
 HASH_SIZE = 16
+
+#: bytes of randomness in a peer's routing id (see :func:`new_peer_id`)
+PEER_ID_SIZE = 16
+
+
+def new_peer_id() -> bytes:
+    """A routing id for a client or worker socket: 16 random bytes, the first never zero.
+
+    libzmq gives a socket without an id of its own a 5-byte id from a counter (``00`` then 4
+    bytes), the same sequence in every process: a peer could predict and claim another's.
+    Random ids cannot be guessed, and ids starting with zero stay libzmq's own.
+    """
+    return bytes([secrets.randbelow(255) + 1]) + secrets.token_bytes(PEER_ID_SIZE - 1)
+
+
+def is_peer_id(peer: bytes) -> bool:
+    """Whether ``peer`` has the shape of an id from :func:`new_peer_id` (a watchdog's id adds a
+    suffix): only such peers may say HELLO, so no client or worker ever has a libzmq id."""
+    return PEER_ID_SIZE <= len(peer) <= 255 and peer[0] != 0
+
 
 _PREFIX = struct.Struct("!2sBB")
 _COUNT = struct.Struct("!I")
@@ -131,6 +153,8 @@ class Hello(NamedTuple):
     role: Role
     pid: int
     capacity: int
+    #: a client's worker group: only workers whose key is in that group may run its tasks
+    group: str = ""
 
 
 class Welcome(NamedTuple):
@@ -178,16 +202,34 @@ def _fixed(body: bytes, layout: struct.Struct, what: str) -> tuple[Any, ...]:
 # Simple messages
 
 
-def encode_hello(role: Role, pid: int, capacity: int = 0) -> list[Frame]:
-    return [_HEADERS[MsgType.HELLO] + _HELLO.pack(role, pid, capacity)]
+#: longest worker group name, in UTF-8 bytes
+MAX_GROUP = 64
 
 
-def decode_hello(body: bytes) -> Hello:
+def encode_hello(role: Role, pid: int, capacity: int = 0, group: str = "") -> list[Frame]:
+    """HELLO; a client restricted to a worker group names it in a payload frame."""
+    header = _HEADERS[MsgType.HELLO] + _HELLO.pack(role, pid, capacity)
+    return [header, group.encode()] if group else [header]
+
+
+def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
     role, pid, capacity = _fixed(body, _HELLO, "HELLO")
     try:
-        return Hello(Role(role), pid, capacity)
+        role = Role(role)
     except ValueError:
         raise ProtocolError(f"HELLO: unknown role {role}") from None
+    if len(payload) > 1:
+        raise ProtocolError("HELLO: unexpected frames")
+    group = ""
+    if payload:
+        raw = bytes(payload[0])
+        try:
+            group = raw.decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("HELLO: the group name is not UTF-8") from None
+        if not 0 < len(raw) <= MAX_GROUP or not group.isprintable():
+            raise ProtocolError(f"HELLO: a group name has 1 to {MAX_GROUP} printable bytes")
+    return Hello(role, pid, capacity, group)
 
 
 def encode_welcome(heartbeat_interval: float, workers: int) -> list[Frame]:

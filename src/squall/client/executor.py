@@ -71,6 +71,9 @@ class Executor(concurrent.futures.Executor):
         insecure: allow a non-loopback ``address`` without ``auth``. Whoever answers there
             sees every task and can run code in this process (results are unpickled here), so
             without it such an address is refused.
+        worker_group: run this client's tasks only on workers whose key is in that group
+            (a folder of the router's auth directory, ``workers/GROUP/*.key``): the workers
+            that run its tasks can run code in this process, so a client may choose them.
 
     Raises:
         SquallError: ``address`` is beyond this machine and neither ``auth`` nor ``insecure``
@@ -90,6 +93,7 @@ class Executor(concurrent.futures.Executor):
         auth: str | None = None,
         key: str = "client",
         insecure: bool = False,
+        worker_group: str | None = None,
     ) -> None:
         if stream_window < 1:
             raise ValueError("stream_window must be at least 1")
@@ -105,7 +109,7 @@ class Executor(concurrent.futures.Executor):
             self._cluster = LocalCluster(processes or os.cpu_count() or 1, concurrency)
             address = self._cluster.start()
         self.address = validate_address(address)
-        self._driver = ThreadDriver(self.address, self._core, auth, key)
+        self._driver = ThreadDriver(self.address, self._core, auth, key, worker_group or "")
         _live.add(self)
         try:
             self._driver.start(connect_timeout)

@@ -21,7 +21,7 @@ import zmq.green
 from squall import protocol
 from squall.auth import apply_client_keys
 from squall.client._core import ClientCore
-from squall.errors import ProtocolError, SquallError, StartupError
+from squall.errors import ProtocolError, Refused, SquallError, StartupError
 from squall.log import get_logger
 from squall.protocol import ErrorCode, MsgType, Role
 
@@ -40,10 +40,16 @@ class ThreadDriver:
     """Moves the core's messages over a DEALER socket connected to ``address``."""
 
     def __init__(
-        self, address: str, core: ClientCore, auth: str | None = None, key: str = "client"
+        self,
+        address: str,
+        core: ClientCore,
+        auth: str | None = None,
+        key: str = "client",
+        worker_group: str = "",
     ) -> None:
         self.address = address
         self.core = core
+        self._hello = protocol.encode_hello(Role.CLIENT, os.getpid(), group=worker_group)
         # Under gevent's monkey-patching our "thread" is a greenlet: it must poll with zmq.green,
         # or it would block the hub and every greenlet waiting on a future with it.
         zmq_module: Any = zmq.green if _gevent_patched() else zmq
@@ -51,6 +57,9 @@ class ThreadDriver:
         self.context: zmq.Context[Any] = zmq_module.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # A random routing id (libzmq's own are predictable): the router binds it to our key,
+        # and no other peer can guess it to take over our session.
+        self.socket.setsockopt(zmq.ROUTING_ID, protocol.new_peer_id())
         if auth is not None:
             apply_client_keys(self.socket, auth, key)
         self._wake_r, self._wake_w = os.pipe()
@@ -77,7 +86,7 @@ class ThreadDriver:
             StartupError: no router answered within ``timeout`` seconds.
         """
         self.socket.connect(self.address)
-        self._control.append(protocol.encode_hello(Role.CLIENT, os.getpid()))
+        self._control.append(self._hello)
         self._thread.start()
         if not self._welcome.wait(timeout):
             raise StartupError(f"no squall router answered at {self.address} within {timeout:g} s")
@@ -181,7 +190,7 @@ class ThreadDriver:
             )
         if self._lost and now - self._last_hello > self._liveness / 3:
             self._last_hello = now
-            self.socket.send_multipart(protocol.encode_hello(Role.CLIENT, os.getpid()))
+            self.socket.send_multipart(self._hello)
         elif self._welcome.is_set() and now - self._last_beat > self._liveness / 3:
             self._last_beat = now  # heartbeats both ways: the router drops silent clients
             self.socket.send_multipart(protocol.encode_heartbeat())
@@ -228,6 +237,10 @@ class ThreadDriver:
             self._last_hello = 0.0
         elif code == ErrorCode.REFUSED and not self._welcome.is_set():
             self.protocol_error = SquallError(f"router at {self.address} refused us: {reason}")
+            self._welcome.set()
+        elif code == ErrorCode.CUT_OFF:
+            self.protocol_error = Refused(f"router at {self.address} cut this client off: {reason}")
+            self.core.fail_all(self.protocol_error)
             self._welcome.set()
         elif code == ErrorCode.VERSION:
             self.protocol_error = ProtocolError(f"router at {self.address} refused us: {reason}")

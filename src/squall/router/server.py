@@ -7,12 +7,19 @@ with ``copy=False`` and sent on as the same ``zmq.Frame`` objects, so a 50 MB ar
 router without being copied or looked into.
 
 ``ROUTER_MANDATORY`` is on: a send to a peer that is gone raises instead of vanishing, and the
-loop treats that peer as lost (a lost worker's tasks are redelivered).
+loop treats that peer as lost (a lost worker's tasks are redelivered). A send to a peer whose
+pipe is full waits in that peer's own backlog, so one slow reader never delays anyone else; a
+backlog past its bound cuts the peer off.
+
+Identity: clients and workers connect with random routing ids (:func:`protocol.new_peer_id`).
+With authentication each id is bound to the key that first used it, and a message under an id
+from another key is dropped: no key can take over another's session.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import pickle
 import signal
@@ -25,11 +32,11 @@ import zmq
 
 from squall import protocol
 from squall.auth import CLIENT, WORKER, ServerKeys, ZapHandler
-from squall.config import RouterConfig
+from squall.config import RouterConfig, bind_router_socket
 from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.protocol import ErrorCode, MsgType, Role, TaskItem
-from squall.router.state import RouterState
+from squall.router.state import Limits, RouterState, frames_size
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -39,11 +46,48 @@ DRAIN_BATCH = 2000
 #: malformed messages one peer may send before it is cut off
 GARBAGE_LIMIT = 1000
 MAX_ITEMS = 1000
+#: routing ids remembered with the key that first used them
+MAX_OWNERS = 65_536
+#: peers remembered as cut off (their messages dropped unread)
+MAX_IGNORED = 65_536
+#: seconds between two "you are cut off" replies to the same peer
+CUT_OFF_REMINDER = 5.0
 
 
 def _chunks(entries: list[T]) -> Iterator[list[T]]:
     for start in range(0, len(entries), MAX_ITEMS):
         yield entries[start : start + MAX_ITEMS]
+
+
+def unpredictable_auto_ids() -> None:
+    """Seed libc's ``rand``, from which libzmq draws the first id it gives id-less peers.
+
+    Unseeded, every router hands out ``00 6b8b4567``, ``00 6b8b4568``, ...: a peer holding
+    those ids explicitly makes libzmq abort when the next id-less peer connects. squall's
+    own peers never go without an id; from a random start, no one can hold the next one.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "big")))
+    except (OSError, AttributeError):  # no libc rand to seed: libzmq seeds its own
+        pass
+
+
+class _Backlog:
+    """Messages for one peer whose pipe was full, in order, and their size."""
+
+    __slots__ = ("messages", "bytes")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[list[Any]] = collections.deque()
+        self.bytes = 0
+
+    def add(self, frames: list[Any]) -> None:
+        self.messages.append(frames)
+        self.bytes += frames_size(frames)
+
+    def pop(self) -> None:
+        self.bytes -= frames_size(self.messages.popleft())
 
 
 def forbid_unpickling() -> None:
@@ -75,9 +119,16 @@ class RouterServer:
         self.state = RouterState(
             liveness=config.liveness,
             max_worker_deaths=config.max_worker_deaths,
-            max_queued=config.max_queued,
+            limits=Limits(
+                max_queued=config.max_queued,
+                client_bytes=config.max_client_bytes,
+                held_bytes=config.max_held_bytes,
+                recent_bytes=config.max_recent_bytes,
+                body_size=config.max_body_size,
+            ),
         )
         self.context = context or zmq.Context()
+        unpredictable_auto_ids()  # before the socket: libzmq draws its first id when made
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -86,8 +137,9 @@ class RouterServer:
         self.socket.setsockopt(zmq.HANDSHAKE_IVL, int(config.handshake_timeout * 1000))
         self.keys: ServerKeys | None = None
         self.zap: ZapHandler | None = None
-        #: peer -> ZAP user id ("client:<key>" / "worker:<key>"), with authentication on
-        self._peer_users: dict[bytes, str] = {}
+        #: routing id -> the ZAP user id ("client:<key>" / "worker:<key>") that first used it,
+        #: with authentication on; kept after the peer leaves, so nobody can claim its id
+        self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
         self._reload_keys = False
         if config.auth is not None:
             self.keys = ServerKeys.load(config.auth)
@@ -99,10 +151,13 @@ class RouterServer:
         self._items: dict[bytes, list[protocol.StreamItem]] = collections.defaultdict(list)
         self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
         self._started: dict[bytes, list[int]] = collections.defaultdict(list)
-        #: peers that sent too much garbage: everything they send is dropped unread
-        self._ignored: set[bytes] = set()
+        #: peers cut off (garbage, a revoked key, reading too slowly) -> (why, when last told):
+        #: everything they send is dropped unread
+        self._ignored: collections.OrderedDict[bytes, tuple[str, float]] = collections.OrderedDict()
         self._garbage: collections.Counter[bytes] = collections.Counter()
-        self._backlog: collections.deque[tuple[bytes, list[Any]]] = collections.deque()
+        #: peer -> messages its full pipe could not take yet
+        self._backlogs: dict[bytes, _Backlog] = {}
+        self._last_impostor_log = 0.0
         self._running = False
         self._handlers: dict[MsgType, Callable[[bytes, bytes, list[Any]], None]] = {
             MsgType.HELLO: self._on_hello,
@@ -121,9 +176,14 @@ class RouterServer:
         }
 
     def bind(self) -> str:
-        """Bind the socket; return the endpoint actually bound (with the real port)."""
-        self.socket.bind(self.config.bind)
-        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        """Bind the socket; return the endpoint actually bound (with the real port).
+
+        Without authentication an ipc socket is made private (mode 0600): its file mode is
+        then all that keeps other local users from running code on the workers.
+        """
+        self.endpoint = bind_router_socket(
+            self.socket, self.config.bind, private=self.config.auth is None
+        )
         return self.endpoint
 
     # -- loop -------------------------------------------------------------------------------
@@ -161,7 +221,7 @@ class RouterServer:
         next_beat = time.monotonic()
         try:
             while self._running:
-                wait = 0.01 if self._backlog else max(0.0, next_beat - time.monotonic())
+                wait = 0.01 if self._backlogs else max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(int(wait * 1000)))
                 if wake_r.fileno() in events:  # a signal arrived, its handler ran: empty the pipe
                     try:
@@ -176,8 +236,8 @@ class RouterServer:
                     self._drain()
                 self._dispatch()
                 self._flush()
-                if self._backlog:
-                    self._retry_backlog()
+                if self._backlogs:
+                    self._retry_backlogs()
                 if time.monotonic() >= next_beat:
                     self._on_beat()
                     next_beat = time.monotonic() + self.config.heartbeat
@@ -204,14 +264,28 @@ class RouterServer:
     def _handle(self, frames: list[Any]) -> None:
         peer = frames[0].bytes
         if peer in self._ignored:
+            self._remind_cut_off(peer)
             return
         message = frames[1:]
         try:
+            if self.keys is not None and message and not self._owned_by_sender(peer, message[0]):
+                return
             type_, body = protocol.parse_header(message)
             handler = self._handlers.get(type_)
             if handler is None:
                 raise ProtocolError(f"{type_.name} is not a message for the router")
-            if self.keys is not None and not self._allowed(peer, message[0], type_, body):
+            if type_ is MsgType.HELLO and not protocol.is_peer_id(peer):
+                self.state.counters["refused"] += 1
+                self._send(
+                    peer,
+                    protocol.encode_error(
+                        ErrorCode.REFUSED,
+                        "connect with a routing id of 16 random bytes (squall.protocol."
+                        "new_peer_id); libzmq's own ids can be predicted and claimed",
+                    ),
+                )
+                return
+            if self.keys is not None and not self._allowed(peer, type_, body):
                 self.state.counters["refused"] += 1
                 self._send(
                     peer,
@@ -232,7 +306,7 @@ class RouterServer:
             self.state.counters["protocol_errors"] += 1
             self._garbage[peer] += 1
             if self._garbage[peer] > GARBAGE_LIMIT:
-                self._cut_off(peer)
+                self._cut_off(peer, f"more than {GARBAGE_LIMIT} malformed messages")
                 return
             log.warning(
                 "malformed message dropped",
@@ -248,17 +322,47 @@ class RouterServer:
 
     # -- authentication ---------------------------------------------------------------------
 
-    def _allowed(self, peer: bytes, first: Any, type_: MsgType, body: bytes) -> bool:
+    def _owned_by_sender(self, peer: bytes, first: Any) -> bool:
+        """Whether the key that sent this message is the one that first used its routing id.
+
+        libzmq lets a new connection take over an id whose connection went away; bound to its
+        first key, an id taken over by another key gets nothing through, and the session of
+        the id's owner is ended here (its messages would now reach the impostor).
+        """
+        user = first.get("User-Id")
+        owner = self._owners.get(peer)
+        if owner is None:
+            self._owners[peer] = user
+            if len(self._owners) > MAX_OWNERS:
+                self._owners.popitem(last=False)
+            return True
+        self._owners.move_to_end(peer)
+        if owner == user:
+            return True
+        self.state.counters["impostors"] += 1
+        if peer in self.state.workers or peer in self.state.clients:
+            self._forget_peer(peer)
+        now = time.monotonic()
+        if now - self._last_impostor_log > 1.0:
+            self._last_impostor_log = now
+            log.warning(
+                "message dropped: its routing id belongs to another key",
+                peer=peer.hex(),
+                key=user,
+                owner=owner,
+            )
+        return False
+
+    def _allowed(self, peer: bytes, type_: MsgType, body: bytes) -> bool:
         """Whether the sender's key (its ZAP role) may send this message.
 
         A client key cannot register as a worker nor report results; a worker key cannot
         submit. A watchdog may only speak for a worker of its own key.
         """
         assert self.keys is not None
-        user = first.get("User-Id")
-        self._peer_users[peer] = user
-        role = self.keys.role_of(user)
+        role = self.keys.role_of(self._owners[peer])
         if role is None:  # revoked since it connected
+            self._cut_off(peer, "your key was revoked")
             return False
         if type_ is MsgType.HELLO:
             hello = protocol.decode_hello(body)
@@ -278,27 +382,48 @@ class RouterServer:
         except Exception:
             log.exception("key reload failed; keeping the keys loaded before")
             return
-        for peer, user in list(self._peer_users.items()):
-            if self.keys.role_of(user) is None:
-                del self._peer_users[peer]
-                self._cut_off(peer)
+        for peer in list(self.state.workers) + list(self.state.clients):
+            user = self._owners.get(peer)
+            if user is not None and self.keys.role_of(user) is None:
+                self._cut_off(peer, "your key was revoked")
 
     # -- handlers ---------------------------------------------------------------------------
 
     def _on_hello(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        hello = protocol.decode_hello(body)
+        hello = protocol.decode_hello(body, payload)
+        owner = self._owners.get(peer)
         if hello.role is Role.WORKER:
-            self.state.add_worker(peer, hello.pid, hello.capacity)
+            # A worker's group is its key's folder, never what it says of itself.
+            group = self.keys.group_of(owner) if self.keys is not None and owner else ""
+            self.state.add_worker(peer, hello.pid, hello.capacity, group)
             log.info(
                 "worker joined",
                 worker_pid=hello.pid,
                 capacity=hello.capacity,
+                group=group or None,
                 workers=len(self.state.workers),
             )
         else:
-            self.state.add_client(peer, hello.pid)
-            log.info("client joined", client_pid=hello.pid)
+            refusal = self._group_refusal(hello.group)
+            if refusal is not None:
+                self.state.counters["refused"] += 1
+                self._send(peer, protocol.encode_error(ErrorCode.REFUSED, refusal))
+                return
+            self.state.add_client(peer, hello.pid, owner, hello.group)
+            log.info("client joined", client_pid=hello.pid, worker_group=hello.group or None)
         self._send(peer, protocol.encode_welcome(self.config.heartbeat, len(self.state.workers)))
+
+    def _group_refusal(self, group: str) -> str | None:
+        """Why a client cannot be restricted to ``group``; None if it can (or asks for none)."""
+        if not group:
+            return None
+        if self.keys is None:
+            return (
+                "worker groups need a router with --auth: without keys, nothing says who is in one"
+            )
+        if not self.keys.has_group(group):
+            return f"no worker group {group!r}: the router's auth directory has no workers/{group}/"
+        return None
 
     def _on_submit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         items = protocol.decode_submit(body, payload)
@@ -342,9 +467,19 @@ class RouterServer:
 
     def _on_fn_body(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         fn_hash, fn_body = protocol.decode_fn_body(body, payload)
+        limit = self.state.limits.body_size
+        if len(fn_body) > limit:  # refused before it is copied or hashed
+            reason = (
+                f"the function's body is {len(fn_body)} bytes, over the router's limit of "
+                f"{limit} (--max-body-size): pass big data as arguments, not in closures"
+            )
+            self.state.refuse_body(peer, fn_hash, reason)
+            self._send(peer, protocol.encode_error(ErrorCode.REFUSED, reason))
+            return
         fn_bytes = bytes(fn_body.buffer)
-        for worker in self.state.body_arrived(fn_hash, fn_bytes):
-            self._send(worker, protocol.encode_fn_body(fn_hash, fn_bytes))
+        waiting, good = self.state.body_arrived(fn_hash, fn_bytes, peer)
+        for worker in waiting:
+            self._send(worker, protocol.encode_fn_body(fn_hash, fn_bytes if good else b""))
 
     def _on_fn_fetch(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         fn_hash = protocol.decode_fn_fetch(body)
@@ -364,7 +499,7 @@ class RouterServer:
         on_behalf_of = protocol.decode_heartbeat(body, payload)
         if on_behalf_of and self.keys is not None:
             # A watchdog speaks only for a worker holding its own key.
-            if self._peer_users.get(on_behalf_of) != self._peer_users.get(peer):
+            if self._owners.get(on_behalf_of) != self._owners.get(peer):
                 return
         if on_behalf_of:  # a worker's watchdog thread: its hub may be busy with a long task
             self.state.seen(on_behalf_of)
@@ -373,7 +508,7 @@ class RouterServer:
 
     def _on_timeout(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         worker, limit, task_ids = protocol.decode_timeout(body, payload)
-        if self.keys is not None and self._peer_users.get(worker) != self._peer_users.get(peer):
+        if self.keys is not None and self._owners.get(worker) != self._owners.get(peer):
             return
         if worker in self.state.workers:
             self.state.timed_out(worker, task_ids, limit)
@@ -392,7 +527,14 @@ class RouterServer:
             log.info("client left", dropped_queued=dropped)
 
     def _on_stats(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        self._send(peer, protocol.encode_stats(self.state.stats()))
+        stats = self.state.stats()
+        stats["backlogged_peers"] = len(self._backlogs)
+        if self.keys is not None:
+            # Keys may only run or submit tasks: which processes run where, and how many
+            # clients there are, is no business of theirs.
+            for private in ("worker_pids", "clients"):
+                stats.pop(private, None)
+        self._send(peer, protocol.encode_stats(stats))
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -412,8 +554,8 @@ class RouterServer:
         stream's last item never overtakes its end."""
         for worker, task_ids in self.state.take_stops().items():
             self._send(worker, protocol.encode_cancel(task_ids))
-        for task, frames in self.state.take_failed():
-            self._results[task.client].append((task.client_task_id, protocol.Status.ERROR, frames))
+        for client, client_task_id, frames in self.state.take_failed():
+            self._results[client].append((client_task_id, protocol.Status.ERROR, frames))
         if self._items:
             items, self._items = self._items, collections.defaultdict(list)
             for peer, entries in items.items():
@@ -436,43 +578,91 @@ class RouterServer:
                     self._send(peer, protocol.encode_ack(ack_chunk))
 
     def _send(self, peer: bytes, frames: list[Any]) -> None:
-        if self._backlog:  # keep order: nothing overtakes what is already waiting
-            self._backlog.append((peer, frames))
+        backlog = self._backlogs.get(peer)
+        if backlog is None:
+            self._try_send(peer, frames)
             return
-        self._try_send(peer, frames)
+        backlog.add(frames)  # keep order: nothing overtakes what already waits for this peer
+        config = self.config
+        if len(backlog.messages) > config.max_backlog or backlog.bytes > config.max_backlog_bytes:
+            self._cut_off(
+                peer,
+                f"you read too slowly: {len(backlog.messages)} messages "
+                f"({backlog.bytes} bytes) waited for you",
+            )
 
     def _try_send(self, peer: bytes, frames: list[Any]) -> bool:
-        """Send now; on a full queue keep the message for later; on a gone peer, drop the peer."""
+        """Send now; on a full pipe keep the message in the peer's backlog; on a gone peer,
+        drop the peer."""
         try:
             self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self._backlog.append((peer, frames))
+            backlog = self._backlogs.get(peer)
+            if backlog is None:
+                backlog = self._backlogs[peer] = _Backlog()
+                backlog.add(frames)
             return False
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
+            self._backlogs.pop(peer, None)
             self._peer_unreachable(peer)
         return True
 
-    def _retry_backlog(self) -> None:
-        backlog, self._backlog = self._backlog, collections.deque()
-        while backlog:
-            peer, frames = backlog.popleft()
-            if not self._try_send(peer, frames):
-                self._backlog.extend(backlog)
-                return
+    def _retry_backlogs(self) -> None:
+        """Send what waits, peer by peer: a full pipe stops only its own peer's messages."""
+        for peer, backlog in list(self._backlogs.items()):
+            while backlog.messages:
+                try:
+                    self.socket.send_multipart(
+                        [peer, *backlog.messages[0]], flags=zmq.NOBLOCK, copy=False
+                    )
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    del self._backlogs[peer]
+                    self._peer_unreachable(peer)
+                    break
+                backlog.pop()
+            else:
+                del self._backlogs[peer]
 
-    def _cut_off(self, peer: bytes) -> None:
-        """Stop listening to a peer that keeps sending garbage (a ROUTER cannot hang up on one
-        peer, so its messages are dropped unread from now on)."""
-        self._ignored.add(peer)
-        self._peer_users.pop(peer, None)
+    def _cut_off(self, peer: bytes, reason: str) -> None:
+        """Stop serving a peer (garbage, a revoked key, too slow a reader): its state and
+        backlog go, and its messages are dropped unread from now on (a ROUTER cannot hang up
+        on one peer). It is told why, so that a client fails its futures instead of hanging.
+        """
+        self._ignored[peer] = (reason, time.monotonic())
+        if len(self._ignored) > MAX_IGNORED:
+            self._ignored.popitem(last=False)
+        self._backlogs.pop(peer, None)
         self.state.counters["peers_cut_off"] += 1
+        self._forget_peer(peer)
+        log.warning("peer cut off", peer=peer.hex(), reason=reason)
+        self._tell_cut_off(peer, reason)
+
+    def _remind_cut_off(self, peer: bytes) -> None:
+        reason, told = self._ignored[peer]
+        now = time.monotonic()
+        if now - told >= CUT_OFF_REMINDER:
+            self._ignored[peer] = (reason, now)
+            self._tell_cut_off(peer, reason)
+
+    def _tell_cut_off(self, peer: bytes, reason: str) -> None:
+        try:  # best effort, never into a backlog: the peer may be the one not reading
+            self.socket.send_multipart(
+                [peer, *protocol.encode_error(ErrorCode.CUT_OFF, reason)], flags=zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            pass
+
+    def _forget_peer(self, peer: bytes) -> None:
         if peer in self.state.workers:
             self.state.remove_worker(peer)
         elif peer in self.state.clients:
             self.state.remove_client(peer)
-        log.warning("peer cut off after repeated malformed messages", peer=peer.hex())
 
     def _peer_unreachable(self, peer: bytes) -> None:
         if peer in self.state.workers:

@@ -11,6 +11,7 @@ Payload frames are carried as opaque objects; nothing here looks inside them.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import os
 import time
@@ -42,6 +43,10 @@ class Task:
     items_sent: int = 0  # stream items already forwarded: such a task cannot simply run again
     #: how often a worker died while running this task; from ISOLATE_AFTER on, it runs alone
     deaths: int = 0
+    #: bytes of its argument frames, held until its outcome: counted against the byte limits
+    size: int = 0
+    #: the worker group its client restricted it to; "" for any worker
+    group: str = ""
 
 
 @dataclass(slots=True)
@@ -53,6 +58,8 @@ class Worker:
     running: dict[int, Task] = field(default_factory=dict)
     #: a suspect task running alone here: nothing else is sent until it ends
     isolating: int | None = None
+    #: the group of its key (a subfolder of the auth directory's workers/), "" for none
+    group: str = ""
 
     @property
     def free(self) -> int:
@@ -66,6 +73,41 @@ class Client:
     peer: bytes
     pid: int
     last_seen: float
+    #: who uploaded its function bodies: its key with authentication, else the peer itself
+    scope: str = ""
+    #: only workers of this group may run its tasks; "" for any listed worker
+    group: str = ""
+
+
+def frames_size(frames: Iterable[Any]) -> int:
+    """Bytes in payload frames (bytes, ``zmq.Frame`` or buffers alike)."""
+    return sum(len(f) for f in frames)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the router may hold, in bytes and counts, so that no peer can exhaust its memory.
+
+    Args:
+        max_queued: tasks one client may have in the router.
+        client_bytes: argument bytes one client's tasks may hold in the router (queued,
+            running, waiting for dependencies).
+        held_bytes: argument bytes all clients' tasks together may hold.
+        recent_bytes: bytes of finished outcomes kept for dependents submitted late.
+        recent_count: how many such outcomes are kept.
+        body_size: bytes one function body may have (refused, and its tasks failed, above).
+        max_capacity: tasks one worker process may claim to run at once.
+        uploads_per_scope: function hashes remembered per uploader (see ``uploaded``).
+    """
+
+    max_queued: int = 1_000_000
+    client_bytes: int = 512 << 20
+    held_bytes: int = 2 << 30
+    recent_bytes: int = 64 << 20
+    recent_count: int = 10_000
+    body_size: int = 16 << 20
+    max_capacity: int = 100_000
+    uploads_per_scope: int = 65_536
 
 
 class BodyCache:
@@ -118,8 +160,10 @@ class RouterState:
         liveness: seconds of silence after which a worker is declared dead.
         max_worker_deaths: a task whose worker dies this many times while running it fails
             with ``WorkerLost`` instead of running again.
-        max_queued: tasks one client may have waiting in the router; more are refused.
+        max_queued: tasks one client may have waiting in the router; more are refused
+            (shorthand for ``limits.max_queued``).
         clock: monotonic time source (tests pass a fake one).
+        limits: byte and count bounds on what the router holds.
     """
 
     def __init__(
@@ -127,18 +171,38 @@ class RouterState:
         liveness: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         max_worker_deaths: int = 3,
-        max_queued: int = 1_000_000,
+        max_queued: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.liveness = liveness
         self.clock = clock
         self.max_worker_deaths = max_worker_deaths
-        self.max_queued = max_queued
+        limits = limits or Limits()
+        if max_queued is not None:
+            limits = dataclasses.replace(limits, max_queued=max_queued)
+        self.limits = limits
+        self.max_queued = limits.max_queued
+        #: argument bytes held, per client and in all
+        self.bytes_by_client: collections.Counter[bytes] = collections.Counter()
+        self.held_bytes = 0
+        #: bytes of the outcomes in ``recent``
+        self.recent_bytes = 0
+        #: scope -> function hashes it uploaded itself: a task may only name a body its own
+        #: scope sent, so knowing another client's hash grants nothing
+        self.uploaded: dict[str, collections.OrderedDict[bytes, None]] = {}
+        #: (scope, hash) -> why its body was refused, to fail its tasks with the reason
+        self.refused_bodies: collections.OrderedDict[tuple[str, bytes], str] = (
+            collections.OrderedDict()
+        )
         #: tasks that run alone (see ISOLATE_AFTER), FIFO, dispatched before the queue
         self.suspects: collections.deque[Task] = collections.deque()
         self.queued_by_client: collections.Counter[bytes] = collections.Counter()
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[bytes, Client] = {}
+        #: tasks any worker may run, FIFO
         self.queue: collections.deque[Task] = collections.deque()
+        #: group -> tasks only that group's workers may run, FIFO
+        self.group_queues: dict[str, collections.deque[Task]] = {}
         self.tasks: dict[int, Task] = {}
         #: (client, client task id) -> task, for acks, cancels and dependencies
         self.by_client: dict[tuple[bytes, int], Task] = {}
@@ -147,9 +211,9 @@ class RouterState:
         self.recent: collections.OrderedDict[tuple[bytes, int], tuple[int, list[Any]]] = (
             collections.OrderedDict()
         )
-        self.recent_size = 10_000
-        #: outcomes the router decided itself (lost dependency, worker died mid-stream)
-        self.failed: list[tuple[Task, list[Any]]] = []
+        #: outcomes the router decided itself (refusals, lost dependencies, a worker that died
+        #: mid-stream): (client, client task id, error frames)
+        self.failed: list[tuple[bytes, int, list[Any]]] = []
         #: worker -> running task ids to stop because their client is gone
         self._stop_on_worker: dict[bytes, list[int]] = {}
         self.bodies = BodyCache()
@@ -171,6 +235,11 @@ class RouterState:
                     "worker_lost",
                     "timed_out",
                     "refused_full",
+                    "refused_bytes",
+                    "refused_bodies",
+                    "refused_dependencies",
+                    "unknown_bodies",
+                    "duplicate_submits",
                     "stale_results",
                     "bodies_received",
                     "bodies_sent",
@@ -183,12 +252,16 @@ class RouterState:
 
     # -- peers ------------------------------------------------------------------------------
 
-    def add_client(self, peer: bytes, pid: int) -> None:
-        self.clients[peer] = Client(peer, pid, self.clock())
+    def add_client(self, peer: bytes, pid: int, scope: str | None = None, group: str = "") -> None:
+        """Register a client. ``scope``: who it uploads bodies as (its key's user id with
+        authentication); by default the peer itself, so no two clients share bodies.
+        ``group``: only workers of that group run its tasks."""
+        self.clients[peer] = Client(peer, pid, self.clock(), scope or _peer_scope(peer), group)
 
-    def add_worker(self, peer: bytes, pid: int, capacity: int) -> None:
+    def add_worker(self, peer: bytes, pid: int, capacity: int, group: str = "") -> None:
         """Register a worker; a known one saying HELLO again keeps what it runs (it only
         thought we had forgotten it) and updates its capacity."""
+        capacity = min(capacity, self.limits.max_capacity)
         known = self.workers.get(peer)
         if known is not None and known.pid == pid:
             known.capacity = capacity
@@ -196,12 +269,12 @@ class RouterState:
             return
         if known is not None:  # same address, new process: the old one died
             self.remove_worker(peer, died=True)
-        self.workers[peer] = Worker(peer, pid, capacity, self.clock())
+        self.workers[peer] = Worker(peer, pid, capacity, self.clock(), group=group)
 
     def set_capacity(self, peer: bytes, capacity: int) -> None:
         worker = self.workers.get(peer)
         if worker is not None:
-            worker.capacity = max(0, capacity)
+            worker.capacity = min(max(0, capacity), self.limits.max_capacity)
 
     def seen(self, peer: bytes) -> None:
         """Any message from a peer is a sign of life."""
@@ -257,7 +330,7 @@ class RouterState:
                 requeued.append(task)
         for task in reversed(requeued):
             task.attempt += 1
-            self.queue.appendleft(task)
+            self._queue_of(task).appendleft(task)
         for task in isolated:
             task.attempt += 1
             self.suspects.append(task)
@@ -303,12 +376,20 @@ class RouterState:
         kept = collections.deque(t for t in self.queue if t.client != peer)
         dropped = len(self.queue) - len(kept)
         self.queue = kept
+        for group, queue in list(self.group_queues.items()):
+            kept = collections.deque(t for t in queue if t.client != peer)
+            dropped += len(queue) - len(kept)
+            if kept:
+                self.group_queues[group] = kept
+            else:
+                del self.group_queues[group]
         self.suspects = collections.deque(t for t in self.suspects if t.client != peer)
         self.queued_by_client.pop(peer, None)
         for task in [t for t in self.tasks.values() if t.client == peer and t.worker is None]:
             self._forget(task)  # queued, or waiting for dependencies
         for key in [k for k in self.recent if k[0] == peer]:
-            del self.recent[key]
+            self.recent_bytes -= frames_size(self.recent.pop(key)[1])
+        self.uploaded.pop(_peer_scope(peer), None)
         return dropped
 
     def expired_workers(self) -> list[bytes]:
@@ -328,26 +409,29 @@ class RouterState:
     # -- tasks ------------------------------------------------------------------------------
 
     def submit(self, client: bytes, items: Iterable[SubmitItem]) -> int:
-        """Queue tasks from ``client`` (FIFO); return how many."""
+        """Queue tasks from ``client`` (FIFO); return how many.
+
+        A task is refused (failed at once, with the reason) when its client's queue or the
+        router's byte limits are full, when it names a function body its client did not
+        upload, or when it depends on itself or on a task submitted after it.
+        """
         n = 0
+        known = self.clients.get(client)
+        uploads = self.uploaded.get(known.scope) if known is not None else None
         for item in items:
             if (client, item.task_id) in self.by_client:
                 self.counters["duplicate_submits"] += 1  # resent after a false alarm: known
                 continue
-            if self.queued_by_client[client] >= self.max_queued:
-                self.counters["refused_full"] += 1
+            size = frames_size(item.frames)
+            refusal = self._refusal(client, item, size, uploads)
+            if refusal is not None:
                 self.failed.append(
-                    (
-                        Task(0, client, item.task_id, item.fn_hash, item.kind, []),
-                        error_outcome(
-                            "squall.errors.SquallError",
-                            f"the router's queue for this client is full "
-                            f"({self.max_queued} tasks); submit more slowly",
-                        ),
-                    )
+                    (client, item.task_id, error_outcome("squall.errors.SquallError", refusal))
                 )
                 continue
             self.queued_by_client[client] += 1
+            self.bytes_by_client[client] += size
+            self.held_bytes += size
             self._next_id += 1
             task = Task(
                 self._next_id,
@@ -357,16 +441,59 @@ class RouterState:
                 item.kind,
                 item.frames,
                 window=item.window,
+                size=size,
+                group=known.group if known is not None else "",
             )
             self.tasks[task.id] = task
             self.by_client[(client, item.task_id)] = task
             if item.deps:
                 self._wire_dependencies(task, item.deps)
             if task.waiting == 0:
-                self.queue.append(task)
+                self._queue_of(task).append(task)
             n += 1
         self.counters["submitted"] += n
         return n
+
+    def _refusal(
+        self,
+        client: bytes,
+        item: SubmitItem,
+        size: int,
+        uploads: collections.OrderedDict[bytes, None] | None,
+    ) -> str | None:
+        """Why the router will not take ``item``; None when it will."""
+        limits = self.limits
+        if self.queued_by_client[client] >= self.max_queued:
+            self.counters["refused_full"] += 1
+            return (
+                f"the router's queue for this client is full ({self.max_queued} tasks); "
+                "submit more slowly"
+            )
+        if self.bytes_by_client[client] + size > limits.client_bytes:
+            self.counters["refused_bytes"] += 1
+            return (
+                f"the router holds {self.bytes_by_client[client]} bytes of this client's "
+                f"arguments; {size} more would pass its limit of {limits.client_bytes} "
+                "(--max-client-bytes): submit more slowly or pass big data another way"
+            )
+        if self.held_bytes + size > limits.held_bytes:
+            self.counters["refused_bytes"] += 1
+            return (
+                f"the router holds {self.held_bytes} bytes of arguments; {size} more would "
+                f"pass its limit of {limits.held_bytes} (--max-held-bytes)"
+            )
+        if uploads is None or item.fn_hash not in uploads:
+            self.counters["unknown_bodies"] += 1
+            scope = self.clients[client].scope if client in self.clients else ""
+            reason = self.refused_bodies.get((scope, item.fn_hash))
+            return reason or (
+                f"function {item.fn_hash.hex()} was never uploaded by this client: each "
+                "client sends the bodies of the functions it submits"
+            )
+        if any(dep >= item.task_id for dep in item.deps):
+            self.counters["refused_dependencies"] += 1
+            return "a task can only depend on tasks submitted before it (not on itself)"
+        return None
 
     def _wire_dependencies(self, task: Task, deps: tuple[int, ...]) -> None:
         """Hold ``task`` until the tasks it takes as arguments have outcomes.
@@ -403,39 +530,69 @@ class RouterState:
         spreads across processes instead of piling onto the first one.
         """
         plan: list[tuple[Worker, list[Task]]] = []
+        if self.suspects:
+            self._dispatch_suspects(plan)
+        for group, queue in list(self.group_queues.items()):
+            # A group's tasks first: they can run nowhere else.
+            self._spread(queue, [w for w in self.workers.values() if w.group == group], plan)
+            if not queue:
+                del self.group_queues[group]
+        if self.queue:
+            self._spread(self.queue, self.workers.values(), plan)
+        return plan
+
+    def _dispatch_suspects(self, plan: list[tuple[Worker, list[Task]]]) -> None:
+        """Each suspect runs alone on an idle worker (of its group), in FIFO order."""
+        waiting: collections.deque[Task] = collections.deque()
         while self.suspects:
+            task = self.suspects.popleft()
             idle = next(
                 (
                     w
                     for w in self.workers.values()
-                    if not w.running and w.capacity > 0 and w.isolating is None
+                    if not w.running
+                    and w.capacity > 0
+                    and w.isolating is None
+                    and (not task.group or w.group == task.group)
                 ),
                 None,
             )
             if idle is None:
-                break
-            task = self.suspects.popleft()
+                waiting.append(task)
+                continue
             self._assign(idle, [task])
             idle.isolating = task.id
             plan.append((idle, [task]))
-        if not self.queue:
-            return plan
-        ready = sorted((w for w in self.workers.values() if w.free > 0), key=lambda w: -w.free)
+        self.suspects = waiting
+
+    def _spread(
+        self,
+        queue: collections.deque[Task],
+        workers: Iterable[Worker],
+        plan: list[tuple[Worker, list[Task]]],
+    ) -> None:
+        """Hand queued tasks to ``workers`` with free slots, in proportion to their room."""
+        ready = sorted((w for w in workers if w.free > 0), key=lambda w: -w.free)
         total_free = sum(w.free for w in ready)
-        n = min(len(self.queue), total_free)
-        if n == 0:
-            return plan
+        n = min(len(queue), total_free)
         left = n
         for worker in ready:
             if left == 0:
                 break
             share = worker.free if n == total_free else -(-n * worker.free // total_free)
             share = min(share, left)
-            batch = [self.queue.popleft() for _ in range(share)]
+            batch = [queue.popleft() for _ in range(share)]
             self._assign(worker, batch)
             left -= share
             plan.append((worker, batch))
-        return plan
+
+    def _queue_of(self, task: Task) -> collections.deque[Task]:
+        if not task.group:
+            return self.queue
+        queue = self.group_queues.get(task.group)
+        if queue is None:
+            queue = self.group_queues[task.group] = collections.deque()
+        return queue
 
     def _assign(self, worker: Worker, tasks: list[Task]) -> None:
         for task in tasks:
@@ -475,17 +632,26 @@ class RouterState:
         self._forget(task)
         key = (task.client, task.client_task_id)
         self.recent[key] = (status, frames)
-        if len(self.recent) > self.recent_size:
-            self.recent.popitem(last=False)
+        self.recent_bytes += frames_size(frames)
+        limits = self.limits
+        while self.recent and (
+            len(self.recent) > limits.recent_count or self.recent_bytes > limits.recent_bytes
+        ):
+            _, (_, old) = self.recent.popitem(last=False)
+            self.recent_bytes -= frames_size(old)
         for dependent, index in task.dependents or ():
             assert dependent.deps is not None
             dependent.deps[index] = (status, frames)
             dependent.waiting -= 1
             if dependent.waiting == 0 and not dependent.cancelled:
-                self.queue.append(dependent)
+                self._queue_of(dependent).append(dependent)
 
     def _forget(self, task: Task) -> None:
-        self.tasks.pop(task.id, None)
+        if self.tasks.pop(task.id, None) is not None:
+            self.bytes_by_client[task.client] -= task.size
+            if self.bytes_by_client[task.client] <= 0:
+                del self.bytes_by_client[task.client]
+            self.held_bytes -= task.size
         self.by_client.pop((task.client, task.client_task_id), None)
 
     def _fail(self, task: Task, error: str, message: str) -> None:
@@ -493,14 +659,14 @@ class RouterState:
         frames = error_outcome(f"squall.errors.{error}", message)
         self._settle(task, Status.ERROR, frames)
         if task.client in self.clients and not task.cancelled:
-            self.failed.append((task, frames))
+            self.failed.append((task.client, task.client_task_id, frames))
 
     def take_stops(self) -> dict[bytes, list[int]]:
         """Running tasks of departed clients, per worker, to cancel there."""
         stops, self._stop_on_worker = self._stop_on_worker, {}
         return {w: ids for w, ids in stops.items() if w in self.workers}
 
-    def take_failed(self) -> list[tuple[Task, list[Any]]]:
+    def take_failed(self) -> list[tuple[bytes, int, list[Any]]]:
         failed, self.failed = self.failed, []
         return failed
 
@@ -537,7 +703,7 @@ class RouterState:
                 if task in self.suspects:
                     self.suspects.remove(task)
                 elif task.waiting == 0:
-                    self.queue.remove(task)
+                    self._queue_of(task).remove(task)
                 self.queued_by_client[client] -= 1
                 self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
         return stop
@@ -561,15 +727,45 @@ class RouterState:
         self.body_waiters.setdefault(fn_hash, set()).add(worker_peer)
         return None, owner
 
-    def body_arrived(self, fn_hash: bytes, body: bytes) -> list[bytes]:
-        """A client sent a body: cache it; return the workers waiting for it."""
+    def body_arrived(
+        self, fn_hash: bytes, body: bytes, client: bytes | None = None
+    ) -> tuple[list[bytes], bool]:
+        """A client sent a body: cache it and note that its scope uploaded it.
+
+        Returns the workers waiting for it and whether it was good. A bad body (empty, or not
+        hashing to ``fn_hash``) still goes back to the waiting workers as empty, so that they
+        fail its tasks instead of waiting for it forever.
+        """
+        waiting = [w for w in self.body_waiters.pop(fn_hash, ()) if w in self.workers]
         if not self.bodies.put(fn_hash, body):
             self.counters["bad_bodies"] += 1
-            return []
+            return waiting, False
         self.counters["bodies_received"] += 1
-        waiting = [w for w in self.body_waiters.pop(fn_hash, ()) if w in self.workers]
+        if client is not None:
+            self.note_upload(client, fn_hash)
         self.counters["bodies_sent"] += len(waiting)
-        return waiting
+        return waiting, True
+
+    def note_upload(self, client: bytes, fn_hash: bytes) -> None:
+        """``client``'s scope sent the body of ``fn_hash``: its tasks may name that hash."""
+        known = self.clients.get(client)
+        if known is None:
+            return  # bodies come after HELLO; a stranger's is not remembered
+        uploads = self.uploaded.setdefault(known.scope, collections.OrderedDict())
+        uploads[fn_hash] = None
+        uploads.move_to_end(fn_hash)
+        if len(uploads) > self.limits.uploads_per_scope:
+            uploads.popitem(last=False)
+
+    def refuse_body(self, client: bytes, fn_hash: bytes, reason: str) -> None:
+        """A body was too big to take: its tasks fail with ``reason``."""
+        known = self.clients.get(client)
+        if known is None:
+            return
+        self.counters["refused_bodies"] += 1
+        self.refused_bodies[(known.scope, fn_hash)] = reason
+        if len(self.refused_bodies) > 1024:
+            self.refused_bodies.popitem(last=False)
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -579,8 +775,16 @@ class RouterState:
             "worker_pids": sorted(w.pid for w in self.workers.values()),
             "capacity": sum(w.capacity for w in self.workers.values()),
             "clients": len(self.clients),
-            "queued": len(self.queue) + len(self.suspects),
+            "queued": len(self.queue)
+            + len(self.suspects)
+            + sum(len(q) for q in self.group_queues.values()),
             "running": sum(len(w.running) for w in self.workers.values()),
             "bodies_cached": len(self.bodies),
+            "held_bytes": self.held_bytes,
+            "recent_bytes": self.recent_bytes,
             **self.counters,
         }
+
+
+def _peer_scope(peer: bytes) -> str:
+    return "peer:" + peer.hex()

@@ -103,8 +103,9 @@ class WorkerProcess:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # A routing id of our own, so the watchdog thread can speak for this socket.
-        self.worker_id = b"w%d-%s" % (os.getpid(), os.urandom(6).hex().encode())
+        # A random routing id of our own: nobody can guess and claim it, and the watchdog
+        # thread can speak for this socket.
+        self.worker_id = protocol.new_peer_id()
         self.socket.setsockopt(zmq.ROUTING_ID, self.worker_id)
         if config.auth is not None:
             apply_client_keys(self.socket, config.auth, config.key)
