@@ -56,7 +56,10 @@ def test_ten_thousand_awaited_submits_never_block_the_loop(cluster) -> None:
         results, streamed, lag = asyncio.run(main())
     assert results == [2 * i for i in range(10_000)]
     assert streamed == list(range(1000))
-    assert lag < 0.05, f"the event loop stalled for {lag * 1000:.0f} ms"
+    # Each gather of 500 pickles 500 calls in the loop's thread (~25 ms here), and a 2-core
+    # machine shared with router and worker adds scheduling noise: a loop blocked by waiting
+    # on the router would stall for seconds, not for 150 ms.
+    assert lag < 0.15, f"the event loop stalled for {lag * 1000:.0f} ms"
 
 
 def test_async_executor(cluster) -> None:
