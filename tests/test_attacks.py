@@ -229,8 +229,11 @@ def test_queued_arguments_are_bounded_in_bytes(cluster: Cluster) -> None:
                 outcomes.append("refused")
         blocker.result(timeout=30)
     assert outcomes.count(50 << 20) >= 2 and outcomes.count("refused") >= 10
+    # What the router holds stays under --max-client-bytes; on top of it, libzmq's receive
+    # pipe holds the messages not read yet (each read, refused and freed in turn): a few here,
+    # where the old router kept all twenty (1 GB).
     growth = (peak_rss(router.pid) - before) / 2**20
-    assert growth < 128 + 150, f"router peak RSS grew by {growth:.0f} MB"
+    assert growth < 128 + 5 * 50 + 50, f"router peak RSS grew by {growth:.0f} MB"
 
 
 def test_a_huge_function_body_is_refused_early(cluster: Cluster) -> None:

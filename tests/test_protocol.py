@@ -57,12 +57,13 @@ def prefix(version: int = VERSION, type_: int = MsgType.HEARTBEAT, magic: bytes 
 
 def test_wire_numbers_are_stable() -> None:
     # Peers of the same version must agree on these numbers: they are part of the protocol.
-    assert [(t.name, t.value) for t in MsgType][-5:] == [
+    assert [(t.name, t.value) for t in MsgType][-6:] == [
         ("ITEM", 13),
         ("ACK", 14),
         ("CANCEL", 15),
         ("TIMEOUT", 16),
         ("STARTED", 17),
+        ("WITHDRAW", 18),
     ]
     assert {s.name: s.value for s in Status} == {"OK": 0, "ERROR": 1, "CANCELLED": 2}
     assert {k.name: k.value for k in Kind} == {"CALL": 0, "STREAM": 1}
@@ -957,7 +958,7 @@ def test_protocol_error_carries_frames() -> None:
     ("decode", "size"),
     [
         (protocol.decode_hello, 9),
-        (protocol.decode_welcome, 12),
+        (protocol.decode_welcome, 21),
         (protocol.decode_fn_fetch, 16),
         (protocol.decode_credit, 4),
     ],
@@ -1308,10 +1309,49 @@ def test_timeout_started_and_watchdog_heartbeat_roundtrip() -> None:
     body, payload = roundtrip(protocol.encode_started([7, 8, 9]), MsgType.STARTED)
     assert protocol.decode_started(body, payload) == [7, 8, 9]
     body, payload = roundtrip(protocol.encode_heartbeat(b"w1"), MsgType.HEARTBEAT)
-    assert protocol.decode_heartbeat(body, payload) == b"w1"
+    assert protocol.decode_heartbeat(body, payload) == protocol.Heartbeat(b"w1")
     body, payload = roundtrip(protocol.encode_heartbeat(), MsgType.HEARTBEAT)
-    assert protocol.decode_heartbeat(body, payload) == b""
+    assert protocol.decode_heartbeat(body, payload) == protocol.Heartbeat()
     with pytest.raises(ProtocolError):
         protocol.decode_heartbeat(b"x", [])
     with pytest.raises(ProtocolError):
         protocol.decode_timeout(*roundtrip(protocol.encode_started([1]), MsgType.STARTED))
+
+
+def test_welcome_carries_the_epoch_and_whether_the_session_was_kept() -> None:
+    body, _ = roundtrip(protocol.encode_welcome(1.0, 3, 2**63 + 5, True), MsgType.WELCOME)
+    assert protocol.decode_welcome(body) == Welcome(1.0, 3, 2**63 + 5, True)
+
+
+def test_a_watchdog_heartbeat_reports_a_blocked_hub() -> None:
+    frames = protocol.encode_heartbeat(b"w1", blocked_ms=2500, last_task=2**40)
+    body, payload = roundtrip(frames, MsgType.HEARTBEAT)
+    assert protocol.decode_heartbeat(body, payload) == protocol.Heartbeat(b"w1", 2500, 2**40)
+    with pytest.raises(ProtocolError, match="only a watchdog"):
+        protocol.decode_heartbeat(body, [])
+    with pytest.raises(ProtocolError):
+        protocol.decode_heartbeat(body[:5], payload)
+
+
+def test_withdraw_roundtrip() -> None:
+    body, payload = roundtrip(protocol.encode_withdraw([(7, True), (9, False)]), MsgType.WITHDRAW)
+    assert protocol.decode_withdraw(body, payload) == [(7, True), (9, False)]
+    with pytest.raises(ProtocolError):
+        protocol.decode_withdraw(body, [b"extra"])
+
+
+def test_a_client_hello_may_name_a_worker_group() -> None:
+    body, payload = roundtrip(protocol.encode_hello(Role.CLIENT, 7, group="gpu"), MsgType.HELLO)
+    assert protocol.decode_hello(body, payload) == Hello(Role.CLIENT, 7, 0, "gpu")
+    for bad in ([b"\xff"], [b""], [b"x" * 65], [b"a", b"b"], [b"tab\there"]):
+        with pytest.raises(ProtocolError):
+            protocol.decode_hello(body, bad)
+
+
+def test_peer_ids_are_random_and_never_libzmq_shaped() -> None:
+    ids = {protocol.new_peer_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(protocol.is_peer_id(i) and len(i) == protocol.PEER_ID_SIZE for i in ids)
+    assert not protocol.is_peer_id(b"\x00kE\x8bg")  # libzmq's own
+    assert not protocol.is_peer_id(b"short")
+    assert protocol.is_peer_id(next(iter(ids)) + b"/watchdog")

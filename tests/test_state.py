@@ -52,7 +52,7 @@ def by_worker(plan: list[tuple[object, list[Task]]]) -> dict[bytes, list[int]]:
 # Dispatch
 
 
-def test_dispatch_is_fifo() -> None:
+def test_dispatch_is_fifo_per_client_and_fair_between_clients() -> None:
     state = make_state()
     join(state, C1, 1)
     join(state, C2, 2)
@@ -61,21 +61,46 @@ def test_dispatch_is_fifo() -> None:
     state.submit(C1, items(3, 2))
     state.add_worker(W1, 10, 100)
     tasks = flatten(state.dispatch())
+    # Clients take turns; each client's own tasks keep their order.
     assert [(t.client, t.client_task_id) for t in tasks] == [
         (C1, 0),
-        (C1, 1),
-        (C1, 2),
         (C2, 100),
+        (C1, 1),
         (C2, 101),
+        (C1, 2),
         (C1, 3),
         (C1, 4),
     ]
-    assert [t.id for t in tasks] == sorted(t.id for t in tasks)
     assert all(t.worker == W1 and t.attempt == 0 for t in tasks)
     assert tasks[0].frames == [b"args-0"]
     assert tasks[0].fn_hash == HASH
     assert state.counters["submitted"] == 7
     assert state.counters["dispatched"] == 7
+
+
+def test_a_small_batch_does_not_wait_behind_another_clients_backlog() -> None:
+    state = make_state()
+    join(state, C1, 1)
+    join(state, C2, 2)
+    state.submit(C1, items(0, 100_000))
+    state.submit(C2, items(0, 10))
+    state.add_worker(W1, 10, 20)
+    tasks = flatten(state.dispatch())
+    assert sum(t.client == C2 for t in tasks) == 10  # all of C2's in the first 20 slots
+
+
+def test_cancelling_many_queued_tasks_is_cheap() -> None:
+    import time
+
+    state = make_state()
+    join(state, C1, 1)
+    state.submit(C1, items(0, 50_000))
+    start = time.perf_counter()
+    state.cancel(C1, range(49_999, -1, -1))  # last first: the worst case for deque.remove
+    assert time.perf_counter() - start < 2.0  # deque.remove per cancel: minutes
+    assert len(state.queue) == 0 and state.stats()["queued"] == 0
+    state.add_worker(W1, 10, 100)
+    assert state.dispatch() == []
 
 
 def test_fifo_is_kept_across_partial_dispatches() -> None:
@@ -344,10 +369,11 @@ def test_remove_client_drops_only_its_queued_tasks() -> None:
     join(state, C2, 2)
     state.add_worker(W1, 10, 2)
     state.submit(C1, items(0, 2))  # these two will run
+    state.dispatch()
     state.submit(C1, items(2, 3))
     state.submit(C2, items(100, 2))
     state.submit(C1, items(5, 1))
-    running = flatten(state.dispatch())
+    running = list(state.workers[W1].running.values())
     assert [t.client for t in running] == [C1, C1]
     assert state.remove_client(C1) == 4
     assert C1 not in state.clients
@@ -598,7 +624,7 @@ def test_a_task_that_keeps_killing_workers_is_isolated_then_fails() -> None:
     assert {t.client_task_id for t in state.queue} == {10, 11, 12, 13, 14}  # wait for room
     poison_worker = next(peer for peer, ids in alone.items() if ids == [0])
     state.remove_worker(poison_worker)  # third death: it fails, nothing else is hurt
-    ((_, failed_id, frames),) = state.take_failed()
+    ((_, failed_id, _, frames),) = state.take_decided()
     assert failed_id == 0
     assert b"WorkerLost" in frames[0] and b"died 3 times" in frames[0]
     assert state.counters["worker_lost"] == 1
@@ -625,7 +651,7 @@ def test_timed_out_tasks_fail_and_the_rest_go_back() -> None:
     state.add_worker(W1, 10, 10)
     running = flatten(state.dispatch())
     state.timed_out(W1, [running[0].id], "5 s")
-    ((_, task_id, frames),) = state.take_failed()
+    ((_, task_id, _, frames),) = state.take_decided()
     assert task_id == 0 and b"TaskTimeout" in frames[0]
     assert W1 not in state.workers
     assert [t.client_task_id for t in state.queue] == [1, 2]
@@ -637,9 +663,9 @@ def test_a_client_cannot_queue_more_than_its_share() -> None:
     state.max_queued = 3
     join(state, C1, 1)
     assert state.submit(C1, items(0, 5)) == 3
-    refused = state.take_failed()
-    assert [task_id for _, task_id, _ in refused] == [3, 4]
-    assert b"queue for this client is full" in refused[0][2][0]
+    refused = state.take_decided()
+    assert [task_id for _, task_id, _, _ in refused] == [3, 4]
+    assert b"queue for this client is full" in refused[0][3][0]
     state.add_worker(W1, 10, 2)
     state.dispatch()  # two leave the queue: room for two more
     assert state.submit(C1, items(5, 2)) == 2

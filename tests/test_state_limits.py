@@ -27,7 +27,7 @@ def state_with(limits: Limits) -> RouterState:
 
 
 def refusals(state: RouterState) -> dict[int, bytes]:
-    return {task_id: frames[0] for _, task_id, frames in state.take_failed()}
+    return {task_id: frames[0] for _, task_id, _, frames in state.take_decided()}
 
 
 def test_a_client_cannot_hold_more_argument_bytes_than_its_limit() -> None:

@@ -34,7 +34,9 @@ from typing import Any, NamedTuple
 from squall.errors import ProtocolError
 
 MAGIC = b"SQ"
-VERSION = 1
+#: 2: WELCOME carries the router's epoch and whether it kept the peer's session; watchdog
+#: heartbeats say how long the hub has been blocked; WITHDRAW.
+VERSION = 2
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
 Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
@@ -60,6 +62,7 @@ class MsgType(enum.IntEnum):
     CANCEL = 15  # client -> router -> worker: stop these tasks
     TIMEOUT = 16  # worker -> router: these tasks blocked me past their hard limit; I restart
     STARTED = 17  # router -> client: these tasks went to a worker (their futures are running)
+    WITHDRAW = 18  # client -> router: drop these if not started; router -> client: which were
 
 
 class Role(enum.IntEnum):
@@ -121,7 +124,8 @@ def is_peer_id(peer: bytes) -> bool:
 _PREFIX = struct.Struct("!2sBB")
 _COUNT = struct.Struct("!I")
 _HELLO = struct.Struct("!BII")
-_WELCOME = struct.Struct("!dI")
+_WELCOME = struct.Struct("!dIQB")
+_BLOCKED = struct.Struct("!IQ")  # hub blocked for ms, highest task id the hub has received
 _HASH = struct.Struct(f"!{HASH_SIZE}s")
 _CREDIT = struct.Struct("!I")
 # Per-item layouts of the batch messages.
@@ -133,6 +137,7 @@ _ITEM_ITEM = struct.Struct("!QIBH")  # task id, n values, packed, n frames
 _VALUE_LEN = struct.Struct("!I")
 _ACK_ITEM = struct.Struct("!QI")  # task id, items consumed
 _CANCEL_ITEM = struct.Struct("!Q")  # task id
+_WITHDRAW_ITEM = struct.Struct("!QB")  # task id, withdrawn (in the router's answer)
 
 _HEADERS = {t: _PREFIX.pack(MAGIC, VERSION, t) for t in MsgType}
 
@@ -160,6 +165,19 @@ class Hello(NamedTuple):
 class Welcome(NamedTuple):
     heartbeat_interval: float
     workers: int
+    #: random per router process: a new epoch means a restarted router, which holds nothing
+    epoch: int = 0
+    #: the router still held this peer's session (its tasks): a client need not resubmit
+    resumed: bool = False
+
+
+class Heartbeat(NamedTuple):
+    #: the worker a watchdog speaks for; empty when the sender speaks for itself
+    on_behalf_of: bytes = b""
+    #: how long the worker's hub has been blocked (a watchdog's report), in milliseconds
+    blocked_ms: int = 0
+    #: the highest router task id the worker's hub has received: later ones sit unread
+    last_task: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,12 +250,16 @@ def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
     return Hello(role, pid, capacity, group)
 
 
-def encode_welcome(heartbeat_interval: float, workers: int) -> list[Frame]:
-    return [_HEADERS[MsgType.WELCOME] + _WELCOME.pack(heartbeat_interval, workers)]
+def encode_welcome(
+    heartbeat_interval: float, workers: int, epoch: int = 0, resumed: bool = False
+) -> list[Frame]:
+    body = _WELCOME.pack(heartbeat_interval, workers, epoch, resumed)
+    return [_HEADERS[MsgType.WELCOME] + body]
 
 
 def decode_welcome(body: bytes) -> Welcome:
-    return Welcome(*_fixed(body, _WELCOME, "WELCOME"))
+    interval, workers, epoch, resumed = _fixed(body, _WELCOME, "WELCOME")
+    return Welcome(interval, workers, epoch, bool(resumed))
 
 
 def encode_fn_fetch(fn_hash: bytes) -> list[Frame]:
@@ -268,17 +290,26 @@ def decode_credit(body: bytes) -> int:
     return int(_fixed(body, _CREDIT, "CREDIT")[0])
 
 
-def encode_heartbeat(on_behalf_of: bytes = b"") -> list[Frame]:
+def encode_heartbeat(
+    on_behalf_of: bytes = b"", blocked_ms: int = 0, last_task: int = 0
+) -> list[Frame]:
     """HEARTBEAT; a worker's watchdog thread names the worker it speaks for (its own socket
-    has another identity), so a hub blocked by a long task does not look like a dead worker."""
-    return [_HEADERS[MsgType.HEARTBEAT], *([on_behalf_of] if on_behalf_of else [])]
+    has another identity), so a hub blocked by a long task does not look like a dead worker,
+    and says how long the hub has been blocked, so that no new tasks go there meanwhile."""
+    header = _HEADERS[MsgType.HEARTBEAT]
+    if blocked_ms or last_task:
+        header += _BLOCKED.pack(min(blocked_ms, 0xFFFFFFFF), last_task)
+    return [header, *([on_behalf_of] if on_behalf_of else [])]
 
 
-def decode_heartbeat(body: bytes, payload: Sequence[Frame]) -> bytes:
-    """The worker a heartbeat speaks for; empty when it is the sender itself."""
-    if body or len(payload) > 1:
+def decode_heartbeat(body: bytes, payload: Sequence[Frame]) -> Heartbeat:
+    if len(payload) > 1 or (body and len(body) != _BLOCKED.size):
         raise ProtocolError("HEARTBEAT: unexpected content")
-    return bytes(payload[0]) if payload else b""
+    if body and not payload:
+        raise ProtocolError("HEARTBEAT: only a watchdog reports a blocked hub")
+    on_behalf_of = bytes(payload[0]) if payload else b""
+    blocked_ms, last_task = _BLOCKED.unpack(body) if body else (0, 0)
+    return Heartbeat(on_behalf_of, blocked_ms, last_task)
 
 
 def encode_disconnect() -> list[Frame]:
@@ -623,3 +654,16 @@ def decode_cancel(body: bytes, payload: Sequence[Frame]) -> list[int]:
     _check_no_extra("CANCEL", extra)
     _check_frames("CANCEL", 0, payload)
     return [row[0] for row in rows]
+
+
+def encode_withdraw(answers: Sequence[tuple[int, bool]]) -> list[Frame]:
+    """WITHDRAW: from a client, drop these tasks only if no worker has them yet (the flag is
+    ignored); from the router, for each, whether it was dropped (it never ran, never will)."""
+    return _encode_batch(MsgType.WITHDRAW, _WITHDRAW_ITEM, [(t, w) for t, w in answers], [])
+
+
+def decode_withdraw(body: bytes, payload: Sequence[Frame]) -> list[tuple[int, bool]]:
+    rows, extra = _decode_rows(body, _WITHDRAW_ITEM, "WITHDRAW")
+    _check_no_extra("WITHDRAW", extra)
+    _check_frames("WITHDRAW", 0, payload)
+    return [(task_id, bool(withdrawn)) for task_id, withdrawn in rows]

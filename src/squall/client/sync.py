@@ -221,8 +221,13 @@ class ThreadDriver:
             self._liveness = max(1.0, 5 * welcome.heartbeat_interval)
             if self._lost:
                 self._lost = False
-                again = self.core.resubmit_all()
-                log.warning("router back; unfinished tasks submitted again", tasks=again)
+                if welcome.resumed:
+                    # It was paused or busy, not restarted: it still holds every task of
+                    # ours, and submitting them again would run finished ones twice.
+                    log.warning("router back; it kept our tasks", router=self.address)
+                else:
+                    again = self.core.resubmit_all()
+                    log.warning("router back; unfinished tasks submitted again", tasks=again)
             self._welcome.set()
         elif type_ is MsgType.ERROR:
             self._on_error(*protocol.decode_error(body))

@@ -52,6 +52,9 @@ MAX_OWNERS = 65_536
 MAX_IGNORED = 65_536
 #: seconds between two "you are cut off" replies to the same peer
 CUT_OFF_REMINDER = 5.0
+#: seconds between two "say HELLO again" replies to the same peer: a burst of stale messages
+#: gets one, so the peer registers once, not once per message
+UNKNOWN_PEER_REMINDER = 1.0
 
 
 def _chunks(entries: list[T]) -> Iterator[list[T]]:
@@ -108,7 +111,9 @@ def forbid_unpickling() -> None:
 _WORKER_ONLY = frozenset(
     {MsgType.RESULT, MsgType.ITEM, MsgType.FN_FETCH, MsgType.CREDIT, MsgType.TIMEOUT}
 )
-_CLIENT_ONLY = frozenset({MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL})
+_CLIENT_ONLY = frozenset(
+    {MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL, MsgType.WITHDRAW}
+)
 
 
 class RouterServer:
@@ -119,6 +124,7 @@ class RouterServer:
         self.state = RouterState(
             liveness=config.liveness,
             max_worker_deaths=config.max_worker_deaths,
+            blocked_after=2 * config.heartbeat,
             limits=Limits(
                 max_queued=config.max_queued,
                 client_bytes=config.max_client_bytes,
@@ -158,6 +164,10 @@ class RouterServer:
         #: peer -> messages its full pipe could not take yet
         self._backlogs: dict[bytes, _Backlog] = {}
         self._last_impostor_log = 0.0
+        #: peer -> when it was last told to say HELLO again
+        self._told_unknown: dict[bytes, float] = {}
+        #: this router process: a client seeing a new epoch knows its tasks are gone
+        self.epoch = int.from_bytes(os.urandom(8), "big")
         self._running = False
         self._handlers: dict[MsgType, Callable[[bytes, bytes, list[Any]], None]] = {
             MsgType.HELLO: self._on_hello,
@@ -173,6 +183,7 @@ class RouterServer:
             MsgType.ACK: self._on_ack,
             MsgType.CANCEL: self._on_cancel,
             MsgType.TIMEOUT: self._on_timeout,
+            MsgType.WITHDRAW: self._on_withdraw,
         }
 
     def bind(self) -> str:
@@ -218,11 +229,19 @@ class RouterServer:
         poller.register(wake_r, zmq.POLLIN)
         if self.zap is not None:
             poller.register(self.zap.socket, zmq.POLLIN)
-        next_beat = time.monotonic()
+        next_beat = last_turn = time.monotonic()
         try:
             while self._running:
                 wait = 0.01 if self._backlogs else max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(int(wait * 1000)))
+                now = time.monotonic()
+                if now - last_turn > wait + self.config.liveness / 2:
+                    # We did not run (SIGSTOP, swapped out): our peers' silence is ours.
+                    log.warning(
+                        "router was stalled; peers keep their leases", stalled=now - last_turn
+                    )
+                    self.state.forgive_silence()
+                last_turn = now
                 if wake_r.fileno() in events:  # a signal arrived, its handler ran: empty the pipe
                     try:
                         wake_r.recv(4096)
@@ -392,7 +411,10 @@ class RouterServer:
     def _on_hello(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         hello = protocol.decode_hello(body, payload)
         owner = self._owners.get(peer)
+        self._told_unknown.pop(peer, None)
         if hello.role is Role.WORKER:
+            known = self.state.workers.get(peer)
+            resumed = known is not None and known.pid == hello.pid
             # A worker's group is its key's folder, never what it says of itself.
             group = self.keys.group_of(owner) if self.keys is not None and owner else ""
             self.state.add_worker(peer, hello.pid, hello.capacity, group)
@@ -409,9 +431,13 @@ class RouterServer:
                 self.state.counters["refused"] += 1
                 self._send(peer, protocol.encode_error(ErrorCode.REFUSED, refusal))
                 return
+            resumed = peer in self.state.clients
             self.state.add_client(peer, hello.pid, owner, hello.group)
             log.info("client joined", client_pid=hello.pid, worker_group=hello.group or None)
-        self._send(peer, protocol.encode_welcome(self.config.heartbeat, len(self.state.workers)))
+        welcome = protocol.encode_welcome(
+            self.config.heartbeat, len(self.state.workers), self.epoch, resumed
+        )
+        self._send(peer, welcome)
 
     def _group_refusal(self, group: str) -> str | None:
         """Why a client cannot be restricted to ``group``; None if it can (or asks for none)."""
@@ -425,6 +451,16 @@ class RouterServer:
             return f"no worker group {group!r}: the router's auth directory has no workers/{group}/"
         return None
 
+    def _tell_unknown(self, peer: bytes) -> None:
+        """Ask a peer we do not know (we restarted, or declared it dead) to say HELLO again."""
+        now = time.monotonic()
+        if now - self._told_unknown.get(peer, -UNKNOWN_PEER_REMINDER) < UNKNOWN_PEER_REMINDER:
+            return
+        self._told_unknown[peer] = now
+        if len(self._told_unknown) > MAX_OWNERS:
+            self._told_unknown.clear()
+        self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+
     def _on_submit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         items = protocol.decode_submit(body, payload)
         if peer in self.state.workers:
@@ -432,14 +468,14 @@ class RouterServer:
         if peer not in self.state.clients:
             # We restarted (or forgot it): it keeps every payload until the outcome arrives,
             # and submits all its unfinished tasks again once it has said HELLO.
-            self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+            self._tell_unknown(peer)
             return
         self.state.submit(peer, items)
 
     def _on_result(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         items = protocol.decode_result(body, payload)
         if peer not in self.state.workers:
-            self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+            self._tell_unknown(peer)
             self.state.counters["stale_results"] += len(items)
             return
         for item in items:
@@ -496,15 +532,24 @@ class RouterServer:
         self.state.set_capacity(peer, protocol.decode_credit(body))
 
     def _on_heartbeat(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        on_behalf_of = protocol.decode_heartbeat(body, payload)
+        beat = protocol.decode_heartbeat(body, payload)
+        on_behalf_of = beat.on_behalf_of
         if on_behalf_of and self.keys is not None:
             # A watchdog speaks only for a worker holding its own key.
             if self._owners.get(on_behalf_of) != self._owners.get(peer):
                 return
         if on_behalf_of:  # a worker's watchdog thread: its hub may be busy with a long task
             self.state.seen(on_behalf_of)
+            taken = self.state.hub_report(on_behalf_of, beat.blocked_ms, beat.last_task)
+            if taken:  # sent while the hub was blocked, still unread: they run elsewhere
+                self._send(on_behalf_of, protocol.encode_cancel(taken))
+                log.warning(
+                    "worker hub blocked; its unread tasks go elsewhere",
+                    blocked_s=beat.blocked_ms / 1000,
+                    taken_back=len(taken),
+                )
         elif peer not in self.state.workers and peer not in self.state.clients:
-            self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+            self._tell_unknown(peer)
 
     def _on_timeout(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         worker, limit, task_ids = protocol.decode_timeout(body, payload)
@@ -517,6 +562,13 @@ class RouterServer:
                 tasks=len(task_ids),
                 limit=limit,
             )
+
+    def _on_withdraw(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        """Drop tasks only if they have not started, and say which were dropped."""
+        requested = [task_id for task_id, _ in protocol.decode_withdraw(body, payload)]
+        answers = self.state.withdraw(peer, requested)
+        for chunk in _chunks(answers):
+            self._send(peer, protocol.encode_withdraw(chunk))
 
     def _on_disconnect(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         if peer in self.state.workers:
@@ -554,8 +606,8 @@ class RouterServer:
         stream's last item never overtakes its end."""
         for worker, task_ids in self.state.take_stops().items():
             self._send(worker, protocol.encode_cancel(task_ids))
-        for client, client_task_id, frames in self.state.take_failed():
-            self._results[client].append((client_task_id, protocol.Status.ERROR, frames))
+        for client, client_task_id, status, frames in self.state.take_decided():
+            self._results[client].append((client_task_id, status, frames))
         if self._items:
             items, self._items = self._items, collections.defaultdict(list)
             for peer, entries in items.items():

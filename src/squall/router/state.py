@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from squall.protocol import HASH_SIZE, Status, SubmitItem, error_outcome
+from squall.router.fairqueue import FairQueue
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: queue.remove() must be cheap
@@ -60,10 +61,12 @@ class Worker:
     isolating: int | None = None
     #: the group of its key (a subfolder of the auth directory's workers/), "" for none
     group: str = ""
+    #: its watchdog reports the hub blocked (a task that does not yield): nothing new goes there
+    blocked: bool = False
 
     @property
     def free(self) -> int:
-        if self.isolating is not None:
+        if self.isolating is not None or self.blocked:
             return 0
         return self.capacity - len(self.running)
 
@@ -164,6 +167,8 @@ class RouterState:
             (shorthand for ``limits.max_queued``).
         clock: monotonic time source (tests pass a fake one).
         limits: byte and count bounds on what the router holds.
+        blocked_after: seconds a worker's hub may be reported blocked before it gets no new
+            tasks and those sent to it but not yet read are taken back.
     """
 
     def __init__(
@@ -173,8 +178,10 @@ class RouterState:
         max_worker_deaths: int = 3,
         max_queued: int | None = None,
         limits: Limits | None = None,
+        blocked_after: float = 2.0,
     ) -> None:
         self.liveness = liveness
+        self.blocked_after = blocked_after
         self.clock = clock
         self.max_worker_deaths = max_worker_deaths
         limits = limits or Limits()
@@ -199,10 +206,10 @@ class RouterState:
         self.queued_by_client: collections.Counter[bytes] = collections.Counter()
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[bytes, Client] = {}
-        #: tasks any worker may run, FIFO
-        self.queue: collections.deque[Task] = collections.deque()
-        #: group -> tasks only that group's workers may run, FIFO
-        self.group_queues: dict[str, collections.deque[Task]] = {}
+        #: tasks any worker may run, FIFO per client, clients in turn
+        self.queue: FairQueue[Task] = FairQueue()
+        #: group -> tasks only that group's workers may run
+        self.group_queues: dict[str, FairQueue[Task]] = {}
         self.tasks: dict[int, Task] = {}
         #: (client, client task id) -> task, for acks, cancels and dependencies
         self.by_client: dict[tuple[bytes, int], Task] = {}
@@ -212,8 +219,8 @@ class RouterState:
             collections.OrderedDict()
         )
         #: outcomes the router decided itself (refusals, lost dependencies, a worker that died
-        #: mid-stream): (client, client task id, error frames)
-        self.failed: list[tuple[bytes, int, list[Any]]] = []
+        #: mid-stream, a finished task submitted again): (client, client task id, status, frames)
+        self.decided: list[tuple[bytes, int, int, list[Any]]] = []
         #: worker -> running task ids to stop because their client is gone
         self._stop_on_worker: dict[bytes, list[int]] = {}
         self.bodies = BodyCache()
@@ -240,6 +247,7 @@ class RouterState:
                     "refused_dependencies",
                     "unknown_bodies",
                     "duplicate_submits",
+                    "taken_back",
                     "stale_results",
                     "bodies_received",
                     "bodies_sent",
@@ -282,6 +290,7 @@ class RouterState:
         worker = self.workers.get(peer)
         if worker is not None:
             worker.last_seen = now
+            worker.blocked = False  # (the watchdog's report of a blocked hub comes after this)
             return
         client = self.clients.get(peer)
         if client is not None:
@@ -373,15 +382,10 @@ class RouterState:
                     task.cancelled = True
                     self._stop_on_worker.setdefault(worker.peer, []).append(task.id)
         self.clients.pop(peer, None)
-        kept = collections.deque(t for t in self.queue if t.client != peer)
-        dropped = len(self.queue) - len(kept)
-        self.queue = kept
+        dropped = self.queue.drop_client(peer)
         for group, queue in list(self.group_queues.items()):
-            kept = collections.deque(t for t in queue if t.client != peer)
-            dropped += len(queue) - len(kept)
-            if kept:
-                self.group_queues[group] = kept
-            else:
+            dropped += queue.drop_client(peer)
+            if not queue:
                 del self.group_queues[group]
         self.suspects = collections.deque(t for t in self.suspects if t.client != peer)
         self.queued_by_client.pop(peer, None)
@@ -391,6 +395,60 @@ class RouterState:
             self.recent_bytes -= frames_size(self.recent.pop(key)[1])
         self.uploaded.pop(_peer_scope(peer), None)
         return dropped
+
+    def forgive_silence(self) -> None:
+        """The router itself did not run for a while (paused, swapped out): its peers' silence
+        is its own, so every peer gets a fresh lease instead of being declared dead."""
+        now = self.clock()
+        for worker in self.workers.values():
+            worker.last_seen = now
+        for client in self.clients.values():
+            client.last_seen = now
+
+    def hub_report(self, worker_peer: bytes, blocked_ms: int, last_task: int) -> list[int]:
+        """A worker's watchdog says its hub has been blocked ``blocked_ms`` and has received
+        tasks up to id ``last_task``.
+
+        Past ``blocked_after`` the worker gets no new tasks, and the tasks sent to it after
+        ``last_task`` (still unread in its socket) go back to the queue, with no attempt or
+        death counted. Returns their ids: the worker must be told to drop them unstarted.
+        """
+        worker = self.workers.get(worker_peer)
+        if worker is None:
+            return []
+        worker.blocked = blocked_ms >= self.blocked_after * 1000
+        if not worker.blocked:
+            return []
+        unread = sorted(
+            (t for task_id, t in worker.running.items() if task_id > last_task),
+            key=lambda t: t.id,
+        )
+        for task in reversed(unread):
+            del worker.running[task.id]
+            task.worker = None
+            self.queued_by_client[task.client] += 1
+            if worker.isolating == task.id:
+                worker.isolating = None
+                self.suspects.appendleft(task)
+            else:
+                self._queue_of(task).appendleft(task)
+        self.counters["taken_back"] += len(unread)
+        return [t.id for t in unread]
+
+    def withdraw(self, client: bytes, client_task_ids: Iterable[int]) -> list[tuple[int, bool]]:
+        """Drop each task only if no worker has it yet; say, per task, whether it was dropped.
+
+        True means it never ran and never will, which is what ``Future.cancel()`` promises.
+        """
+        answers = []
+        for client_task_id in client_task_ids:
+            task = self.by_client.get((client, client_task_id))
+            if task is None or task.cancelled or task.worker is not None:
+                answers.append((client_task_id, False))
+                continue
+            self.cancel(client, (client_task_id,))
+            answers.append((client_task_id, True))
+        return answers
 
     def expired_workers(self) -> list[bytes]:
         """Workers silent for longer than the liveness window."""
@@ -419,14 +477,25 @@ class RouterState:
         known = self.clients.get(client)
         uploads = self.uploaded.get(known.scope) if known is not None else None
         for item in items:
-            if (client, item.task_id) in self.by_client:
+            key = (client, item.task_id)
+            if key in self.by_client:
                 self.counters["duplicate_submits"] += 1  # resent after a false alarm: known
+                continue
+            if key in self.recent:  # finished already: its outcome again, not a second run
+                self.counters["duplicate_submits"] += 1
+                status, frames = self.recent[key]
+                self.decided.append((client, item.task_id, status, frames))
                 continue
             size = frames_size(item.frames)
             refusal = self._refusal(client, item, size, uploads)
             if refusal is not None:
-                self.failed.append(
-                    (client, item.task_id, error_outcome("squall.errors.SquallError", refusal))
+                self.decided.append(
+                    (
+                        client,
+                        item.task_id,
+                        Status.ERROR,
+                        error_outcome("squall.errors.SquallError", refusal),
+                    )
                 )
                 continue
             self.queued_by_client[client] += 1
@@ -553,6 +622,7 @@ class RouterState:
                     if not w.running
                     and w.capacity > 0
                     and w.isolating is None
+                    and not w.blocked
                     and (not task.group or w.group == task.group)
                 ),
                 None,
@@ -567,7 +637,7 @@ class RouterState:
 
     def _spread(
         self,
-        queue: collections.deque[Task],
+        queue: FairQueue[Task],
         workers: Iterable[Worker],
         plan: list[tuple[Worker, list[Task]]],
     ) -> None:
@@ -586,12 +656,12 @@ class RouterState:
             left -= share
             plan.append((worker, batch))
 
-    def _queue_of(self, task: Task) -> collections.deque[Task]:
+    def _queue_of(self, task: Task) -> FairQueue[Task]:
         if not task.group:
             return self.queue
         queue = self.group_queues.get(task.group)
         if queue is None:
-            queue = self.group_queues[task.group] = collections.deque()
+            queue = self.group_queues[task.group] = FairQueue()
         return queue
 
     def _assign(self, worker: Worker, tasks: list[Task]) -> None:
@@ -659,16 +729,16 @@ class RouterState:
         frames = error_outcome(f"squall.errors.{error}", message)
         self._settle(task, Status.ERROR, frames)
         if task.client in self.clients and not task.cancelled:
-            self.failed.append((task.client, task.client_task_id, frames))
+            self.decided.append((task.client, task.client_task_id, Status.ERROR, frames))
 
     def take_stops(self) -> dict[bytes, list[int]]:
         """Running tasks of departed clients, per worker, to cancel there."""
         stops, self._stop_on_worker = self._stop_on_worker, {}
         return {w: ids for w, ids in stops.items() if w in self.workers}
 
-    def take_failed(self) -> list[tuple[bytes, int, list[Any]]]:
-        failed, self.failed = self.failed, []
-        return failed
+    def take_decided(self) -> list[tuple[bytes, int, int, list[Any]]]:
+        decided, self.decided = self.decided, []
+        return decided
 
     # -- streams and cancellation -----------------------------------------------------------
 
@@ -700,10 +770,11 @@ class RouterState:
             if task.worker is not None:
                 stop.setdefault(task.worker, []).append(task.id)
             else:
-                if task in self.suspects:
+                if task.deaths >= ISOLATE_AFTER and task in self.suspects:
                     self.suspects.remove(task)
                 elif task.waiting == 0:
-                    self._queue_of(task).remove(task)
+                    self._queue_of(task).drop(task)  # skipped when its turn comes
+                task.frames = []  # its arguments are freed now, not when its turn comes
                 self.queued_by_client[client] -= 1
                 self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
         return stop
