@@ -1,5 +1,7 @@
 """squall's wire protocol: the only module that knows frame order, message types and version.
 
+docs/protocol.md describes the same for implementers in other languages; keep the two in step.
+
 A message is a list of frames as a DEALER sends it (a ROUTER sees the peer's routing id in front)::
 
     [header, *payload]
