@@ -148,14 +148,16 @@ class ClientCore:
 
     def started(self, task_ids: list[int]) -> None:
         """The router handed these tasks to workers: their futures are running now (and
-        ``cancel()`` returns False, as concurrent.futures says of running work)."""
+        ``cancel()`` returns False, as concurrent.futures says of running work).
+
+        A task the router hands out again (its worker died) is announced again; its future is
+        running already and stays so.
+        """
         for task_id in task_ids:
             target = _live(self.pending.get(task_id))
-            if target is not None and hasattr(target, "set_running_or_notify_cancel"):
-                try:
-                    target.set_running_or_notify_cancel()
-                except RuntimeError:  # already resolved
-                    pass
+            started = getattr(target, "_squall_started", None)
+            if started is not None:  # streams have no running state
+                started()
 
     def resubmit_all(self) -> int:
         """The router lost its state (it restarted): queue every pending task again.

@@ -8,6 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from concurrent.futures._base import PENDING
 from typing import Any, Generic, TypeVar
 
 from squall import serialization
@@ -139,6 +140,17 @@ class Future(concurrent.futures.Future[T]):
                 self.set_exception(_UndecodedError(frames))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the caller meanwhile
+
+    def _squall_started(self) -> None:
+        """A worker has the task: the future is running (and can no longer be cancelled).
+
+        Only a pending future becomes running: the router says STARTED again each time it
+        hands a task to another worker (after a worker died), and concurrent.futures logs a
+        CRITICAL error for a second ``set_running_or_notify_cancel``.
+        """
+        with self._condition:
+            if self._state == PENDING:
+                self.set_running_or_notify_cancel()
 
     def _squall_fail(self, exc: BaseException) -> None:
         try:
