@@ -8,6 +8,7 @@ lock, so a bad argument fails at ``submit`` and the lock is held only for list a
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import threading
@@ -23,6 +24,9 @@ from squall.protocol import Frame, Kind, ResultItem, StreamItem
 MAX_ITEMS = 1000
 #: Function bodies kept after their last task ended, for the router to fetch again.
 RECENT_BODIES = 1024
+#: Seconds ``Future.cancel()`` waits for the router to say whether it dropped the task; past
+#: them the answer is False (the task may run), and a late "dropped" still cancels the future.
+WITHDRAW_TIMEOUT = 10.0
 
 
 class Call(NamedTuple):
@@ -33,6 +37,17 @@ class Call(NamedTuple):
     kind: int = Kind.CALL
     window: int = 0
     deps: tuple[int, ...] = ()
+
+
+class Withdrawal:
+    """One WITHDRAW request: answered once the router has answered for each task it names."""
+
+    __slots__ = ("task_ids", "left", "answered")
+
+    def __init__(self, task_ids: list[int]) -> None:
+        self.task_ids = task_ids
+        self.left = len(task_ids)
+        self.answered = threading.Event()
 
 
 class ClientCore:
@@ -52,7 +67,13 @@ class ClientCore:
         self._recent: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._outbox: list[protocol.SubmitItem] = []
         self._new_bodies: list[tuple[bytes, bytes]] = []
+        #: messages naming tasks (WITHDRAW, CANCEL): they go out after the SUBMITs queued
+        #: before them, in the same hand-over, so that the router knows every task they name
+        self._after: list[list[Frame]] = []
         self._wake_pending = False
+        #: task id -> the WITHDRAW requests naming it, oldest first: the router answers each
+        #: request, in order
+        self._withdrawals: dict[int, collections.deque[Withdrawal]] = {}
         #: function bodies sent to the router: each distinct function goes once
         self.bodies_sent = 0
 
@@ -84,16 +105,32 @@ class ClientCore:
             self._wake_pending = True
         return wake
 
+    def add_after(self, frames: list[Frame]) -> bool:
+        """Queue a message that names tasks; return True when the driver must be woken.
+
+        It goes out after every SUBMIT queued before it. (The driver's own ``send()`` queue is
+        drained after the submits it took, but a task queued between the two would follow
+        its WITHDRAW, which the router would then answer as unknown.)
+        """
+        with self._lock:
+            self._after.append(frames)
+            wake = not self._wake_pending
+            self._wake_pending = True
+        return wake
+
     def take_outgoing(self) -> list[list[Frame]]:
-        """Everything queued since the last call, as messages: new function bodies first."""
+        """Everything queued since the last call, as messages: new function bodies first,
+        then the SUBMITs, then the messages naming tasks."""
         with self._lock:
             outbox, self._outbox = self._outbox, []
             bodies, self._new_bodies = self._new_bodies, []
+            after, self._after = self._after, []
             self._wake_pending = False
         messages = [protocol.encode_fn_body(h, b) for h, b in bodies]
         self.bodies_sent += len(bodies)
         for start in range(0, len(outbox), MAX_ITEMS):
             messages.append(protocol.encode_submit(outbox[start : start + MAX_ITEMS]))
+        messages += after
         return messages
 
     def deliver(self, items: list[ResultItem]) -> None:
@@ -159,6 +196,102 @@ class ClientCore:
             if started is not None:  # streams have no running state
                 started()
 
+    # -- withdrawing: cancel() asks the router, which alone knows whether a worker has it ---
+
+    def withdraw(self, futures: Iterable[Any]) -> tuple[Withdrawal | None, bool]:
+        """Queue one WITHDRAW for those of ``futures`` still pending here (after their
+        SUBMITs, see :meth:`add_after`) and register the request its answer resolves.
+
+        Returns the request (to :meth:`wait_for`, if the caller may block), None when no
+        future needs asking (running, done or unknown ones cannot be withdrawn, and say so
+        without a round trip); and whether the driver must be woken.
+        """
+        with self._lock:
+            task_ids = [
+                f.task_id
+                for f in futures
+                if f.task_id in self.pending and not f.running() and not f.done()
+            ]
+            if not task_ids:
+                return None, False
+            request = Withdrawal(task_ids)
+            for task_id in task_ids:
+                self._withdrawals.setdefault(task_id, collections.deque()).append(request)
+            self._after.append(protocol.encode_withdraw([(t, False) for t in task_ids]))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        return request, wake
+
+    def wait_for(self, request: Withdrawal, timeout: float = WITHDRAW_TIMEOUT) -> bool:
+        """Wait for the router's answer to ``request``; False if it did not come in time.
+
+        A request given up on is forgotten, so that its late answer wakes no later caller
+        early; a late "dropped" still cancels its future (see :meth:`withdrawn`).
+        """
+        if request.answered.wait(timeout):
+            return True
+        self._abandon(request)
+        return request.answered.is_set()
+
+    def _abandon(self, request: Withdrawal) -> None:
+        """Expect no answer to ``request`` any more (given up on, or never sent)."""
+        with self._lock:
+            for task_id in request.task_ids:
+                queue = self._withdrawals.get(task_id)
+                if queue is not None and request in queue:
+                    queue.remove(request)
+                    if not queue:
+                        del self._withdrawals[task_id]
+
+    def withdrawn(self, answers: list[tuple[int, bool]]) -> None:
+        """The router's answer to a WITHDRAW (called by the I/O driver with its pairs).
+
+        A task it dropped never ran and never will: its future is cancelled here, in the I/O
+        thread (whose callbacks run here too, as for a result), and only then is the caller
+        woken, so that it finds the future in its final state.
+        """
+        dropped, answered = [], []
+        with self._lock:
+            for task_id, withdrawn in answers:
+                queue = self._withdrawals.get(task_id)
+                if queue:
+                    request = queue.popleft()
+                    if not queue:
+                        del self._withdrawals[task_id]
+                    request.left -= 1
+                    if request.left == 0:
+                        answered.append(request)
+                if withdrawn and task_id in self.pending:
+                    dropped.append(self.pending.pop(task_id))
+            if dropped:
+                self._room.notify_all()
+        for entry in dropped:
+            cancel = getattr(_live(entry), "_squall_withdrawn", None)
+            if cancel is not None:
+                cancel()
+        for request in answered:
+            request.answered.set()
+
+    def _answer_all_withdrawals(self) -> None:
+        """Wake every caller waiting for a WITHDRAW answer that will not come (the router
+        restarted, or the client is closing): they find their futures not cancelled."""
+        with self._lock:
+            queues, self._withdrawals = self._withdrawals, {}
+        for queue in queues.values():
+            for request in queue:
+                request.answered.set()
+
+    def caller_may_wait(self) -> bool:
+        """Whether the calling thread may block for the router's answer: not the I/O thread
+        (only it can read the answer), nor one running an asyncio loop (it would stall)."""
+        if threading.current_thread() is self.io_thread:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+
     def resubmit_all(self) -> int:
         """The router lost its state (it restarted): queue every pending task again.
 
@@ -183,6 +316,7 @@ class ClientCore:
                 again.append(item)
             self._outbox.extend(again)
             self._room.notify_all()
+        self._answer_all_withdrawals()  # asked of the router that is gone
         for stream in broken:
             stream._squall_fail(WorkerLost("the router restarted while the stream was running"))
         return len(again)
@@ -201,6 +335,7 @@ class ClientCore:
                 target._squall_fail(exc)
         with self._lock:
             self._room.notify_all()
+        self._answer_all_withdrawals()
 
 
 def _live(entry: tuple[Any, ...] | None) -> Any:

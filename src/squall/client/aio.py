@@ -73,7 +73,7 @@ class AsyncExecutor:
         """Submit every call now; ``async for`` over the results (in input order, or as they
         complete with ``ordered=False``)."""
         futures = self.executor._submit_many(fn, iterables)
-        return _results(futures, timeout, ordered)
+        return _results(futures, timeout, ordered, self.executor._session.withdraw)
 
     async def aclose(self, cancel_futures: bool = False) -> None:
         """Wait for pending tasks (unless cancelled) and stop, off the event loop."""
@@ -88,8 +88,13 @@ class AsyncExecutor:
 
 
 async def _results(
-    futures: list[Future[T]], timeout: float | None, ordered: bool
+    futures: list[Future[T]],
+    timeout: float | None,
+    ordered: bool,
+    withdraw: Callable[[list[Future[T]], bool], None],
 ) -> AsyncIterator[T]:
+    """The results; if the caller stops early, what has not started is withdrawn in one
+    message, not waited for (this is the event loop's thread)."""
     try:
         if ordered:
             deadline = None if timeout is None else time.monotonic() + timeout
@@ -103,5 +108,4 @@ async def _results(
             async for future in as_completed(futures, timeout):
                 yield future.result()
     finally:
-        for future in futures:
-            future.cancel()
+        withdraw([f for f in futures if not f.done()], False)

@@ -23,10 +23,13 @@ from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
 from squall.config import check_client_policy, validate_address
 from squall.errors import DependencyFailed, ExecutorShutdown, StartupError
+from squall.log import get_logger
 from squall.protocol import Kind
 from squall.serialization import DependencyRef
 
 T = TypeVar("T")
+
+log = get_logger(__name__)
 
 #: Calls pickled per hand-over to the I/O thread in ``map``: big enough to batch, small enough
 #: that the first tasks start while the rest are still being pickled.
@@ -35,16 +38,135 @@ MAP_BATCH = 1000
 #: the wire counts a task's dependencies in 16 bits
 MAX_DEPENDENCIES = 65_535
 
+#: seconds of waiting for pending tasks at shutdown before saying so in the log
+SLOW_SHUTDOWN_NOTICE = 10.0
+
 #: containers whose elements may be futures to wait for
 _WALKED = (list, tuple, dict)
 
-_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+#: sessions not closed yet: each is finished (its pending work done) at interpreter exit
+_sessions: set[_Session] = set()
 
 
 @atexit.register
-def _close_all() -> None:
-    for executor in list(_live):
-        executor.shutdown(wait=False, cancel_futures=True)
+def _finish_all() -> None:
+    """At interpreter exit, let pending work finish, then stop, as the standard executors do:
+    only ``shutdown(cancel_futures=True)`` drops queued work."""
+    for session in list(_sessions):
+        session.wait_then_close()
+
+
+class _Session:
+    """What an :class:`Executor` runs: its core, I/O driver and embedded cluster.
+
+    Kept apart from the Executor and never referring to it: the I/O thread reaches the core,
+    the pending futures and this, but not the Executor, so an Executor nobody holds is
+    collected, and its finalizer ends what it started once the work it took is done.
+    """
+
+    def __init__(self, core: ClientCore, cluster: LocalCluster | None) -> None:
+        self.core = core
+        self.cluster = cluster
+        self.driver: ThreadDriver | None = None
+        #: guards ``ended`` against sends: nothing is sent once the driver may be closing
+        self._lock = threading.Lock()
+        self.ended = False
+        self._closer: threading.Thread | None = None
+        _sessions.add(self)
+
+    def send(self, frames: list[Any]) -> bool:
+        """Send a message naming tasks (after their SUBMITs) unless the driver is closed;
+        return whether it was queued."""
+        with self._lock:
+            if self.ended or self.driver is None:
+                return False
+            if self.core.add_after(frames):
+                self.driver.wake()
+            return True
+
+    def cancel_remote(self, task_id: int) -> None:
+        """A stream was closed or a running task interrupted here: forget it, tell the router
+        (CANCEL: its worker stops it)."""
+        self.core.forget(task_id)
+        self.send(protocol.encode_cancel([task_id]))
+
+    def withdraw(self, futures: Iterable[Future[Any]], wait: bool) -> None:
+        """Ask the router to drop these tasks if no worker has them yet, in one message.
+
+        With ``wait``, wait for its answer (when this thread may block: see
+        :meth:`ClientCore.caller_may_wait`); without, the answer cancels the futures of the
+        dropped tasks when it comes.
+        """
+        with self._lock:
+            if self.ended or self.driver is None:  # closed: every future has its outcome
+                return
+            request, wake = self.core.withdraw(futures)
+            if wake:
+                self.driver.wake()
+        if request is not None and wait and self.core.caller_may_wait():
+            self.core.wait_for(request)
+
+    def withdraw_future(self, future: Future[Any]) -> bool:
+        """``Future.cancel()`` for a pending future: True only if the router dropped it."""
+        self.withdraw([future], wait=True)
+        return future.cancelled()
+
+    def cancel_all(self) -> None:
+        """``shutdown(cancel_futures=True)``: withdraw every pending future at once (one
+        message, one wait) and close every stream."""
+        targets = self.core.targets()
+        for stream in [t for t in targets if not isinstance(t, Future)]:
+            stream.close()
+        self.withdraw([t for t in targets if isinstance(t, Future)], wait=True)
+
+    def wait_then_close(self) -> None:
+        """Wait until no future is pending, then close. Called in the I/O thread (where
+        nothing could resolve them), hands the waiting to another thread instead."""
+        if threading.current_thread() is self.core.io_thread:
+            self.close_when_done()
+            return
+        told = False
+        while futures := [t for t in self.core.targets() if isinstance(t, Future)]:
+            _, not_done = concurrent.futures.wait(futures, SLOW_SHUTDOWN_NOTICE)
+            if not_done and not told:
+                told = True  # at exit above all, a silent wait would look like a hang
+                log.warning(
+                    "waiting for pending tasks before closing the executor; "
+                    "shutdown(cancel_futures=True) drops those not started",
+                    pending=len(not_done),
+                )
+        self.close()
+
+    def close_when_done(self) -> None:
+        """Close once the pending futures are done, without waiting here: a thread waits.
+
+        Not a daemon thread, so the interpreter waits for it (and so for the work) at exit,
+        as it does for a ThreadPoolExecutor's threads.
+        """
+        with self._lock:
+            if self.ended or self._closer is not None:
+                return
+            self._closer = threading.Thread(
+                target=self.wait_then_close, name="squall-shutdown", daemon=False
+            )
+        try:
+            self._closer.start()
+        except RuntimeError:  # the interpreter is exiting already: _finish_all waits instead
+            pass
+
+    def close(self) -> None:
+        """Close now: the driver, then whatever is still pending (it ends with
+        ExecutorShutdown), then the embedded router and workers."""
+        with self._lock:
+            if self.ended:
+                return
+            self.ended = True
+        if self.driver is not None:
+            self.driver.close()
+        self.core.fail_all(ExecutorShutdown("the executor was shut down before the task ended"))
+        if self.cluster is not None:
+            self.cluster.stop()
+        _sessions.discard(self)
 
 
 def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
@@ -55,7 +177,9 @@ class Executor(concurrent.futures.Executor):
     """Run Python callables on squall workers.
 
     With no address, starts the embedded default: a private router and one worker node as
-    subprocesses on this machine, stopped again by :meth:`shutdown` (or at interpreter exit).
+    subprocesses on this machine, stopped again by :meth:`shutdown`. An executor dropped
+    without ``shutdown()``, or still open at interpreter exit, first finishes the work it
+    took, then stops likewise.
 
     Args:
         address: a running router's address (``tcp://host:port``); None for the embedded default.
@@ -101,22 +225,31 @@ class Executor(concurrent.futures.Executor):
         if address is not None:
             check_client_policy(validate_address(address), auth, insecure)
         self.stream_window = stream_window
-        self._cluster: LocalCluster | None = None
         self._closed = False
         self._lock = threading.Lock()
         self._core = ClientCore(max_pending)
+        self._cluster: LocalCluster | None = None
         if address is None:
             self._cluster = LocalCluster(processes or os.cpu_count() or 1, concurrency)
-            address = self._cluster.start()
-        self.address = validate_address(address)
-        self._driver = ThreadDriver(self.address, self._core, auth, key, worker_group or "")
-        _live.add(self)
+        self._session = _Session(self._core, self._cluster)
+        # Dropped without shutdown(): finish the pending work, then stop, as shutdown(wait=
+        # False) does. (Not at exit: _finish_all does that, waiting in the main thread.)
+        self._finalizer = weakref.finalize(self, self._session.close_when_done)
+        self._finalizer.atexit = False
         try:
+            if self._cluster is not None:
+                address = self._cluster.start()
+            assert address is not None
+            self.address = validate_address(address)
+            self._driver = ThreadDriver(self.address, self._core, auth, key, worker_group or "")
+            self._session.driver = self._driver
             self._driver.start(connect_timeout)
             if self._cluster is not None:
                 self._wait_for_workers(self._cluster.processes, connect_timeout)
         except BaseException:
-            self._close(wait=False)
+            self._closed = True
+            self._finalizer.detach()
+            self._session.close()
             raise
 
     def _wait_for_workers(self, count: int, timeout: float) -> None:
@@ -179,7 +312,7 @@ class Executor(concurrent.futures.Executor):
         options = task_options.from_kwargs(kwargs)
         fn_hash, body = serialization.dumps_function(fn)
         stream: Stream[T] = Stream(self.stream_window, self._driver.send)
-        stream.canceller = self._cancel_remote
+        stream.canceller = self._session.cancel_remote
         args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             stream._squall_fail(failed)
@@ -247,15 +380,17 @@ class Executor(concurrent.futures.Executor):
     def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
         """Cancel ``future``; with ``interrupt``, also stop it if a worker already runs it.
 
-        ``future.cancel()`` follows concurrent.futures: a running task is not cancelled. With
-        ``interrupt=True`` the worker's greenlet is killed (``finally`` blocks run) and the
-        future raises ``CancelledError``. Returns whether the task was stopped.
+        ``future.cancel()`` follows concurrent.futures: a task that may have started is not
+        cancelled, and True means it never ran (it costs a round trip to the router). With
+        ``interrupt=True`` a running task's greenlet is killed on its worker (``finally``
+        blocks run) and the future raises ``CancelledError``. Returns whether the task was
+        stopped.
         """
         if future.cancel():
             return True
         if not interrupt or future.done():
             return False
-        self._cancel_remote(future.task_id)
+        self._session.cancel_remote(future.task_id)
         try:
             future.set_exception(concurrent.futures.CancelledError("interrupted on its worker"))
         except concurrent.futures.InvalidStateError:  # the outcome won the race
@@ -265,14 +400,8 @@ class Executor(concurrent.futures.Executor):
     def _new_future(self) -> Future[Any]:
         future: Future[Any] = Future()
         future.owner = self._core
-        future.canceller = self._cancel_remote
+        future.withdrawer = self._session.withdraw_future
         return future
-
-    def _cancel_remote(self, task_id: int) -> None:
-        """A future was cancelled or a stream closed here: forget it, tell the router."""
-        self._core.forget(task_id)
-        if not self._closed:
-            self._driver.send(protocol.encode_cancel([task_id]))
 
     def _link_dependencies(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -334,31 +463,25 @@ class Executor(concurrent.futures.Executor):
         return new_args, new_kwargs, tuple(deps), (failures[0] if failures else None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking work; with ``wait``, let pending tasks finish first.
+        """Stop taking work. Pending tasks still run and their futures resolve, as with the
+        standard executors; then the connection (and the embedded router and workers) close.
 
-        Tasks still pending when the client closes (``wait=False``, or cancelled) resolve with
-        :class:`ExecutorShutdown` rather than hanging. The embedded router and workers are
-        stopped.
+        Args:
+            wait: wait here until the pending tasks are done and everything is closed.
+                Without it this returns at once, and the interpreter waits for them at exit.
+            cancel_futures: first withdraw every task no worker has started (those futures
+                are cancelled; the started ones still finish) and close every stream.
         """
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        if cancel_futures:
-            for target in self._core.targets():
-                target.cancel() if isinstance(target, Future) else target.close()
-        self._close(wait=wait)
-
-    def _close(self, wait: bool) -> None:
+            first, self._closed = not self._closed, True
+        if first:
+            self._finalizer.detach()
+            if cancel_futures:
+                self._session.cancel_all()
         if wait:
-            futures = [t for t in self._core.targets() if isinstance(t, Future)]
-            concurrent.futures.wait(futures)
-        self._closed = True
-        self._driver.close()
-        self._core.fail_all(ExecutorShutdown("the executor was shut down before the task ended"))
-        if self._cluster is not None:
-            self._cluster.stop()
-        _live.discard(self)
+            self._session.wait_then_close()
+        else:
+            self._session.close_when_done()
 
     # -- squall extras ----------------------------------------------------------------------
 
@@ -376,7 +499,10 @@ class Executor(concurrent.futures.Executor):
             raise ExecutorShutdown("cannot schedule new tasks after shutdown")
 
     def _enqueue(self, fn_hash: bytes, body: bytes, calls: list[Call]) -> None:
-        if self._core.add(fn_hash, body, calls):
+        wake = self._core.add(fn_hash, body, calls)
+        if self._session.ended:  # shut down meanwhile, by another thread: nobody will send
+            self._core.fail_all(ExecutorShutdown("the executor was shut down during submit"))
+        elif wake:
             self._driver.wake()
 
     def __repr__(self) -> str:

@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
-from concurrent.futures._base import PENDING
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING
 from typing import Any, Generic, TypeVar
 
 from squall import serialization
@@ -74,19 +74,25 @@ class Future(concurrent.futures.Future[T]):
     task_id: int = 0
     owner: object = None  # the client core that submitted it
 
-    #: set by the executor: tells the router to drop (or stop) the task
-    canceller: Callable[[int], None] | None = None
+    #: set by the executor: asks the router to drop the task if no worker has it yet, and
+    #: returns whether it did
+    withdrawer: Callable[[Future[Any]], bool] | None = None
 
     def cancel(self) -> bool:
-        """Cancel the task; the router drops it, or stops it if a worker already runs it.
+        """Cancel the task if it has not started: True means it never ran and never will.
 
-        Returns False, as ``concurrent.futures`` does, once the outcome is here.
+        Only the router knows whether a worker has the task yet, so cancelling a pending
+        future costs one round trip to it (a fraction of a millisecond on one machine), waited
+        for at most ``squall.client._core.WITHDRAW_TIMEOUT`` seconds (then the answer is
+        False). A future already running, or done, answers at once with no round trip, as
+        ``concurrent.futures`` does. In the client's I/O thread (a done-callback) or in a
+        thread running an asyncio event loop the answer is not waited for: the call returns
+        False, and the future is cancelled moments later if the router dropped the task.
         """
-        if not super().cancel():
-            return False
-        if self.canceller is not None:
-            self.canceller(self.task_id)
-        return True
+        with self._condition:
+            if self._state != PENDING or self.withdrawer is None:
+                return super().cancel()
+        return self.withdrawer(self)
 
     def __await__(self) -> Generator[Any, None, T]:
         if not self.done():  # a finished future costs no trip through the event loop
@@ -151,6 +157,21 @@ class Future(concurrent.futures.Future[T]):
         with self._condition:
             if self._state == PENDING:
                 self.set_running_or_notify_cancel()
+
+    def _squall_withdrawn(self) -> None:
+        """The router dropped the task before any worker had it: the future is cancelled.
+
+        Cancelled and notified in one step, as an executor does when it skips a cancelled
+        call: ``wait()`` and ``as_completed()`` count only notified cancellations as done.
+        """
+        with self._condition:
+            if self._state != PENDING:
+                return
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def _squall_fail(self, exc: BaseException) -> None:
         try:
