@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import functools
 import itertools
@@ -12,7 +13,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from concurrent.futures import FIRST_COMPLETED
+from typing import Any, Generic, TypeVar, cast
 
 from squall import options as task_options
 from squall import protocol, serialization
@@ -327,42 +329,77 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
         ordered: bool = True,
         progress: bool = False,
     ) -> Iterator[T]:
-        """Like ``concurrent.futures.Executor.map``: every call is submitted now.
+        """Like ``concurrent.futures.Executor.map``: every call is submitted now, unless
+        ``buffersize`` bounds how far ahead of the reader the calls run.
+
+        If the iterator is closed, dropped, or raises (a task's exception, or the
+        ``TimeoutError``), the calls not started yet are withdrawn: they never run.
 
         Args:
             timeout: seconds from now until every result must have arrived.
             chunksize: calls per task (fewer, larger tasks).
+            buffersize: at most this many tasks submitted and not yet yielded (Python 3.14's
+                ``map`` option): the iterables are read as the results are, so an endless
+                one works; None submits everything at once.
             ordered: results in input order (default) or as tasks complete.
             progress: show a progress bar (tqdm) when stderr is a terminal.
+
+        Raises:
+            TypeError: ``buffersize`` is neither an integer nor None.
+            ValueError: ``chunksize`` or ``buffersize`` is below 1.
         """
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
         if chunksize > 1:
             chunks = _chunks(zip(*iterables, strict=False), chunksize)
             nested = self.map(
                 functools.partial(_apply_chunk, fn),
                 chunks,
                 timeout=timeout,
+                buffersize=buffersize,
                 ordered=ordered,
                 progress=progress,
             )
             return itertools.chain.from_iterable(nested)
-        futures = self._submit_many(fn, iterables)
-        results = _in_order(futures, timeout) if ordered else _as_done(futures, timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables, strict=False)
+        if buffersize is None:
+            futures = collections.deque(self._submit_calls(fn, calls))
+            more = None
+        else:
+            futures = collections.deque(self._submit_calls(fn, itertools.islice(calls, buffersize)))
+            more = _Refill(self, fn, calls)
+        if ordered:
+            results = _in_order(futures, end, more, self._session)
+        else:
+            results = _as_done(set(futures), end, more, self._session)
         if progress:
-            return _with_progress(results, len(futures))
+            return _with_progress(results, None if more is not None else len(futures))
         return results
 
     def _submit_many(
         self, fn: Callable[..., T], iterables: tuple[Iterable[Any], ...]
     ) -> list[Future[T]]:
         """Submit ``fn`` over zipped iterables, pickling the function once."""
+        return self._submit_calls(fn, zip(*iterables, strict=False))
+
+    def _submit_calls(
+        self, fn: Callable[..., T], calls: Iterable[tuple[Any, ...]]
+    ) -> list[Future[T]]:
+        """Submit ``fn(*args)`` for each ``args`` of ``calls``, pickling the function once."""
         self._check_open()
         fn_hash, body = serialization.dumps_function(fn)
         futures: list[Future[T]] = []
         batch: list[Call] = []
-        for args in zip(*iterables, strict=False):
+        for args in calls:
             future: Future[T] = self._new_future()
             futures.append(future)
             args, _, deps, failed = self._link_dependencies(args, {})
@@ -516,32 +553,102 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def _as_done(futures: list[Future[T]], timeout: float | None) -> Iterator[T]:
-    """Yield results as tasks complete; cancel what is left if the caller stops early."""
+class _Refill(Generic[T]):
+    """Submits ``map``'s next call as each result is taken (``buffersize``).
+
+    Holds the executor weakly, as the standard ``map`` does: once it is collected (and is
+    finishing the work it took), no more calls are submitted and the results end.
+    """
+
+    def __init__(self, executor: Executor, fn: Callable[..., T], calls: Iterator[tuple[Any, ...]]):
+        self._executor = weakref.ref(executor)
+        self._fn = fn
+        self._calls = calls
+
+    def __call__(self) -> Future[T] | None:
+        executor = self._executor()
+        if executor is None:
+            return None
+        args = next(self._calls, None)
+        return None if args is None else executor._submit_calls(self._fn, [args])[0]
+
+
+def _remaining(end: float | None) -> float | None:
+    return None if end is None else max(0.0, end - time.monotonic())
+
+
+def _in_order(
+    futures: collections.deque[Future[T]],
+    end: float | None,
+    more: _Refill[T] | None,
+    session: _Session,
+) -> Iterator[T]:
+    """Yield results in submission order; withdraw what is left if the caller stops early
+    (or a result raises, the timeout included)."""
     try:
-        for future in concurrent.futures.as_completed(futures, timeout):
-            yield future.result()
+        while futures:
+            if more is not None and (future := more()) is not None:
+                futures.append(future)
+                del future  # the deque holds it; a local would keep its result alive
+            yield _next_result(futures, end)
     finally:
-        for future in futures:
-            future.cancel()
+        session.withdraw(futures, wait=False)
 
 
-def _with_progress(results: Iterator[T], total: int) -> Iterator[T]:
+def _next_result(futures: collections.deque[Future[T]], end: float | None) -> T:
+    """The oldest future's result, keeping no reference to it (it holds the result) once
+    returned. On the map's timeout the future stays in ``futures``, to be withdrawn."""
+    future = futures.popleft()
+    try:
+        return future.result(_remaining(end))
+    except BaseException:
+        if not future.done():  # the map's timeout, not the task's own TimeoutError
+            futures.appendleft(future)
+        raise
+    finally:
+        del future  # also breaks the cycle through a raised exception's traceback
+
+
+def _as_done(
+    pending: set[Future[T]], end: float | None, more: _Refill[T] | None, session: _Session
+) -> Iterator[T]:
+    """Yield results as tasks complete; withdraw what is left if the caller stops early."""
+    try:
+        if more is None:
+            completed = cast(
+                Iterator[Future[T]], concurrent.futures.as_completed(pending, _remaining(end))
+            )
+            while pending:
+                yield _take(pending, next(completed))
+            return
+        while pending:
+            done = cast(
+                set[Future[T]],
+                concurrent.futures.wait(pending, _remaining(end), FIRST_COMPLETED).done,
+            )
+            if not done:
+                raise concurrent.futures.TimeoutError(f"{len(pending)} futures unfinished")
+            while done:
+                if (future := more()) is not None:
+                    pending.add(future)
+                    del future
+                yield _take(pending, done.pop())
+    finally:
+        session.withdraw(pending, wait=False)
+
+
+def _take(pending: set[Future[T]], future: Future[T]) -> T:
+    """A completed future's result; ``pending`` lets go of the future first."""
+    pending.discard(future)
+    try:
+        return future.result()
+    finally:
+        del future
+
+
+def _with_progress(results: Iterator[T], total: int | None) -> Iterator[T]:
     """A tqdm progress bar over ``results``, shown only when stderr is a terminal."""
     from tqdm import tqdm
 
     with tqdm(results, total=total, unit="task", disable=not sys.stderr.isatty()) as bar:
         yield from bar
-
-
-def _in_order(futures: list[Future[T]], timeout: float | None) -> Iterator[T]:
-    """Yield results in submission order; cancel what is left if the caller stops early."""
-    end = None if timeout is None else time.monotonic() + timeout
-    futures.reverse()  # pop from the end: each result is released once yielded
-    try:
-        while futures:
-            future = futures.pop()
-            yield future.result(None if end is None else max(0.0, end - time.monotonic()))
-    finally:
-        for future in futures:
-            future.cancel()
