@@ -23,6 +23,7 @@ from squall.auth import apply_client_keys
 from squall.client._core import ClientCore
 from squall.errors import ProtocolError, Refused, SquallError, StartupError
 from squall.log import get_logger
+from squall.memory import Trimmer
 from squall.protocol import ErrorCode, MsgType, Role
 
 log = get_logger(__name__)
@@ -77,6 +78,7 @@ class ThreadDriver:
         self._lost = False
         self._closing = False
         self.protocol_error: SquallError | None = None
+        self._trimmer = Trimmer()
         self._thread = threading.Thread(target=self._loop, name="squall-client-io", daemon=True)
 
     def start(self, timeout: float) -> None:
@@ -149,6 +151,10 @@ class ThreadDriver:
                 self._send_queued()
                 if self.socket in events:
                     self._drain()
+                if self.core.pending:
+                    self._trimmer.worked()
+                else:
+                    self._trimmer.idle()  # a burst is over: hand freed memory back
                 self._check_router()  # after reading: a stalled thread is not a silent router
             self._send_queued()
             self.socket.send_multipart(protocol.encode_disconnect(), flags=zmq.NOBLOCK)
@@ -214,6 +220,8 @@ class ThreadDriver:
                     waiter.set_result(stats)
         elif type_ is MsgType.STARTED:
             self.core.started(protocol.decode_started(body, payload))
+        elif type_ is MsgType.WITHDRAW:
+            self.core.withdrawn(protocol.decode_withdraw(body, payload))
         elif type_ is MsgType.WELCOME:
             welcome = protocol.decode_welcome(body)
             # Five windows, not three: a router busy with a burst of a million tasks can be

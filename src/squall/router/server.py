@@ -35,6 +35,7 @@ from squall.auth import CLIENT, WORKER, ServerKeys, ZapHandler
 from squall.config import RouterConfig, bind_router_socket
 from squall.errors import ProtocolError
 from squall.log import get_logger
+from squall.memory import Trimmer
 from squall.protocol import ErrorCode, MsgType, Role, TaskItem
 from squall.router.state import Limits, RouterState, frames_size
 
@@ -164,6 +165,7 @@ class RouterServer:
         #: peer -> messages its full pipe could not take yet
         self._backlogs: dict[bytes, _Backlog] = {}
         self._last_impostor_log = 0.0
+        self._trimmer = Trimmer()
         #: peer -> when it was last told to say HELLO again
         self._told_unknown: dict[bytes, float] = {}
         #: this router process: a client seeing a new epoch knows its tasks are gone
@@ -230,18 +232,15 @@ class RouterServer:
         if self.zap is not None:
             poller.register(self.zap.socket, zmq.POLLIN)
         next_beat = last_turn = time.monotonic()
+        last_cpu = time.process_time()
         try:
             while self._running:
                 wait = 0.01 if self._backlogs else max(0.0, next_beat - time.monotonic())
                 events = dict(poller.poll(int(wait * 1000)))
                 now = time.monotonic()
                 if now - last_turn > wait + self.config.liveness / 2:
-                    # We did not run (SIGSTOP, swapped out): our peers' silence is ours.
-                    log.warning(
-                        "router was stalled; peers keep their leases", stalled=now - last_turn
-                    )
-                    self.state.forgive_silence()
-                last_turn = now
+                    self._stalled(now - last_turn - wait, time.process_time() - last_cpu)
+                last_turn, last_cpu = now, time.process_time()
                 if wake_r.fileno() in events:  # a signal arrived, its handler ran: empty the pipe
                     try:
                         wake_r.recv(4096)
@@ -253,6 +252,10 @@ class RouterServer:
                     self._reload()
                 if self.socket in events:
                     self._drain()
+                if self.state.tasks:
+                    self._trimmer.worked()
+                else:
+                    self._trimmer.idle()  # a burst is over: hand freed memory back
                 self._dispatch()
                 self._flush()
                 if self._backlogs:
@@ -268,6 +271,15 @@ class RouterServer:
             self._goodbye()
             if self.zap is not None:
                 self.zap.close()
+
+    def _stalled(self, seconds: float, cpu: float) -> None:
+        """The loop did not poll for ``seconds``: it was stopped (SIGSTOP, a swapped-out VM)
+        or busy with a huge burst. Either way our peers' silence is ours, not theirs."""
+        self.state.forgive_silence()
+        if cpu < seconds / 2:
+            log.warning("router was not running; peers keep their leases", stalled=seconds)
+        else:
+            log.info("router was busy; peers keep their leases", busy=seconds)
 
     def stop(self) -> None:
         self._running = False
