@@ -1,8 +1,11 @@
 """structlog setup shared by every squall process: key-value events, JSON on request.
 
-Library code only calls :func:`get_logger`; processes squall starts itself (router, worker node,
-worker process) call :func:`configure` once at boot. An application that embeds the client keeps
-whatever structlog configuration it has.
+Library code only calls :func:`get_logger`. Processes squall starts itself (router, worker node,
+worker process) call :func:`configure` once at boot and write their own lines to stderr. In any
+other process (an application using the client) squall's events go to the standard
+:mod:`logging` module, as records of the ``squall.*`` loggers, so the application's logging
+configuration decides where they go and at what level; with no configuration at all, Python
+prints warnings and errors to stderr.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 LEVEL_ENV = "SQUALL_LOG_LEVEL"
 JSON_ENV = "SQUALL_LOG_JSON"
+#: the level names ``--log-level`` and ``SQUALL_LOG_LEVEL`` accept
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: whether :func:`configure` ran in this process (squall's own processes only)
+_configured = False
 
 
 def configure(*, json: bool | None = None, level: str | None = None, process: str = "") -> None:
@@ -28,6 +36,7 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
         process: a tag bound to every event (``router``, ``worker``...), so the lines of
             several processes sharing a terminal can be told apart.
     """
+    global _configured
     if json is None:
         json = os.environ.get(JSON_ENV, "") not in ("", "0")
     level_name = (level or os.environ.get(LEVEL_ENV) or "info").upper()
@@ -57,49 +66,104 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_line_writer,
         cache_logger_on_first_use=True,
     )
+    _configured = True
+
+
+class LineWriter:
+    """A structlog logger that writes each event as one complete line in one ``write(2)``.
+
+    The processes of a worker node share one stderr. ``print`` writes the text and its
+    newline in two calls, so another process's line can land in between and glue two lines
+    together (and break JSON). One write of a whole line is never split on a file, nor on a
+    pipe up to ``PIPE_BUF`` (4 KiB) bytes.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        # None: sys.stderr as it is at each write, so a redirected stderr is followed.
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        """Write ``message`` and its newline at once; a failing stderr loses the line, never
+        the process."""
+        stream = self._stream or sys.stderr
+        line = message + "\n"
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # a stream with no fd (captured)
+            stream.write(line)
+            stream.flush()
+            return
+        data = line.encode("utf-8", "backslashreplace")
+        try:
+            stream.flush()  # text someone printed earlier goes first
+            while data:
+                data = data[os.write(fd, data) :]
+        except OSError:
+            pass
+
+    log = debug = info = warn = warning = err = error = critical = exception = msg
+    fatal = failure = msg
+
+
+def _line_writer(*_: Any) -> LineWriter:
+    """structlog's logger factory (it passes ``get_logger``'s positional arguments)."""
+    return LineWriter()
+
+
+def _field(key: str, value: Any) -> str:
+    """``key=value`` as a person reads it: plain words bare, anything else as its repr."""
+    if isinstance(value, str) and value and not any(c in value for c in " ='\"\n"):
+        return f"{key}={value}"
+    if isinstance(value, bool | int | float):
+        return f"{key}={value}"
+    return f"{key}={value!r}"
+
+
+def _to_record(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Turn a structlog event into the keyword arguments of a ``logging`` call: the message
+    reads ``event key=value ...``, and the fields are also on the record as ``record.squall``
+    for handlers that want them structured."""
+    event.pop("module", None)  # the logger's name says it
+    exc_info = event.pop("exc_info", None)
+    stack_info = bool(event.pop("stack_info", False))
+    message = str(event.pop("event", ""))
+    fields = dict(event)
+    text = " ".join([message, *(_field(k, v) for k, v in fields.items())])
+    return {
+        "msg": text,
+        "exc_info": exc_info,
+        "stack_info": stack_info,
+        "extra": {"squall": fields},
+    }
 
 
 class _Logger:
-    """A logger that follows the application's structlog configuration, if it has one.
+    """A logger that writes where the process wants squall's events.
 
-    structlog's unconfigured default prints to stdout, which is the application's output (a
-    table, JSON, a pipe): until someone configures structlog, squall's client side logs
-    warnings and errors to stderr instead.
+    In squall's own processes (after :func:`configure`) that is structlog's pipeline to
+    stderr. Everywhere else it is the ``logging`` module: an application configures logging
+    once for everything it uses, and squall must not print past that configuration.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
+        self._stdlib: Any = None
 
     def __getattr__(self, method: str) -> Any:
-        if structlog.is_configured():
+        if _configured:
             return getattr(structlog.get_logger(module=self._name), method)
-        return getattr(_stderr_default().bind(module=self._name), method)
-
-
-_fallback: Any = None
-
-
-def _stderr_default() -> Any:
-    global _fallback
-    if _fallback is None:
-        level = (os.environ.get(LEVEL_ENV) or "warning").upper()
-        _fallback = structlog.wrap_logger(
-            structlog.PrintLogger(file=sys.stderr),
-            processors=[
-                structlog.processors.add_log_level,
-                structlog.processors.TimeStamper(fmt="iso", utc=True),
-                structlog.dev.ConsoleRenderer(colors=False),
-            ],
-            wrapper_class=structlog.make_filtering_bound_logger(
-                getattr(logging, level, logging.WARNING)
-            ),
-        )
-    return _fallback
+        if self._stdlib is None:
+            self._stdlib = structlog.wrap_logger(
+                logging.getLogger(self._name),
+                processors=[structlog.stdlib.filter_by_level, _to_record],
+                wrapper_class=structlog.stdlib.BoundLogger,
+            )
+        return getattr(self._stdlib, method)
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger tagged with the module that logs."""
+    """A logger tagged with the module that logs (see :class:`_Logger` for where it writes)."""
     return _Logger(name)
