@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from squall.errors import SquallError
 
@@ -20,8 +21,19 @@ DEFAULT_LIVENESS = 3.0
 
 
 def _env_float(name: str, default: float) -> float:
+    """A number of seconds from the environment; a value that is not one is an error, not a
+    traceback.
+
+    Raises:
+        SquallError: ``name`` is set to something other than a number.
+    """
     value = os.environ.get(name)
-    return float(value) if value else default
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SquallError(f"{name}={value!r} is not a number of seconds") from None
 
 
 @dataclass(frozen=True)
@@ -76,6 +88,39 @@ class RouterConfig:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(bind=bind, **values)  # type: ignore[arg-type]
 
+    def __post_init__(self) -> None:
+        """Refuse settings the router cannot run with: a heartbeat of 0 or less spins its
+        loop, and a liveness window no longer than the heartbeat declares every worker dead.
+
+        Raises:
+            SquallError: one line naming the flag.
+        """
+        for flag, seconds in (
+            ("--heartbeat", self.heartbeat),
+            ("--liveness", self.liveness),
+            ("handshake_timeout", self.handshake_timeout),
+        ):
+            if not (math.isfinite(seconds) and seconds > 0):
+                raise SquallError(f"{flag} must be a positive number of seconds, not {seconds}")
+        if self.liveness <= self.heartbeat:
+            raise SquallError(
+                f"--liveness ({self.liveness:g} s) must be longer than --heartbeat "
+                f"({self.heartbeat:g} s), or every peer is declared dead between two heartbeats"
+            )
+        for flag, count in (
+            ("--max-worker-deaths", self.max_worker_deaths),
+            ("--max-queued", self.max_queued),
+            ("--max-message-size", self.max_message_size),
+            ("--max-client-bytes", self.max_client_bytes),
+            ("--max-held-bytes", self.max_held_bytes),
+            ("--max-recent-bytes", self.max_recent_bytes),
+            ("--max-body-size", self.max_body_size),
+            ("--max-backlog", self.max_backlog),
+            ("--max-backlog-bytes", self.max_backlog_bytes),
+        ):
+            if count < 1:
+                raise SquallError(f"{flag} must be at least 1, not {count}")
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -126,20 +171,109 @@ class WorkerConfig:
         return cls(connect=connect, **values)  # type: ignore[arg-type]
 
 
-def validate_address(address: str) -> str:
+#: a DNS name (RFC 1123 labels, plus the ``_`` container names use) or an interface name
+#: such as ``eth0``
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*\.?",
+    re.IGNORECASE,
+)
+_TCP_USAGE = "use tcp://HOST:PORT (IPv6: tcp://[::1]:PORT) or ipc:///path/to/socket"
+
+
+def validate_address(address: str, *, bind: bool = False) -> str:
     """Check that ``address`` is a ZeroMQ endpoint squall can use; return it.
+
+    libzmq's own errors for a bad endpoint are "Invalid argument" or "No such device", and
+    Python's URL parser raises a traceback for a port out of range: this says what is wrong.
+
+    Args:
+        address: ``tcp://HOST:PORT`` (HOST a name, an IPv4 or IPv6 address, IPv6 in
+            brackets), ``ipc:///path`` or ``inproc://name``.
+        bind: the address is to be bound, where ``*`` may stand for every interface or any
+            free port (``tcp://*:5555``, ``tcp://127.0.0.1:*``, ``ipc://*``).
 
     Raises:
         SquallError: with a one-line reason.
     """
-    scheme = address.split("://", 1)[0] if "://" in address else ""
-    if scheme not in ("tcp", "ipc", "inproc"):
-        raise SquallError(
-            f"{address!r} is not a ZeroMQ address: use tcp://HOST:PORT or ipc:///path/to/socket"
-        )
-    if scheme == "tcp" and urlsplit(address).port is None and not address.endswith(":*"):
-        raise SquallError(f"{address!r} has no port: use tcp://HOST:PORT")
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc"):
+        raise SquallError(f"{address!r} is not a ZeroMQ address: {_TCP_USAGE}")
+    if any(c.isspace() for c in address):
+        raise SquallError(f"{address!r} contains white space: {_TCP_USAGE}")
+    if scheme == "tcp":
+        _check_tcp(address, rest, bind)
+    elif not rest or (rest == "*" and not bind):
+        raise SquallError(f"{address!r} names no {scheme} endpoint: {_TCP_USAGE}")
     return address
+
+
+def _check_tcp(address: str, rest: str, bind: bool) -> None:
+    """Check ``[SOURCE;]HOST:PORT``: a port from 1 to 65535 (``*`` or 0 to bind) and a host
+    that is an IP address, a name, or ``*`` (to bind)."""
+    source, _, peer = rest.rpartition(";")
+    host, colon, port = peer.rpartition(":")
+    if not colon or not port:
+        raise SquallError(f"{address!r} has no port: use tcp://HOST:PORT")
+    lowest = 0 if bind else 1  # port 0 binds any free port, as * does
+    if port == "*" and bind:
+        pass
+    elif not port.isdigit() or len(port) > 5:
+        raise SquallError(f"{address!r}: {port!r} is not a port number: use tcp://HOST:PORT")
+    elif not lowest <= int(port) <= 65535:
+        raise SquallError(f"{address!r}: port {int(port)} is out of range: use 1 to 65535")
+    _check_host(address, host, bind)
+    if source:  # connect from a chosen interface: SOURCE is HOST or HOST:PORT
+        source_host, colon, source_port = source.rpartition(":")
+        if not colon or _ip(source) is not None:
+            source_host, source_port = source, "0"
+        if not source_port.isdigit() or int(source_port) > 65535:
+            raise SquallError(f"{address!r}: {source_port!r} is not a source port")
+        _check_host(address, source_host, True)
+
+
+def _check_host(address: str, host: str, bind: bool) -> None:
+    if not host:
+        raise SquallError(f"{address!r} has no host: use tcp://HOST:PORT")
+    if host == "*":
+        if bind:
+            return
+        raise SquallError(f"{address!r}: '*' (every interface) is for binding: name the host")
+    if host.startswith("[") and host.endswith("]"):
+        if not isinstance(_ip(host[1:-1]), ipaddress.IPv6Address):
+            raise SquallError(f"{address!r}: {host!r} is not an IPv6 address")
+        return
+    if _ip(host) is None and not _HOST_NAME.fullmatch(host):
+        raise SquallError(f"{address!r}: {host!r} is not a host name or IP address: {_TCP_USAGE}")
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def is_ipv6(address: str) -> bool:
+    """Whether ``address`` is TCP to (or from) an IPv6 literal, ``tcp://[::1]:5555``."""
+    if not address.startswith("tcp://"):
+        return False
+    *sources, peer = address[len("tcp://") :].split(";")
+    hosts = [peer.rpartition(":")[0]]
+    hosts += [source if _ip(source) else source.rpartition(":")[0] for source in sources]
+    return any(isinstance(_ip(host.strip("[]")), ipaddress.IPv6Address) for host in hosts)
+
+
+def prepare_socket(socket: zmq.Socket[Any], address: str) -> None:
+    """Set what ``socket`` needs before it binds or connects to ``address``; call it first.
+
+    libzmq leaves IPv6 off on every socket and then reports an IPv6 address as "No such
+    device", so an IPv6 literal turns it on. Host names are left to IPv4: with IPv6 on, a name
+    such as ``localhost`` may resolve to ``::1`` while the router listens on 127.0.0.1.
+    """
+    import zmq
+
+    if is_ipv6(address):
+        socket.setsockopt(zmq.IPV6, 1)
 
 
 def _tcp_host(address: str) -> str:
@@ -279,7 +413,8 @@ def bind_router_socket(socket: zmq.Socket[Any], address: str, *, private: bool =
     With ``private`` (the router runs without authentication), an ipc:// socket file is
     created mode 0600 under a umask of 0177, so it is never connectable by another user, not
     even for an instant; a missing parent directory is created mode 0700. TCP addresses are
-    bound as they are (:func:`check_listen_policy` decides whether they may be).
+    bound as they are (:func:`check_listen_policy` decides whether they may be), IPv6 ones
+    after :func:`prepare_socket`.
 
     Raises:
         zmq.ZMQError: the address cannot be bound.
@@ -287,6 +422,7 @@ def bind_router_socket(socket: zmq.Socket[Any], address: str, *, private: bool =
     """
     import zmq
 
+    prepare_socket(socket, address)
     path = _ipc_path(address) if address.startswith("ipc://") else None
     if private and path is not None:
         parent = os.path.dirname(path)
