@@ -5,9 +5,14 @@ An auth directory on the router holds its own key pair and two allow-lists of pu
     keys/router.key, keys/router.key_secret     squall keygen --out keys router
     keys/clients/*.key                           may submit tasks
     keys/workers/*.key                           may register as workers and run them
+    keys/workers/GROUP/*.key                     ... as workers of that group
 
 A client or worker holds ``router.key`` (the router's public key) and its own key pair
 (``client.key_secret`` or ``worker.key_secret`` by default, another name with ``key=``).
+``squall keygen --out keys --client alice`` (or ``--worker node1 [--group gpu]``) makes both
+halves at once: the public key in the allow-list, and ``keys/peers/alice/`` with
+``router.key`` and alice's pair, the folder to hand to that peer. The router never reads
+``peers/``, and no secret ever goes into ``clients/`` or ``workers/``.
 
 The ZAP handler answers ZeroMQ's authentication requests inside the router's own poll loop (no
 thread, nothing that blocks): a key from ``clients/`` is admitted with user id
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import secrets
 import stat
 import time
@@ -38,6 +44,11 @@ log = get_logger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 CLIENT, WORKER = "client", "worker"
+#: where each role's public keys go in the router's auth directory
+ALLOW_LISTS = {CLIENT: "clients", WORKER: "workers"}
+#: the folder of ``keys/peers/NAME`` hand-off folders (router.key and the peer's pair)
+PEERS = "peers"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 _BANNERS = {
@@ -105,6 +116,21 @@ def _write_exclusive(path: Path, content: bytes, mode: int, replace: bool) -> No
         raise SquallError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def check_name(name: str, what: str = "key name") -> str:
+    """Refuse a key or group name that is not one plain file name (``../x``, ``a/b``, ``.x``):
+    it would put keys outside the folder they belong in. Return it.
+
+    Raises:
+        SquallError: one line saying what a name may hold.
+    """
+    if not _NAME.fullmatch(name):
+        raise SquallError(
+            f"{name!r} is not a {what}: use up to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
 def keygen(out_dir: str | os.PathLike[str], name: str, *, force: bool = False) -> tuple[Path, Path]:
     """Write ``NAME.key`` (mode 0644) and ``NAME.key_secret`` (mode 0600) in ZeroMQ's
     certificate format; return their paths.
@@ -120,8 +146,9 @@ def keygen(out_dir: str | os.PathLike[str], name: str, *, force: bool = False) -
 
     Raises:
         SquallError: the pair exists (without ``force``), the directory is writable by other
-            users, or a file cannot be written.
+            users, a file cannot be written, or ``name`` is not a plain file name.
     """
+    check_name(name)
     root = Path(out_dir)
     make_private_dirs(root)
     _check_directory(root)
@@ -134,6 +161,92 @@ def keygen(out_dir: str | os.PathLike[str], name: str, *, force: bool = False) -
     _write_exclusive(secret_path, _certificate("secret", public, secret), 0o600, force)
     _write_exclusive(public_path, _certificate("public", public), 0o644, force)
     return public_path, secret_path
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """What :func:`keygen_peer` wrote."""
+
+    #: the public key in the router's allow-list (``clients/`` or ``workers/[GROUP/]``)
+    allowed: Path
+    #: the folder to hand to the peer: ``router.key``, ``NAME.key`` and ``NAME.key_secret``
+    folder: Path
+
+
+def keygen_peer(
+    out_dir: str | os.PathLike[str],
+    name: str,
+    role: str,
+    *,
+    group: str | None = None,
+    force: bool = False,
+) -> PeerKeys:
+    """Make a client's or worker node's key pair in one step, as the router and the peer need
+    it: the public key in the router's allow-list, and a folder for the peer,
+    ``OUT/peers/NAME/``, with ``router.key`` and its pair (the secret mode 0600).
+
+    A pair made by hand had to be split by hand, and a secret left in ``clients/`` sits in the
+    router's own folder. The allow-list entry is written last: a failure half-way admits no
+    one.
+
+    Args:
+        out_dir: the router's auth directory; ``OUT/router.key`` must exist.
+        name: the peer's name (its ``--key`` / ``key=``).
+        role: ``client`` or ``worker``.
+        group: for a worker, the group folder (``workers/GROUP/``) it joins.
+        force: replace an existing pair instead of refusing.
+
+    Raises:
+        SquallError: no router key yet, a file exists (without ``force``), the name is taken
+            in another allow-list, or a file or folder cannot be written.
+    """
+    check_name(name)
+    if name == "router":
+        raise SquallError("'router' is the router's own key: give the peer another name")
+    root = Path(out_dir)
+    allow_dir = root / ALLOW_LISTS[role]
+    if group is not None:
+        if role != WORKER:
+            raise SquallError("only workers form groups: --group goes with --worker")
+        allow_dir /= check_name(group, "group name")
+    allowed, folder = allow_dir / f"{name}.key", root / PEERS / name
+    router_key = _router_public_file(root)
+    _refuse_taken(root, name, allowed)
+    if not force:
+        for path in (allowed, folder / "router.key"):
+            if os.path.lexists(path):
+                raise SquallError(f"{path} exists; pass --force to replace it")
+    make_private_dirs(allow_dir)
+    _check_directory(allow_dir)
+    public, _ = keygen(folder, name, force=force)
+    _write_exclusive(folder / "router.key", router_key, 0o644, force)
+    _write_exclusive(allowed, public.read_bytes(), 0o644, force)
+    return PeerKeys(allowed, folder)
+
+
+def _router_public_file(root: Path) -> bytes:
+    """The router's public key file, checked, to copy into a peer's folder."""
+    path = root / "router.key"
+    if not path.exists():
+        raise SquallError(
+            f"{path} does not exist: make the router's pair first, squall keygen --out {root} "
+            "router"
+        )
+    _load_public(path)
+    return path.read_bytes()
+
+
+def _refuse_taken(root: Path, name: str, allowed: Path) -> None:
+    """Refuse a name another allow-list already has: replacing the pair would leave the old
+    public key admitted there, in its old role or group."""
+    lists = [root / folder for folder in ALLOW_LISTS.values()]
+    workers = root / ALLOW_LISTS[WORKER]
+    if workers.is_dir():
+        lists += sorted(p for p in workers.iterdir() if p.is_dir())
+    for folder in lists:
+        other = folder / f"{name}.key"
+        if other != allowed and os.path.lexists(other):
+            raise SquallError(f"{other} already admits a key named {name}: remove it first")
 
 
 def _load_pair(path: Path) -> tuple[bytes, bytes]:
@@ -287,7 +400,7 @@ class ZapHandler:
         log.warning(
             "connection refused: key not allowed",
             address=address.decode(errors="replace"),
-            key=key,
+            key=key.decode(),  # Z85, as in the key files
             refused=self._unreported,
         )
         self._last_warning, self._unreported = now, 0

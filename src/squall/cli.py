@@ -1,25 +1,43 @@
-"""The ``squall`` command: ``router``, ``worker``, ``demo`` and ``--version``.
+"""The ``squall`` command: ``router``, ``worker``, ``keygen``, ``bench``, ``demo``, ``--version``.
 
 Every failure a user can cause (a bad flag, an address that cannot be bound, an unsafe bind) ends
-in one line on stderr and a non-zero exit, never a traceback.
+in one line on stderr and a non-zero exit, never a traceback: a bad flag or setting exits 2, as
+argparse does (checked when the command line is parsed, before anything starts), any other
+refusal 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from squall._version import __version__
 from squall.errors import SquallError
 
+if TYPE_CHECKING:
+    from squall.config import RouterConfig
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, _usage_line(self.prog, message))
+
+
+def _usage_line(prog: str, message: str) -> str:
+    return f"{prog}: error: {message} (see {prog} --help)\n"
+
+
+class _BadUsage(SquallError):
+    """A flag or setting that is wrong in itself or against another: exit status 2."""
+
+
+#: the level names --log-level and SQUALL_LOG_LEVEL accept (squall.log.LEVELS)
+_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def _log_flags(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +47,72 @@ def _log_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="log one JSON object per line (env SQUALL_LOG_JSON=1)",
     )
-    parser.add_argument("--log-level", help="debug, info, warning or error (env SQUALL_LOG_LEVEL)")
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=_LEVELS,
+        metavar="L",
+        help="debug, info, warning, error or critical (env SQUALL_LOG_LEVEL)",
+    )
+
+
+def connect_address(text: str) -> str:
+    """argparse type of an address to connect to: one line for a bad one (a port out of
+    range, junk after it, no host), not libzmq's "Invalid argument" or a traceback."""
+    from squall.config import validate_address
+
+    try:
+        return validate_address(text)
+    except SquallError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def bind_address(text: str) -> str:
+    """argparse type of an address to bind: as :func:`connect_address`, ``*`` allowed."""
+    from squall.config import validate_address
+
+    try:
+        return validate_address(text, bind=True)
+    except SquallError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def seconds(text: str) -> float:
+    """argparse type of a duration: a positive, finite number of seconds (a heartbeat of 0
+    or less would spin the router's loop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def count(text: str) -> int:
+    """argparse type of a count or limit: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def _directory(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
+    return text
+
+
+def _key_name(text: str) -> str:
+    from squall.auth import check_name
+
+    try:
+        return check_name(text)
+    except SquallError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -40,7 +123,18 @@ def byte_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if match is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 1048576, 64MiB, 2GiB")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    size = int(match.group(1)) * _UNITS[match.group(2)]
+    if size >= 1 << 63:  # libzmq's limits are signed 64-bit
+        raise argparse.ArgumentTypeError(f"{text!r} is too large: at most 8EiB")
+    return size
+
+
+def positive_byte_size(text: str) -> int:
+    """:func:`byte_size`, at least 1 byte: a limit of 0 would refuse everything."""
+    size = byte_size(text)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size of at least 1 byte")
+    return size
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     router.add_argument(
         "--bind",
         required=True,
+        type=bind_address,
         metavar="ADDR",
         help="address for clients and workers, e.g. tcp://0.0.0.0:5555 (with --auth) or "
         "ipc:///path/to/socket",
@@ -62,25 +157,34 @@ def _parser() -> argparse.ArgumentParser:
         help="allow TCP without authentication: any local user (on loopback) or anyone who "
         "reaches the address can run code on your workers",
     )
-    router.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
+    router.add_argument(
+        "--heartbeat",
+        type=seconds,
+        metavar="S",
+        help="seconds between heartbeats (default 1)",
+    )
     router.add_argument(
         "--liveness",
-        type=float,
-        help="seconds of silence before a worker is declared dead (default 3)",
+        type=seconds,
+        metavar="S",
+        help="seconds of silence before a worker is declared dead, more than --heartbeat "
+        "(default 3)",
     )
     router.add_argument(
         "--max-worker-deaths",
-        type=int,
+        type=count,
+        metavar="N",
         help="a task whose worker dies this often fails with WorkerLost (default 3)",
     )
     router.add_argument(
         "--max-queued",
-        type=int,
+        type=count,
+        metavar="N",
         help="tasks one client may have queued in the router (default 1,000,000)",
     )
     router.add_argument(
         "--max-message-size",
-        type=byte_size,
+        type=positive_byte_size,
         metavar="BYTES",
         help="disconnect peers sending bigger messages (default 1GiB)",
     )
@@ -92,20 +196,21 @@ def _parser() -> argparse.ArgumentParser:
         ("--max-backlog-bytes", "bytes waiting for one slow peer before it is cut off (64MiB)"),
     )
     for flag, text in limits:
-        router.add_argument(flag, type=byte_size, metavar="BYTES", help=text)
+        router.add_argument(flag, type=positive_byte_size, metavar="BYTES", help=text)
     router.add_argument(
         "--max-backlog",
-        type=int,
+        type=count,
         metavar="N",
         help="messages waiting for one slow peer before it is cut off (default 10,000)",
     )
     router.add_argument(
         "--auth",
+        type=_directory,
         metavar="DIR",
         help="CurveZMQ: DIR/router.key_secret, allowed keys in DIR/clients and DIR/workers "
         "(SIGHUP reloads them)",
     )
-    router.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    router.add_argument("--parent-pid", type=count, help=argparse.SUPPRESS)
     _log_flags(router)
 
     worker = commands.add_parser("worker", help="run a worker node connected to a router")
@@ -136,15 +241,19 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     _log_flags(worker)
 
-    keygen = commands.add_parser("keygen", help="write a CurveZMQ key pair")
-    keygen.add_argument("--out", required=True, metavar="DIR")
-    keygen.add_argument("name", help="router, or a client's or worker's name")
-    keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
+    _keygen_flags(commands.add_parser("keygen", **_KEYGEN))
 
     bench = commands.add_parser("bench", help="measure squall here (under a minute)")
-    bench.add_argument("--connect", metavar="ADDR", help="a running router (default: embedded)")
+    bench.add_argument(
+        "--connect",
+        type=connect_address,
+        metavar="ADDR",
+        help="a running router (default: embedded)",
+    )
     bench.add_argument("--quick", action="store_true", help="smaller workloads, one run")
-    bench.add_argument("--runs", type=int, default=3, help="measured runs (default 3)")
+    bench.add_argument(
+        "--runs", type=count, default=3, metavar="N", help="measured runs (default 3)"
+    )
     bench.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback router without auth"
     )
@@ -153,9 +262,73 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_KEYGEN: dict[str, Any] = {
+    "help": "write CurveZMQ keys: the router's pair, or a client's or worker's in one step",
+    "usage": "%(prog)s --out DIR (router | NAME | --client NAME | --worker NAME [--group GROUP])"
+    " [--force]",
+    "formatter_class": argparse.RawDescriptionHelpFormatter,
+    "description": """\
+  squall keygen --out keys router                  the router's pair, keys/router.key(_secret)
+  squall keygen --out keys --client alice          keys/clients/alice.key + keys/peers/alice/
+  squall keygen --out keys --worker node1          keys/workers/node1.key + keys/peers/node1/
+  squall keygen --out keys --worker node7 --group gpu   keys/workers/gpu/node7.key + ...
+
+The router admits the public keys in keys/clients and keys/workers (a subfolder is a worker
+group). keys/peers/NAME/ holds router.key and NAME's pair: copy it to NAME's host, then delete
+it here. squall keygen --out DIR NAME writes one bare pair.""",
+}
+
+
+def _keygen_flags(keygen: argparse.ArgumentParser) -> None:
+    keygen.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="the router's auth directory (created mode 0700), or where a bare pair goes",
+    )
+    which = keygen.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "name", nargs="?", type=_key_name, help="router, or the name of a bare key pair"
+    )
+    which.add_argument(
+        "--client", type=_key_name, metavar="NAME", help="a client's keys, allowed to submit"
+    )
+    which.add_argument(
+        "--worker", type=_key_name, metavar="NAME", help="a worker node's keys, allowed to work"
+    )
+    keygen.add_argument(
+        "--group",
+        type=_key_name,
+        metavar="GROUP",
+        help="with --worker: put its key in the worker group GROUP (keys/workers/GROUP/)",
+    )
+    keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Checks argparse cannot express: flags that go together, and the environment.
+
+    Raises:
+        _BadUsage: one line naming the flag or variable.
+    """
+    from squall.log import LEVEL_ENV
+
+    level = os.environ.get(LEVEL_ENV)
+    if level and level.lower() not in _LEVELS and not getattr(args, "log_level", None):
+        raise _BadUsage(f"{LEVEL_ENV}={level!r} is not a level: use {', '.join(_LEVELS)}")
+    if args.command == "keygen" and args.group is not None and args.worker is None:
+        raise _BadUsage("--group goes with --worker NAME: only workers form groups")
+    if args.command == "worker":
+        try:  # here, not as its type: --connect must say what is wrong before anything starts
+            connect_address(args.connect)
+        except argparse.ArgumentTypeError as exc:
+            raise _BadUsage(f"argument --connect: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_args(args)
         if args.command == "router":
             return _router(args)
         if args.command == "worker":
@@ -165,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             return _bench(args)
         return _demo()
+    except _BadUsage as exc:
+        sys.stderr.write(_usage_line(f"squall {args.command}", str(exc)))
+        return 2
     except SquallError as exc:
         print(f"squall {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -181,30 +357,14 @@ def _router(args: argparse.Namespace) -> int:
     import zmq
 
     from squall import log
-    from squall.config import RouterConfig, check_listen_policy, validate_address
+    from squall.config import check_listen_policy, validate_address
     from squall.router.server import RouterServer, forbid_unpickling
 
-    address = validate_address(args.bind)
+    address = validate_address(args.bind, bind=True)
+    config = _router_config(address, args)
     check_listen_policy(address, args.auth, args.insecure)
     log.configure(json=args.log_json, level=args.log_level, process="router")
     forbid_unpickling()
-    config = RouterConfig.from_env(
-        address,
-        heartbeat=args.heartbeat,
-        liveness=args.liveness,
-        parent_pid=args.parent_pid,
-        insecure=args.insecure,
-        max_worker_deaths=args.max_worker_deaths,
-        max_queued=args.max_queued,
-        max_message_size=args.max_message_size,
-        max_client_bytes=args.max_client_bytes,
-        max_held_bytes=args.max_held_bytes,
-        max_recent_bytes=args.max_recent_bytes,
-        max_body_size=args.max_body_size,
-        max_backlog=args.max_backlog,
-        max_backlog_bytes=args.max_backlog_bytes,
-        auth=args.auth,
-    )
     server = RouterServer(config)
     try:
         endpoint = server.bind()
@@ -223,6 +383,37 @@ def _router(args: argparse.Namespace) -> int:
     )
     server.serve_forever()
     return 0
+
+
+def _router_config(address: str, args: argparse.Namespace) -> RouterConfig:
+    """The router's settings from its flags and the environment.
+
+    Raises:
+        _BadUsage: a value, or a pair of them (``--liveness`` not above ``--heartbeat``), the
+            router cannot run with.
+    """
+    from squall.config import RouterConfig
+
+    try:
+        return RouterConfig.from_env(
+            address,
+            heartbeat=args.heartbeat,
+            liveness=args.liveness,
+            parent_pid=args.parent_pid,
+            insecure=args.insecure,
+            max_worker_deaths=args.max_worker_deaths,
+            max_queued=args.max_queued,
+            max_message_size=args.max_message_size,
+            max_client_bytes=args.max_client_bytes,
+            max_held_bytes=args.max_held_bytes,
+            max_recent_bytes=args.max_recent_bytes,
+            max_body_size=args.max_body_size,
+            max_backlog=args.max_backlog,
+            max_backlog_bytes=args.max_backlog_bytes,
+            auth=args.auth,
+        )
+    except SquallError as exc:
+        raise _BadUsage(str(exc)) from None
 
 
 def _insecure_warning(address: str, auth: str | None) -> str | None:
@@ -278,10 +469,23 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from squall.auth import keygen
+    from squall.auth import CLIENT, WORKER, keygen, keygen_peer
 
-    public, secret = keygen(args.out, args.name, force=args.force)
-    print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
+    if args.name is not None:
+        public, secret = keygen(args.out, args.name, force=args.force)
+        print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
+        return 0
+    role, name = (CLIENT, args.client) if args.client is not None else (WORKER, args.worker)
+    peer = keygen_peer(args.out, name, role, group=args.group, force=args.force)
+    print(f"wrote {peer.allowed} (the router admits this key as a {role})")
+    print(
+        f"wrote {peer.folder}{os.sep} (router.key, {name}.key, {name}.key_secret mode 0600): "
+        f"copy it to {name}'s host, then delete it here"
+    )
+    if role == WORKER:
+        print(f"on its host: squall worker --connect ADDR --auth {peer.folder} --key {name}")
+    else:
+        print(f'on its host: squall.Executor(ADDR, auth="{peer.folder}", key="{name}")')
     return 0
 
 
