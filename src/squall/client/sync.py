@@ -21,6 +21,7 @@ import zmq.green
 from squall import protocol
 from squall.auth import apply_client_keys
 from squall.client._core import ClientCore
+from squall.config import prepare_socket
 from squall.errors import ProtocolError, Refused, SquallError, StartupError
 from squall.log import get_logger
 from squall.memory import Trimmer
@@ -87,6 +88,7 @@ class ThreadDriver:
         Raises:
             StartupError: no router answered within ``timeout`` seconds.
         """
+        prepare_socket(self.socket, self.address)
         self.socket.connect(self.address)
         self._control.append(self._hello)
         self._thread.start()

@@ -32,7 +32,7 @@ import zmq
 
 from squall import protocol
 from squall.auth import CLIENT, WORKER, ServerKeys, ZapHandler
-from squall.config import RouterConfig, bind_router_socket
+from squall.config import RouterConfig, bind_router_socket, prepare_socket
 from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.memory import Trimmer
@@ -194,6 +194,7 @@ class RouterServer:
         Without authentication an ipc socket is made private (mode 0600): its file mode is
         then all that keeps other local users from running code on the workers.
         """
+        prepare_socket(self.socket, self.config.bind)
         self.endpoint = bind_router_socket(
             self.socket, self.config.bind, private=self.config.auth is None
         )
