@@ -353,15 +353,22 @@ def decode_stats(body: bytes) -> dict[str, Any]:
 
 
 def error_outcome(
-    type_name: str, message: str, traceback: str = "", pickled: Sequence[Frame] = (b"",)
+    type_name: str,
+    message: str,
+    traceback: str = "",
+    pickled: Sequence[Frame] = (b"",),
+    function: str = "",
 ) -> list[Frame]:
     """The frames of a failed task's outcome: a JSON summary, then the pickled exception.
 
     The summary lets the caller raise something meaningful when the exception cannot be
-    unpickled, and lets the router fail a task (a lost dependency, a worker that died
-    mid-stream) without pickling anything: it sends an empty frame in place of the pickle.
+    unpickled, lets the router fail a task (a lost dependency, a worker that died mid-stream)
+    without pickling anything (it sends an empty frame in place of the pickle), and lets it
+    log a failure (``function``: the task's qualified name, when the worker knows it).
     """
     summary = {"type": type_name, "message": message, "traceback": traceback}
+    if function:
+        summary["function"] = function
     return [json.dumps(summary).encode(), *pickled]
 
 
@@ -369,7 +376,10 @@ def read_error_summary(frame: Frame) -> dict[str, str]:
     try:
         raw: Any = frame.buffer if hasattr(frame, "buffer") else frame
         summary = json.loads(bytes(raw))
-        return {k: str(summary[k]) for k in ("type", "message", "traceback")}
+        fields = {k: str(summary[k]) for k in ("type", "message", "traceback")}
+        if "function" in summary:
+            fields["function"] = str(summary["function"])
+        return fields
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ProtocolError(f"bad error summary: {exc!r}"[:200]) from None
 

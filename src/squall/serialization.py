@@ -288,11 +288,12 @@ def loads_function(body: Any) -> Callable[..., Any]:
 # Exceptions
 
 
-def dumps_exception(exc: BaseException) -> list[Frame]:
+def dumps_exception(exc: BaseException, function: str = "") -> list[Frame]:
     """Frames for a task's exception: a JSON summary, then the pickled exception if it pickles.
 
-    The summary (type, message, traceback text) lets the caller raise ``TaskFailed`` when the
-    exception itself cannot cross.
+    The summary (type, message, traceback text, the task's ``function`` name) lets the caller
+    raise ``TaskFailed`` when the exception itself cannot cross, and the router log the
+    failure without unpickling anything.
     """
     try:
         message = str(exc)
@@ -305,7 +306,7 @@ def dumps_exception(exc: BaseException) -> list[Frame]:
         pickle.loads(pickled[0], buffers=pickled[1:])  # some exceptions pickle but never load
     except Exception:
         pickled = [b""]
-    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, pickled)
+    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, pickled, function)
 
 
 def loads_exception(frames: Sequence[Any]) -> BaseException:

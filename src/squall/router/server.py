@@ -77,6 +77,49 @@ def unpredictable_auto_ids() -> None:
         pass
 
 
+class FailureLog:
+    """One warning per failed task, at most ``per_second`` a second; the rest are counted and
+    summed up in the next line, so a flood of failures cannot flood the log.
+
+    It reads the outcome's JSON summary (the error's type and message), never its pickle.
+    """
+
+    def __init__(
+        self,
+        per_second: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[..., Any] | None = None,
+    ) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._emit = emit or log.warning
+        self._window = 0.0
+        self._logged = 0
+        self._suppressed = 0
+
+    def note(self, task_id: int, fn_hash: bytes, frames: list[Any]) -> None:
+        now = self._clock()
+        if now - self._window >= 1.0:
+            self._window, self._logged = now, 0
+        if self._logged >= self.per_second:
+            self._suppressed += 1
+            return
+        self._logged += 1
+        try:
+            summary = protocol.read_error_summary(frames[0]) if frames else {}
+        except ProtocolError:
+            summary = {}
+        self._emit(
+            "task failed",
+            task=task_id,
+            function=summary.get("function") or fn_hash.hex(),
+            error=summary.get("type", "?"),
+            message=summary.get("message", "")[:200],
+            **({"not_logged_before": self._suppressed} if self._suppressed else {}),
+        )
+        self._suppressed = 0
+
+
 class _Backlog:
     """Messages for one peer whose pipe was full, in order, and their size."""
 
@@ -166,6 +209,7 @@ class RouterServer:
         self._backlogs: dict[bytes, _Backlog] = {}
         self._last_impostor_log = 0.0
         self._trimmer = Trimmer()
+        self._failures = FailureLog()
         #: peer -> when it was last told to say HELLO again
         self._told_unknown: dict[bytes, float] = {}
         #: this router process: a client seeing a new epoch knows its tasks are gone
@@ -495,6 +539,8 @@ class RouterServer:
             task = self.state.complete(peer, item.task_id, item.status, item.frames)
             if task is not None:
                 self._results[task.client].append((task.client_task_id, item.status, item.frames))
+                if item.status == protocol.Status.ERROR:
+                    self._failures.note(task.id, task.fn_hash, item.frames)
 
     def _on_items(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         for item in protocol.decode_items(body, payload):
@@ -542,7 +588,9 @@ class RouterServer:
             self._send(peer, protocol.encode_fn_body(fn_hash, b""))
 
     def _on_credit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        self.state.set_capacity(peer, protocol.decode_credit(body))
+        capacity = protocol.decode_credit(body)
+        log.debug("worker credit", worker=peer.hex(), capacity=capacity)
+        self.state.set_capacity(peer, capacity)
 
     def _on_heartbeat(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         beat = protocol.decode_heartbeat(body, payload)
@@ -605,6 +653,14 @@ class RouterServer:
 
     def _dispatch(self) -> None:
         for worker, tasks in self.state.dispatch():
+            log.debug(
+                "tasks dispatched",
+                worker=worker.peer.hex(),
+                tasks=len(tasks),
+                first=tasks[0].id,
+                redelivered=sum(t.attempt > 0 for t in tasks),
+                free=worker.free,
+            )
             for task in tasks:
                 self._started[task.client].append(task.client_task_id)
             for chunk in _chunks(tasks):

@@ -149,6 +149,14 @@ class BodyCache:
         return True
 
 
+#: what each worker-reported outcome counts as in ``stats()`` (a router-made failure, such as
+#: a lost worker or a timeout, has a counter of its own)
+_OUTCOME_COUNTERS: dict[int, str] = {
+    Status.OK: "succeeded",
+    Status.ERROR: "failed",
+    Status.CANCELLED: "stopped",
+}
+
 #: a task whose worker died this often runs alone on a worker from then on, so that a task
 #: that kills its worker is told apart from the tasks that merely shared the process with it
 ISOLATE_AFTER = 2
@@ -237,6 +245,9 @@ class RouterState:
                     "cancelled",
                     "dispatched",
                     "completed",
+                    "succeeded",
+                    "failed",
+                    "stopped",
                     "redelivered",
                     "worker_deaths",
                     "worker_lost",
@@ -692,6 +703,7 @@ class RouterState:
         if worker is not None and worker.isolating == task_id:
             worker.isolating = None
         self.counters["completed"] += 1
+        self.counters[_OUTCOME_COUNTERS.get(status, "failed")] += 1
         self._settle(task, status, frames or [])
         if task.client not in self.clients or task.cancelled or status == Status.CANCELLED:
             return None
