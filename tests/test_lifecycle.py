@@ -73,14 +73,24 @@ def test_no_orphans_when_the_parent_is_sigkilled(tmp_path) -> None:
 
 
 def test_map_of_nothing_and_shutdown_without_waiting() -> None:
-    with squall.Executor(processes=1, concurrency=10) as ex:
+    with squall.Executor(processes=1, concurrency=1) as ex:
         assert list(ex.map(abs, [])) == []
-        slow = ex.submit(time.sleep, 30)
+        busy = ex.submit(time.sleep, 2)  # holds the only slot
+        queued = ex.submit(time.sleep, 30)  # waits behind it: never starts
+        wait_for_running(busy)
         started = time.monotonic()
         ex.shutdown(wait=False, cancel_futures=True)
         assert time.monotonic() - started < 10
     with pytest.raises(concurrent.futures.CancelledError):
-        slow.result(timeout=10)
+        queued.result(timeout=10)
+    assert busy.result(timeout=10) is None  # a running call is not cancelled: it completes
+
+
+def wait_for_running(future: concurrent.futures.Future[object], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not future.running() and not future.done():
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.02)
 
 
 def _run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
