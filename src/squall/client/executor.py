@@ -24,7 +24,7 @@ from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
 from squall.config import check_client_policy, validate_address
-from squall.errors import DependencyFailed, ExecutorShutdown, StartupError
+from squall.errors import DependencyFailed, ExecutorShutdown, StartupError, WorkerLost
 from squall.log import get_logger
 from squall.protocol import Kind
 from squall.serialization import DependencyRef
@@ -40,6 +40,8 @@ MAP_BATCH = 1000
 #: the wire counts a task's dependencies in 16 bits
 MAX_DEPENDENCIES = 65_535
 
+#: closing (or exiting) while the router has been silent this long: give its tasks up
+ROUTER_GONE_AFTER = 60.0
 #: seconds of waiting for pending tasks at shutdown before saying so in the log
 SLOW_SHUTDOWN_NOTICE = 10.0
 
@@ -130,6 +132,16 @@ class _Session:
         told = False
         while futures := [t for t in self.core.targets() if isinstance(t, Future)]:
             _, not_done = concurrent.futures.wait(futures, SLOW_SHUTDOWN_NOTICE)
+            silent = self.driver.silent_for() if self.driver is not None else 0.0
+            if not_done and silent > ROUTER_GONE_AFTER:
+                # Nobody can finish them: waiting on would hang the process at exit forever.
+                self.core.fail_all(
+                    WorkerLost(
+                        f"the router has not answered for {silent:.0f} s; the executor closed "
+                        "without the outcomes of these tasks"
+                    )
+                )
+                break
             if not_done and not told:
                 told = True  # at exit above all, a silent wait would look like a hang
                 log.warning(

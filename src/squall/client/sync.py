@@ -97,6 +97,10 @@ class ThreadDriver:
         if self.protocol_error is not None:
             raise self.protocol_error
 
+    def silent_for(self) -> float:
+        """Seconds since the router was last heard from (0 while it answers)."""
+        return time.monotonic() - self._last_heard if self._lost else 0.0
+
     def wake(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
