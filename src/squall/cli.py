@@ -229,6 +229,26 @@ def _parser() -> argparse.ArgumentParser:
         "--grace", type=float, help="on SIGTERM, seconds running tasks get to finish (default 30)"
     )
     worker.add_argument(
+        "--block-limit",
+        type=float,
+        metavar="S",
+        help="restart a process whose event loop one task has blocked this long; that task "
+        "fails with TaskTimeout (default 60, 0: never)",
+    )
+    worker.add_argument(
+        "--max-tasks-per-process",
+        type=int,
+        metavar="N",
+        help="replace a process after N tasks, losing none (default 0: no limit)",
+    )
+    worker.add_argument(
+        "--max-memory-per-process",
+        type=int,
+        metavar="MB",
+        help="replace a process past MB MiB of resident memory, losing no task (default 0: no "
+        "limit)",
+    )
+    worker.add_argument(
         "--auth", metavar="DIR", help="CurveZMQ: DIR/router.key and this node's DIR/KEY.key_secret"
     )
     worker.add_argument("--key", default="worker", help="key pair name in --auth (default worker)")
@@ -448,6 +468,9 @@ def _worker(args: argparse.Namespace) -> int:
         auth=args.auth,
         key=args.key,
         insecure=args.insecure,
+        block_limit=args.block_limit,
+        max_tasks_per_process=args.max_tasks_per_process,
+        max_memory_per_process=args.max_memory_per_process,
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     if not config.auth and not is_loopback(config.connect):

@@ -137,6 +137,18 @@ class WorkerConfig:
         auth: directory with ``router.key`` and this node's ``KEY.key_secret``.
         key: the name of this node's key pair in ``auth``.
         insecure: allow a non-loopback router address without authentication.
+        block_limit: seconds a process's hub may stay blocked by one task (CPU-bound code that
+            never yields) before the process is restarted and that task fails with
+            TaskTimeout; 0: never. Generous by default, since a long computation under it is
+            legitimate and is never run again.
+        max_tasks_per_process: a process that has taken this many tasks drains (it finishes
+            them, takes no more) and is replaced by a fresh one; 0: no limit.
+        max_memory_per_process: MiB of resident memory past which a process drains and is
+            replaced (checked every second); 0: no limit. Both guard against leaky libraries.
+        worker_id: the routing id (hex) of a worker process, chosen by its node so that the
+            node can vouch for it; set by the node.
+        status_fd: the pipe a worker process's watchdog reports on to its node; set by the
+            node.
 
     Raises:
         SquallError: a bad setting, or a remote router without ``auth`` or ``insecure``.
@@ -151,12 +163,24 @@ class WorkerConfig:
     auth: str | None = None
     key: str = "worker"
     insecure: bool = False
+    block_limit: float = 60.0
+    max_tasks_per_process: int = 0
+    max_memory_per_process: int = 0
+    worker_id: str | None = None
+    status_fd: int | None = None
 
     def __post_init__(self) -> None:
         if self.processes < 1:
             raise SquallError("--processes must be at least 1")
         if self.concurrency < 1:
             raise SquallError("--concurrency must be at least 1")
+        for flag, value in (
+            ("--block-limit", self.block_limit),
+            ("--max-tasks-per-process", self.max_tasks_per_process),
+            ("--max-memory-per-process", self.max_memory_per_process),
+        ):
+            if value < 0:
+                raise SquallError(f"{flag} must be 0 (no limit) or more")
         if needs_auth_to_connect(self.connect, self.auth, self.insecure):
             raise SquallError(
                 f"refusing to connect to {self.connect} without authentication: whoever answers "

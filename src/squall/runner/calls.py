@@ -70,6 +70,20 @@ class AsyncBridge:
         self._running.pop(key, None)
         done(task)
 
+    def stepping(self) -> int | None:
+        """The key of the coroutine the loop is running at this instant, if any.
+
+        Read by the watchdog thread while the hub is blocked: a coroutine that never awaits
+        blocks the loop's greenlet, and with it the hub.
+        """
+        loop = self._loop
+        if loop is None:
+            return None
+        task = asyncio.current_task(loop)
+        if task is None:
+            return None
+        return next((key for key, t in list(self._running.items()) if t is task), None)
+
     def cancel(self, key: int) -> bool:
         """Cancel a spawned coroutine; False if there is none under ``key``."""
         task = self._running.get(key)

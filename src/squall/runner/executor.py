@@ -13,6 +13,11 @@ Greenlets, each with one job:
 - the heartbeat tells the router this process lives, says HELLO again after a silence (the router
   restarted or declared us dead), and exits when the parent node is gone.
 
+A process drains (takes no new tasks, lets running ones finish, hands the rest back) on SIGTERM,
+and also to be recycled: after ``max_tasks_per_process`` tasks or past
+``max_memory_per_process`` MiB of resident memory, it drains and exits with
+``RESTART_EXIT_CODE``, and its node starts a fresh one.
+
 Functions arrive by hash; a body this process has not seen is fetched once from the router while
 the tasks that need it wait.
 
@@ -25,7 +30,9 @@ import asyncio
 import collections
 import functools
 import inspect
+import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -33,6 +40,7 @@ import gevent
 import gevent.event
 import greenlet
 import zmq.green as zmq
+from gevent import monkey
 
 from squall import protocol, serialization
 from squall.auth import apply_client_keys
@@ -41,8 +49,8 @@ from squall.errors import SerializationError, SquallError, TaskTimeout
 from squall.log import get_logger
 from squall.options import TaskOptions
 from squall.protocol import ErrorCode, Kind, MsgType, Role, Status, TaskItem
-from squall.runner import calls
-from squall.runner.watchdog import Watchdog
+from squall.runner import calls, forks
+from squall.runner.watchdog import RESTART_EXIT_CODE, Watchdog
 
 log = get_logger(__name__)
 
@@ -54,6 +62,10 @@ MAX_ITEMS = 1000
 FUNCTION_CACHE_SIZE = 1024
 #: stream values whose pickle is smaller than this are packed together into one frame
 PACK_LIMIT = 16 * 1024
+#: seconds between two looks at the process's resident memory (with a memory limit)
+MEMORY_CHECK_INTERVAL = 1.0
+
+_native_ident = monkey.get_original("_thread", "get_ident")
 
 
 class FunctionCache:
@@ -103,9 +115,11 @@ class WorkerProcess:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # A random routing id of our own: nobody can guess and claim it, and the watchdog
-        # thread can speak for this socket.
-        self.worker_id = protocol.new_peer_id()
+        # A random routing id of our own (or our node's choice, so that it can vouch for us):
+        # nobody can guess and claim it, and the watchdog thread can speak for this socket.
+        self.worker_id = (
+            bytes.fromhex(config.worker_id) if config.worker_id else protocol.new_peer_id()
+        )
         self.socket.setsockopt(zmq.ROUTING_ID, self.worker_id)
         if config.auth is not None:
             apply_client_keys(self.socket, config.auth, config.key)
@@ -113,6 +127,17 @@ class WorkerProcess:
         #: task id -> monotonic deadline, for tasks with a timeout (read by the watchdog)
         self.deadlines: dict[int, float] = {}
         self.hub_tick = time.monotonic()
+        #: the highest router task id received (read by the watchdog: later ones are unread)
+        self.last_task = 0
+        self._router_epoch: int | None = None
+        #: tasks taken so far (for max_tasks_per_process)
+        self.accepted = 0
+        #: tasks received while draining: never started, handed back with the rest
+        self._held: dict[int, TaskItem] = {}
+        self._accepting = True
+        self._drain_until = math.inf
+        self._exit_code = 0
+        self._main_thread = _native_ident()
         #: fn hash -> tasks waiting for its body
         self._awaiting_body: dict[bytes, list[TaskItem]] = {}
         self._results: list[tuple[int, int, list[Any]]] = []
@@ -129,21 +154,15 @@ class WorkerProcess:
         self._wake_sender = gevent.event.Event()
         self._last_heard = time.monotonic()
         self._stopping = gevent.event.Event()
-        self._draining = False
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve until stopped; return the process's exit status."""
         self.socket.connect(self.config.connect)
         log.info(
             "worker connecting", router=self.config.connect, concurrency=self.config.concurrency
         )
         self._say_hello()
-        watchdog = Watchdog(
-            self.config,
-            self.worker_id,
-            self.config.heartbeat,
-            lambda: self.hub_tick,
-            lambda: dict(self.deadlines),
-        )
+        watchdog = Watchdog(self.config, self.worker_id, self)
         watchdog.start()
         workers = [
             gevent.spawn(self._receive),
@@ -151,27 +170,45 @@ class WorkerProcess:
             gevent.spawn(self._heartbeat),
             gevent.spawn(self._tick),
         ]
+        if self.config.max_memory_per_process:
+            workers.append(gevent.spawn(self._watch_memory))
         self._stopping.wait()
-        if self._draining:
-            self._drain()
+        self._drain()
         watchdog.stop()
         gevent.killall(workers[:1] + workers[2:])
         self._flush()  # results of tasks that finished are not thrown away
         self.socket.send_multipart(protocol.encode_disconnect())  # the router takes back the rest
         workers[1].kill()
         self.socket.close(linger=500)
+        return self._exit_code
 
     def stop(self, drain: bool = False) -> None:
         """Stop; with ``drain``, take no new tasks and give running ones ``grace`` seconds."""
-        self._draining = drain
+        self._stop_taking(time.monotonic() + (self.config.grace if drain else 0.0))
+
+    def recycle(self, reason: str, **why: Any) -> None:
+        """Drain with no time limit, exit, and be replaced by a fresh process (see module)."""
+        if not self._accepting:
+            return
+        log.info("recycling this worker process", reason=reason, tasks=self.accepted, **why)
+        self._exit_code = RESTART_EXIT_CODE
+        self._stop_taking(math.inf)
+
+    def _stop_taking(self, drain_until: float) -> None:
+        # A later, stricter request wins: SIGTERM during a recycle brings in the grace period.
+        self._drain_until = min(self._drain_until, drain_until)
+        self._accepting = False
         self._stopping.set()
 
     def _drain(self) -> None:
+        """Take no new tasks; wait for running ones until ``_drain_until``."""
         self._control.append(protocol.encode_credit(0))  # no new tasks, please
         self._wake_sender.set()
-        deadline = time.monotonic() + self.config.grace
-        log.info("draining", running=len(self._tasks), grace=self.config.grace)
-        while self._busy() and time.monotonic() < deadline:
+        if not self._busy() or time.monotonic() >= self._drain_until:
+            return
+        grace = self._drain_until - time.monotonic()
+        log.info("draining", running=self._busy(), grace=None if grace == math.inf else grace)
+        while self._busy() and time.monotonic() < self._drain_until:
             gevent.sleep(0.05)
         if self._busy():
             log.warning("grace period over; handing unfinished tasks back", tasks=self._busy())
@@ -187,6 +224,34 @@ class WorkerProcess:
         while True:
             self.hub_tick = time.monotonic()
             gevent.sleep(0.1)
+
+    def blocking_task(self) -> int | None:
+        """The task the main thread is running now (called by the watchdog thread).
+
+        Walks the main thread's stack down to the greenlet's first frame, where a task
+        greenlet runs :meth:`_run_call` or :meth:`_run_stream` with its ``item``; failing that,
+        the coroutine the process's asyncio loop is stepping. Only called while the hub is
+        blocked, so the task path pays nothing for it.
+        """
+        frame = sys._current_frames().get(self._main_thread)
+        while frame is not None:
+            if frame.f_code in _TASK_CODES:
+                item = frame.f_locals.get("item")
+                return item.task_id if isinstance(item, TaskItem) else None
+            frame = frame.f_back
+        return self.bridge.stepping()
+
+    def _watch_memory(self) -> None:
+        """Recycle the process once its resident memory passes the limit."""
+        limit = self.config.max_memory_per_process << 20
+        while self._accepting:
+            gevent.sleep(MEMORY_CHECK_INTERVAL)
+            rss = resident_bytes()
+            if rss is None:
+                log.warning("cannot read resident memory here; --max-memory-per-process is off")
+                return
+            if rss > limit and self.accepted:  # a fresh process over it would only loop
+                self.recycle("max-memory-per-process", rss_mib=rss >> 20)
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -207,6 +272,8 @@ class WorkerProcess:
             type_, body = protocol.parse_header([frames[0].bytes])
             if type_ is MsgType.TASK:
                 self._on_tasks(protocol.decode_task(body, frames[1:]))
+            elif type_ is MsgType.WELCOME:
+                self._on_welcome(protocol.decode_welcome(body))
             elif type_ is MsgType.ACK:
                 for task_id, consumed in protocol.decode_ack(body, frames[1:]):
                     stream = self._streams.get(task_id)
@@ -223,11 +290,42 @@ class WorkerProcess:
                     self._say_hello()
             elif type_ is MsgType.DISCONNECT:
                 log.info("router is going away; will say HELLO when it is back")
-            # WELCOME and HEARTBEAT need nothing beyond the liveness stamp above.
+            # HEARTBEAT needs nothing beyond the liveness stamp above.
         except SquallError as exc:
             log.warning("malformed message from router dropped", error=str(exc))
 
+    def _on_welcome(self, welcome: protocol.Welcome) -> None:
+        # A new router numbers its tasks afresh: the highest id seen from the old one means
+        # nothing to it.
+        if welcome.epoch != self._router_epoch:
+            self._router_epoch = welcome.epoch
+            self.last_task = 0
+
     def _on_tasks(self, items: list[TaskItem]) -> None:
+        last = self.last_task
+        for item in items:
+            if item.task_id > last:
+                last = item.task_id
+        self.last_task = last
+        if not self._accepting:
+            self._hold(items)
+            return
+        limit = self.config.max_tasks_per_process
+        if limit and self.accepted + len(items) >= limit:
+            taken = max(0, limit - self.accepted)
+            self._hold(items[taken:])
+            self._accept(items[:taken])
+            self.recycle("max-tasks-per-process")
+            return
+        self._accept(items)
+
+    def _hold(self, items: list[TaskItem]) -> None:
+        """Keep tasks that came while draining unstarted: the router takes them back."""
+        for item in items:
+            self._held[item.task_id] = item
+
+    def _accept(self, items: list[TaskItem]) -> None:
+        self.accepted += len(items)
         for item in items:
             fn = self.functions.get(item.fn_hash)
             if fn is not None:
@@ -257,9 +355,10 @@ class WorkerProcess:
         for task_id in task_ids:
             task = self._tasks.get(task_id)
             if task is not None:
-                # GreenletExit inside the task, from the hub: its finally blocks run. One that
-                # has not started yet dies at once and never runs.
-                self._hub.loop.run_callback(self._kill, task_id, task)
+                self._cancel_greenlet(task_id, task)
+                continue
+            if self._held.pop(task_id, None) is not None:
+                self._finish(task_id, Status.CANCELLED, [])
                 continue
             if self.bridge.cancel(task_id):
                 continue
@@ -269,6 +368,18 @@ class WorkerProcess:
                     self._finish(task_id, Status.CANCELLED, [])
 
     # -- running ----------------------------------------------------------------------------
+
+    def _cancel_greenlet(self, task_id: int, task: greenlet.greenlet) -> None:
+        if not task and not task.dead:
+            # Not started: its start is a callback still waiting in the hub (it may have come
+            # in the same drain as this CANCEL, e.g. one the router took back from a blocked
+            # hub). Give it nothing to run, so it never starts.
+            task.run = _never_started
+            del self._tasks[task_id]
+            self._finish(task_id, Status.CANCELLED, [])
+            return
+        # GreenletExit inside the task, from the hub: its finally blocks run.
+        self._hub.loop.run_callback(self._kill, task_id, task)
 
     def _kill(self, task_id: int, task: greenlet.greenlet) -> None:
         if task.dead:
@@ -320,12 +431,12 @@ class WorkerProcess:
     def _call(self, task_id: int, fn: Any, args: Any, kwargs: Any, options: TaskOptions) -> Any:
         """One attempt, interrupted by TaskTimeout past ``options.timeout``."""
         if options.timeout is None:
-            return fn(*args, **kwargs)
+            return _called(fn, args, kwargs)
         self.deadlines[task_id] = time.monotonic() + options.timeout
         timer = gevent.Timeout(options.timeout)  # a BaseException: user code cannot swallow it
         timer.start()
         try:
-            return fn(*args, **kwargs)
+            return _called(fn, args, kwargs)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -368,6 +479,7 @@ class WorkerProcess:
                     self._items.append(protocol.StreamItem(item.task_id, 1, False, frames))
                 self._wake_sender.set()
                 stream.sent += 1
+                forks.leave_child(forks.CHILD_RETURNED)  # a fork in the generator: not here
                 stream.wait_for_room()
             else:
                 status, frames = self._pickled(None)
@@ -438,7 +550,7 @@ class WorkerProcess:
         self._control.append(
             # Draining: say HELLO with no capacity, or the router would send work again.
             protocol.encode_hello(
-                Role.WORKER, os.getpid(), 0 if self._draining else self.config.concurrency
+                Role.WORKER, os.getpid(), self.config.concurrency if self._accepting else 0
             )
         )
         self._wake_sender.set()
@@ -462,3 +574,31 @@ async def _with_timeout(coroutine: Any, timeout: float | None) -> Any:
     if timeout is None:
         return await coroutine
     return await asyncio.wait_for(coroutine, timeout)
+
+
+def _called(fn: Any, args: Any, kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; in a forked child of the task, the end of the process."""
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException:
+        forks.leave_child(forks.CHILD_RAISED)
+        raise
+    forks.leave_child(forks.CHILD_RETURNED)
+    return result
+
+
+def _never_started(*_: Any) -> None:
+    """What a task greenlet cancelled before it started runs instead of its task."""
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size, from /proc/self/statm (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+_TASK_CODES = (WorkerProcess._run_call.__code__, WorkerProcess._run_stream.__code__)

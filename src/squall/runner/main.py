@@ -20,6 +20,7 @@ import gevent  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     from squall import log
     from squall.config import WorkerConfig
+    from squall.runner import fatal, forks
     from squall.runner.executor import WorkerProcess
 
     parser = argparse.ArgumentParser(prog="squall-worker-process")
@@ -29,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log.configure(json=args.log_json, level=args.log_level, process="worker")
     config = WorkerConfig(**json.loads(args.config))
+    forks.install()  # a task's fork() child ends with this process and never runs squall
     worker = WorkerProcess(config)
+    fatal.install(config.status_fd, worker.blocking_task)  # a crash names the task to blame
     gevent.signal_handler(signal.SIGTERM, worker.stop, True)  # drain: finish, hand back the rest
     gevent.signal_handler(signal.SIGINT, worker.stop)
-    worker.run()
-    return 0
+    return worker.run()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,15 @@ The node itself runs no tasks and needs no gevent: it starts each worker process
 interpreter (so monkey-patching comes before any import), restarts one that dies, and on SIGTERM
 stops them all before it exits. Worker processes watch the node's PID and exit if it vanishes, so
 even a SIGKILLed node leaves no orphans.
+
+Each worker process leads a process group of its own; when one ends, the node kills what is
+left of its group, so whatever its tasks started (``subprocess``, ``os.fork()``) ends with it.
+A process that exits with ``RESTART_EXIT_CODE`` (a blocked hub, recycling) ended on purpose and
+is replaced at once; one that dies is restarted after pauses that grow while it keeps dying
+young.
+
+The node also vouches for processes that are alive but silent (a task holding the GIL), and
+hears which task was running when one crashed: see ``runner.vouching`` and ``runner.fatal``.
 """
 
 from __future__ import annotations
@@ -17,8 +26,11 @@ import sys
 import time
 from typing import Any
 
+from squall import protocol
 from squall.config import WorkerConfig
 from squall.log import get_logger
+from squall.runner.vouching import Voucher
+from squall.runner.watchdog import RESTART_EXIT_CODE
 
 log = get_logger(__name__)
 
@@ -42,24 +54,52 @@ class WorkerNode:
         self._started_at = [0.0] * config.processes
         self._restart_at: list[float | None] = [None] * config.processes
         self._stopping = False
+        self._stop_signal = signal.SIGTERM
+        self.voucher: Voucher | None = None
 
-    def _command(self) -> list[str]:
+    def _command(self, worker_id: bytes, status_fd: int) -> list[str]:
         # The whole config travels as one JSON argument: a new WorkerConfig field reaches the
         # worker processes without a flag to add on both sides.
-        own = dataclasses.replace(self.config, processes=1, parent_pid=os.getpid())
+        own = dataclasses.replace(
+            self.config,
+            processes=1,
+            parent_pid=os.getpid(),
+            worker_id=worker_id.hex(),
+            status_fd=status_fd,
+        )
         config = json.dumps(dataclasses.asdict(own))
         return [sys.executable, "-m", "squall.runner.main", "--config", config, *self.log_args]
 
     def _spawn(self, slot: int) -> None:
-        child = subprocess.Popen(self._command())
+        # We choose its routing id, so that we can speak for it (runner.vouching).
+        worker_id = protocol.new_peer_id()
+        status_r, status_w = os.pipe()
+        os.set_blocking(status_r, False)
+        os.set_blocking(status_w, False)  # a watchdog never waits for a busy node
+        try:
+            # A session (and so a process group) of its own: see _reap.
+            child = subprocess.Popen(
+                self._command(worker_id, status_w), start_new_session=True, pass_fds=(status_w,)
+            )
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
         self.children[slot] = child
         self._started_at[slot] = time.monotonic()
+        if self.voucher is not None:
+            self.voucher.add(slot, child.pid, worker_id, status_r)
+        else:
+            os.close(status_r)
         log.info("worker process started", slot=slot, worker_pid=child.pid)
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT or until the parent (if watched) is gone."""
 
         def stop(signum: int, _: Any) -> None:
+            # In their own sessions, workers no longer get a terminal's Ctrl-C: pass it on.
+            self._stop_signal = signal.Signals(signum)
             self._stopping = True
 
         signal.signal(signal.SIGTERM, stop)
@@ -70,24 +110,41 @@ class WorkerNode:
             processes=self.config.processes,
             concurrency=self.config.concurrency,
         )
-        for slot in range(self.config.processes):
-            self._spawn(slot)
-        while not self._stopping:
-            time.sleep(POLL_INTERVAL)
-            parent = self.config.parent_pid
-            if parent is not None and os.getppid() != parent:
-                log.info("parent process gone; worker node exits", parent_pid=parent)
-                break
-            self._restart_dead()
-        self._stop_children()
+        self.voucher = Voucher(self.config)
+        try:
+            for slot in range(self.config.processes):
+                self._spawn(slot)
+            while not self._stopping:
+                time.sleep(POLL_INTERVAL)
+                parent = self.config.parent_pid
+                if parent is not None and os.getppid() != parent:
+                    log.info("parent process gone; worker node exits", parent_pid=parent)
+                    break
+                self._kill_silent(self.voucher.tick(time.monotonic()))
+                self._restart_dead()
+            self._stop_children()
+        finally:
+            self.voucher.close()
         return 0
+
+    def _kill_silent(self, slots: list[int]) -> None:
+        for slot in slots:
+            child = self.children[slot]
+            if child is not None and child.returncode is None:
+                child.kill()
 
     def _restart_dead(self) -> None:
         now = time.monotonic()
         for slot, child in enumerate(self.children):
-            if child is None or child.poll() is None:
+            if child is None or not _reap(child):
                 continue
             if self._restart_at[slot] is None:
+                self._last_words(slot, child)
+            if self._restart_at[slot] is None and child.returncode == RESTART_EXIT_CODE:
+                self._restart_at[slot] = now
+                self._quick_deaths[slot] = 0
+                log.info("worker process ended to be replaced", slot=slot, worker_pid=child.pid)
+            elif self._restart_at[slot] is None:
                 # A process that keeps dying at once (bad address, broken install) is restarted
                 # after growing pauses rather than in a hot loop.
                 quick = now - self._started_at[slot] < 2.0
@@ -106,16 +163,59 @@ class WorkerNode:
                 self._restart_at[slot] = None
                 self._spawn(slot)
 
+    def _last_words(self, slot: int, child: subprocess.Popen[bytes]) -> None:
+        """What the ended process in ``slot`` said before it went (a crash's culprit)."""
+        said = self.voucher.forget(slot) if self.voucher is not None else None
+        if said is not None and said.crash_signal:
+            log.error(
+                "worker process crashed on a fatal signal",
+                worker_pid=child.pid,
+                signal=signal.Signals(said.crash_signal).name,
+                culprit_task=said.culprit,
+            )
+
     def _stop_children(self) -> None:
-        live = [c for c in self.children if c is not None and c.poll() is None]
+        live = [c for c in self.children if c is not None and not _reap(c)]
         for child in live:
-            child.send_signal(signal.SIGTERM)
+            child.send_signal(self._stop_signal)
         deadline = time.monotonic() + self.config.grace + STOP_GRACE
+        while live and time.monotonic() < deadline:
+            time.sleep(0.05)
+            live = [c for c in live if not _reap(c)]
         for child in live:
-            try:
-                child.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker process did not stop; killing it", worker_pid=child.pid)
-                child.kill()
-                child.wait()
+            log.warning("worker process did not stop; killing it", worker_pid=child.pid)
+            child.kill()
+            child.wait()
+            _kill_group(child.pid)
         log.info("worker node stopped")
+
+
+def _reap(child: subprocess.Popen[bytes]) -> bool:
+    """Whether ``child`` has ended; if it just did, kill its process group, then reap it.
+
+    The group goes first: until the leader is reaped its pid (the group's id) cannot be given
+    to another process, so the kill cannot hit a stranger.
+    """
+    if child.returncode is not None:
+        return True
+    waitid = getattr(os, "waitid", None)
+    if waitid is not None:
+        try:
+            if waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return False
+        except ChildProcessError:
+            pass  # reaped by someone else: poll() below says how it ended
+        _kill_group(child.pid)
+        child.poll()
+        return True
+    if child.poll() is None:
+        return False
+    _kill_group(child.pid)
+    return True
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left in it
