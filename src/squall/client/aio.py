@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 from squall.client.executor import Executor
 from squall.client.future import Future, as_completed
 from squall.client.stream import Stream
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class AsyncExecutor:
@@ -55,11 +56,13 @@ class AsyncExecutor:
             raise RuntimeError("AsyncExecutor not started: use 'async with' or 'await start()'")
         return self._executor
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """As :meth:`Executor.submit`; ``await`` the returned future."""
         return self.executor.submit(fn, *args, **kwargs)
 
-    def stream(self, fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+    def stream(
+        self, fn: Callable[P, Iterable[T] | AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Stream[T]:
         """As :meth:`Executor.stream`; use ``async for`` on the returned stream."""
         return self.executor.stream(fn, *args, **kwargs)
 

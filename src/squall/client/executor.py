@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from squall import options as task_options
 from squall import protocol, serialization
@@ -30,6 +30,7 @@ from squall.protocol import Kind
 from squall.serialization import DependencyRef
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 log = get_logger(__name__)
 
@@ -293,7 +294,7 @@ class Executor(concurrent.futures.Executor):
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` on a worker.
 
         ``squall.Future`` arguments (at top level, or inside a list, tuple or dict argument)
@@ -306,7 +307,10 @@ class Executor(concurrent.futures.Executor):
         ``functools.partial``): ``timeout`` (seconds; past it the task is interrupted and
         raises ``squall.TaskTimeout``), ``retries`` and ``retry_on`` (run again on these
         exception types, default any Exception; never on others), ``backoff`` (first pause
-        between attempts, doubling with jitter).
+        between attempts, doubling with jitter). Typed as the standard library types
+        ``Executor.submit`` (``ParamSpec``), so a type checker checks ``args`` and ``kwargs``
+        against ``fn``: it flags these four unless ``fn`` takes them too (they are taken at
+        run time all the same; ``# type: ignore[call-arg]`` on such a call).
 
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled (named in the message);
@@ -317,15 +321,17 @@ class Executor(concurrent.futures.Executor):
         options = task_options.from_kwargs(kwargs)
         fn_hash, body = serialization.dumps_function(fn)
         future: Future[T] = self._new_future()
-        args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
+        linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             future.set_exception(failed)
             return future
-        frames = serialization.dumps_call(args, kwargs, options)
+        frames = serialization.dumps_call(linked, linked_kw, options)
         self._enqueue(fn_hash, body, [Call(frames, future, deps=deps)])
         return future
 
-    def stream(self, fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+    def stream(
+        self, fn: Callable[P, Iterable[T] | AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Stream[T]:
         """Run a generator (or async generator) function on a worker; iterate its values as
         they are yielded.
 
@@ -341,11 +347,11 @@ class Executor(concurrent.futures.Executor):
         fn_hash, body = serialization.dumps_function(fn)
         stream: Stream[T] = Stream(self.stream_window, self._driver.send)
         stream.canceller = self._session.cancel_remote
-        args, kwargs, deps, failed = self._link_dependencies(args, kwargs)
+        linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             stream._squall_fail(failed)
             return stream
-        frames = serialization.dumps_call(args, kwargs, options)
+        frames = serialization.dumps_call(linked, linked_kw, options)
         self._enqueue(fn_hash, body, [Call(frames, stream, Kind.STREAM, self.stream_window, deps)])
         return stream
 

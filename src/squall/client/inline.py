@@ -22,8 +22,8 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 from squall import options as task_options
 from squall import serialization
@@ -35,6 +35,7 @@ from squall.errors import SerializationError, TaskTimeout
 from squall.options import TaskOptions
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: ``SQUALL_INLINE`` values that make every ``Executor()`` of the process inline
 _TRUE = ("1", "true", "yes", "on")
@@ -70,7 +71,7 @@ class InlineExecutor(Executor):
         self._counters = dict.fromkeys(("submitted", "completed", "succeeded", "failed"), 0)
         self._pid = os.getpid()
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Run ``fn(*args, **kwargs)`` now; return its finished future.
 
         Raises:
@@ -80,11 +81,11 @@ class InlineExecutor(Executor):
         options = task_options.from_kwargs(kwargs)
         serialization.dumps_function(fn)  # a function that cannot travel fails here too
         future: Future[T] = self._new_future()
-        args, kwargs, _, failed = self._link_dependencies(args, kwargs)
+        linked, linked_kw, _, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             future.set_exception(failed)
             return future
-        self._run(future, fn, serialization.dumps_call(args, kwargs, options))
+        self._run(future, fn, serialization.dumps_call(linked, linked_kw, options))
         return future
 
     def _submit_calls(
@@ -104,18 +105,20 @@ class InlineExecutor(Executor):
             self._run(future, fn, serialization.dumps_call(linked, {}))
         return futures
 
-    def stream(self, fn: Callable[..., Iterable[T]], /, *args: Any, **kwargs: Any) -> Stream[T]:
+    def stream(
+        self, fn: Callable[P, Iterable[T] | AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Stream[T]:
         """Call ``fn`` now; its generator runs as the returned stream is read."""
         self._check_open()
         task_options.from_kwargs(kwargs)
         serialization.dumps_function(fn)
         stream: InlineStream[T] = InlineStream(self.stream_window)
         stream.task_id = next(self._ids)
-        args, kwargs, _, failed = self._link_dependencies(args, kwargs)
+        linked, linked_kw, _, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
             stream._squall_fail(failed)
             return stream
-        frames = serialization.dumps_call(args, kwargs, None)
+        frames = serialization.dumps_call(linked, linked_kw, None)
         self._counters["submitted"] += 1
         stream.start(fn, serialization.loads(frames))
         return stream
