@@ -181,14 +181,19 @@ def test_a_peer_that_reads_nothing_delays_no_one_else(cluster: Cluster) -> None:
         wait_for(lambda: _idle(router.pid), 20, "the router done with the flood")
         assert cluster.stats()["backlogged_peers"] == 1
         during = _p99_of_sequential_calls(ex, 300)
-        assert during < 2 * before + 0.001, f"p99 {during * 1e6:.0f} us vs {before * 1e6:.0f} us"
         # Past the bound (10,000 messages) it is cut off, with a log line.
         for _ in range(40_000):  # (socket buffers on loopback hold several thousand)
             sloth.send_multipart(protocol.encode_stats_request())
         wait_for(lambda: "read too slowly" in router.output(), 20, "the sloth cut off")
         stats = cluster.stats()
         assert stats["peers_cut_off"] == 1 and stats["backlogged_peers"] == 0
-        assert ex.submit(abs, -1).result(timeout=10) == 1
+        after = _p99_of_sequential_calls(ex, 300)
+    # The machine's own noise moves a p99 of 300 calls: the sloth must add nothing beyond it
+    # (the old router froze every other client while its backlog was not empty).
+    baseline = max(before, after)
+    assert during < 2 * baseline + 0.001, (
+        f"p99 {during * 1e6:.0f} us with a sloth, {before * 1e6:.0f} / {after * 1e6:.0f} us without"
+    )
 
 
 def big_result(size: int) -> bytes:

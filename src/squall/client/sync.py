@@ -17,6 +17,7 @@ from typing import Any
 
 import zmq
 import zmq.green
+import zmq.utils.monitor
 
 from squall import protocol
 from squall.auth import apply_client_keys
@@ -30,6 +31,11 @@ from squall.protocol import ErrorCode, MsgType, Role
 log = get_logger(__name__)
 
 DRAIN_BATCH = 2000
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 def _gevent_patched() -> bool:
@@ -62,8 +68,12 @@ class ThreadDriver:
         # A random routing id (libzmq's own are predictable): the router binds it to our key,
         # and no other peer can guess it to take over our session.
         self.socket.setsockopt(zmq.ROUTING_ID, protocol.new_peer_id())
+        #: with keys: libzmq's reports on this socket's handshakes, to tell a refused key at once
+        self._monitor: Any = None
+        self._key = key
         if auth is not None:
             apply_client_keys(self.socket, auth, key)
+            self._monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILED)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -145,6 +155,8 @@ class ThreadDriver:
         poller = self._zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         self.core.io_thread = threading.current_thread()
         try:
             while not self._closing:
@@ -157,6 +169,8 @@ class ThreadDriver:
                 self._send_queued()
                 if self.socket in events:
                     self._drain()
+                if self._monitor is not None and self._monitor in events:
+                    self._on_handshake_failed()
                 if self.core.pending:
                     self._trimmer.worked()
                 else:
@@ -170,7 +184,29 @@ class ThreadDriver:
                 log.exception("client I/O thread stopped")
                 self.core.fail_all(SquallError(f"the client's I/O thread stopped: {exc!r}"))
         finally:
+            if self._monitor is not None:
+                self.socket.disable_monitor()
+                self._monitor.close(linger=0)
             self.socket.close(linger=0)
+
+    def _on_handshake_failed(self) -> None:
+        """libzmq says the security handshake failed: the router refused our key (ZAP), or
+        it is not the router our ``router.key`` names. Nothing will ever get through, so fail
+        at once instead of waiting for a timeout."""
+        while True:
+            try:
+                event = zmq.utils.monitor.recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                why = f"key {self._key!r} refused (ZAP status {event['value']})"
+            else:
+                why = f"handshake with key {self._key!r} failed: wrong router.key, or not CURVE"
+            error = Refused(f"the router at {self.address} refused this key: {why}")
+            log.error("router refused this client's key", router=self.address, key=self._key)
+            self.protocol_error = error
+            self.core.fail_all(error)
+            self._welcome.set()
 
     def _send_queued(self) -> None:
         # Tasks first: a CANCEL (or ACK) is queued after the SUBMIT of its task and must not
