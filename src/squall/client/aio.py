@@ -72,11 +72,24 @@ class AsyncExecutor:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         ordered: bool = True,
+        progress: bool = False,
     ) -> AsyncIterator[T]:
         """Submit every call now; ``async for`` over the results (in input order, or as they
-        complete with ``ordered=False``)."""
+        complete with ``ordered=False``); ``progress`` draws a bar as :meth:`Executor.map`
+        does."""
         futures = self.executor._submit_many(fn, iterables)
-        return _results(futures, timeout, ordered, self.executor._session.withdraw)
+        results = _results(futures, timeout, ordered, self.executor._session.withdraw)
+        return _with_progress(results, len(futures)) if progress else results
+
+    async def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
+        """As :meth:`Executor.cancel`, awaited: the router's answer is waited for off the
+        event loop. True means the task never ran, or with ``interrupt`` that it was stopped
+        on its worker (its ``finally`` runs; the future raises ``CancelledError``)."""
+        return await asyncio.to_thread(self.executor.cancel, future, interrupt)
+
+    async def stats(self) -> dict[str, Any]:
+        """The router's counters and this client's (as :meth:`Executor.stats`), awaited."""
+        return await asyncio.to_thread(self.executor.stats)
 
     async def aclose(self, cancel_futures: bool = False) -> None:
         """Wait for pending tasks (unless cancelled) and stop, off the event loop."""
@@ -88,6 +101,16 @@ class AsyncExecutor:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _with_progress(results: AsyncIterator[T], total: int) -> AsyncIterator[T]:
+    """A progress bar over ``results``, drawn where one can be (see Executor.map)."""
+    from squall.client.executor import progress_bar
+
+    with progress_bar(total) as bar:
+        async for result in results:
+            bar.update(1)
+            yield result
 
 
 async def _results(

@@ -679,8 +679,15 @@ def _take(pending: set[Future[T]], future: Future[T]) -> T:
 
 
 def _with_progress(results: Iterator[T], total: int | None) -> Iterator[T]:
-    """A tqdm progress bar over ``results``, shown only when stderr is a terminal."""
+    """A progress bar over ``results`` (see :func:`progress_bar`)."""
+    with progress_bar(total) as bar:
+        for result in results:
+            bar.update(1)
+            yield result
+
+
+def progress_bar(total: int | None) -> Any:
+    """A tqdm bar for ``map(progress=True)``, shown only when stderr is a terminal."""
     from tqdm import tqdm
 
-    with tqdm(results, total=total, unit="task", disable=not sys.stderr.isatty()) as bar:
-        yield from bar
+    return tqdm(total=total, unit="task", disable=not sys.stderr.isatty())
