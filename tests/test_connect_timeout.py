@@ -1,0 +1,22 @@
+"""connect_timeout means what it says, and a failed start leaves nothing running."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import squall
+from conftest import free_port
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_no_router_fails_within_connect_timeout_and_leaves_no_thread() -> None:
+    started = time.monotonic()
+    with pytest.raises(squall.StartupError, match="within 2 s"):
+        squall.Executor(f"tcp://127.0.0.1:{free_port()}", connect_timeout=2)
+    assert time.monotonic() - started < 3.5
+    time.sleep(0.3)
+    assert not [t for t in threading.enumerate() if t.name == "squall-client-io"]
