@@ -24,7 +24,13 @@ from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
 from squall.config import check_client_policy, validate_address
-from squall.errors import DependencyFailed, ExecutorShutdown, StartupError, WorkerLost
+from squall.errors import (
+    DependencyFailed,
+    ExecutorShutdown,
+    SquallError,
+    StartupError,
+    WorkerLost,
+)
 from squall.log import get_logger
 from squall.protocol import Kind
 from squall.serialization import DependencyRef
@@ -51,6 +57,26 @@ _WALKED = (list, tuple, dict)
 
 #: sessions not closed yet: each is finished (its pending work done) at interpreter exit
 _sessions: set[_Session] = set()
+
+
+class ExecutorForked(SquallError):
+    """An Executor was used in a process forked after it was made.
+
+    Its sockets, I/O thread and embedded processes belong to the parent: in the child they
+    would hang forever, silently. Make the Executor after the fork (in each gunicorn or
+    multiprocessing worker) instead.
+    """
+
+
+def _forget_sessions_in_child() -> None:
+    """In a forked child: the parent's sessions are not this process's to wait for or close
+    (at exit, or when their Executor is collected), so mark them ended and forget them."""
+    for session in _sessions:
+        session.ended = True
+    _sessions.clear()
+
+
+os.register_at_fork(after_in_child=_forget_sessions_in_child)
 
 
 @atexit.register
@@ -255,6 +281,7 @@ class Executor(concurrent.futures.Executor):
             check_client_policy(validate_address(address), auth, insecure)
         self.stream_window = stream_window
         self._closed = False
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._core = ClientCore(max_pending)
         self._cluster: LocalCluster | None = None
@@ -564,6 +591,12 @@ class Executor(concurrent.futures.Executor):
         return stats
 
     def _check_open(self) -> None:
+        if self._pid != os.getpid():
+            raise ExecutorForked(
+                f"this Executor was made in process {self._pid}, before os.fork(); it cannot "
+                f"work in process {os.getpid()}: create the Executor after the fork, in each "
+                "worker process (gunicorn --preload: in a post_fork hook or on first use)"
+            )
         if self._closed:
             raise ExecutorShutdown("cannot schedule new tasks after shutdown")
 

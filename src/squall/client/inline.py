@@ -31,7 +31,7 @@ from squall.client._core import ClientCore
 from squall.client.executor import Executor, _Session
 from squall.client.future import Future
 from squall.client.stream import _END, DEFAULT_WINDOW, Stream
-from squall.errors import SerializationError, TaskTimeout
+from squall.errors import ExecutorShutdown, SerializationError, TaskTimeout
 from squall.options import TaskOptions
 
 T = TypeVar("T")
@@ -143,6 +143,11 @@ class InlineExecutor(Executor):
             self._counters["succeeded"] += 1
             future.set_result(value)
         self._counters["completed"] += 1
+
+    def _check_open(self) -> None:
+        """Open unless shut down: with no sockets or processes, a forked child may use it."""
+        if self._closed:
+            raise ExecutorShutdown("cannot schedule new tasks after shutdown")
 
     def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
         """False: an inline task has always run by the time anyone can cancel it."""
