@@ -61,6 +61,12 @@ _CLIENT = {
 }
 
 
+def __dir__() -> list[str]:
+    """The public names, lazy ones included, so completion (``squall.Ex<TAB>``) offers them
+    before their first use."""
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str) -> Any:
     module = _CLIENT.get(name)
     if module is None:

@@ -720,7 +720,21 @@ def _with_progress(results: Iterator[T], total: int | None) -> Iterator[T]:
 
 
 def progress_bar(total: int | None) -> Any:
-    """A tqdm bar for ``map(progress=True)``, shown only when stderr is a terminal."""
+    """A tqdm bar for ``map(progress=True)``: a widget in a notebook, text on a terminal,
+    nothing where neither can be drawn (a pipe, a log file)."""
+    if _in_notebook():
+        # the widget (text if ipywidgets is missing)
+        from tqdm.auto import tqdm as auto_bar  # type: ignore[import-untyped]
+
+        return auto_bar(total=total, unit="task")
     from tqdm import tqdm
 
     return tqdm(total=total, unit="task", disable=not sys.stderr.isatty())
+
+
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel: its output goes to a frontend that draws,
+    though stderr is no terminal. (IPython is only looked up, never imported.)"""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
