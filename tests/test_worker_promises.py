@@ -462,3 +462,23 @@ def test_a_segfault_names_the_one_task_that_was_running(cluster: Cluster) -> Non
     assert len(lines) == 3 and all("signal=SIGSEGV" in x for x in lines), lines
     named = {x.split("culprit_task=")[1].split()[0] for x in lines}
     assert len(named) == 1 and named != {"None"}, lines
+
+
+def fork_and_crash() -> int:
+    pid = os.fork()
+    if pid == 0:
+        crash()
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_a_forked_childs_crash_is_not_taken_for_its_workers(cluster: Cluster) -> None:
+    cluster.start_router()
+    node = cluster.start_workers(1, 10)
+    with cluster.executor() as ex:
+        assert ex.submit(fork_and_crash).result(timeout=20) > 0
+        worker = cluster.stats()["worker_pids"]
+        assert ex.submit(hold_gil, 3).result(timeout=30) in worker  # vouched for as before
+        stats = cluster.stats()
+    assert "crashed on a fatal signal" not in node.output()
+    assert stats["worker_deaths"] == 0

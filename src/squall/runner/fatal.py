@@ -11,7 +11,9 @@ pipe to the node, then lets the signal kill the process as it would have.
 Running Python in a crashed process is best effort: the handler first restores the default
 action of every fatal signal and arms a two-second alarm, so a handler that crashes or hangs
 still ends the process, with no culprit named; the node then cannot tell who was at fault. A
-crash on another thread (the watchdog's, a library's) names no task either.
+crash on another thread (the watchdog's, a library's) names no task either. A task's forked
+child inherits neither: it has the default actions and no status pipe, so its crash is not taken
+for its worker's.
 """
 
 from __future__ import annotations
@@ -68,7 +70,16 @@ def install(status_fd: int | None, blame: Callable[[], int | None]) -> None:
         # signal that was sent (kill, abort) is sent again, and delivered once this returns.
         os.kill(os.getpid(), signum)
 
+    def forget_in_forked_child() -> None:
+        for fatal in FATAL_SIGNALS:
+            libc.signal(int(fatal), None)
+        try:
+            os.close(status_fd)
+        except OSError:
+            pass
+
     handler = _HANDLER(last_words)
     _installed.append(handler)
+    os.register_at_fork(after_in_child=forget_in_forked_child)
     for fatal in FATAL_SIGNALS:
         libc.signal(int(fatal), ctypes.cast(handler, ctypes.c_void_p))
