@@ -217,11 +217,6 @@ def test_a_router_listens_on_ipv6_loopback(cluster: Cluster) -> None:
     assert stats["workers"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until the client driver and the worker call squall.config.prepare_socket; then "
-    "remove this mark",
-)
 def test_a_task_runs_over_ipv6(cluster: Cluster) -> None:
     import squall
 

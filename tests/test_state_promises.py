@@ -87,3 +87,26 @@ def test_withdraw_drops_only_what_no_worker_has() -> None:
     assert state.stats()["queued"] == 0
     assert (C, 2) not in state.by_client
     assert state.withdraw(C, [2]) == [(2, False)]  # already gone
+
+
+def test_a_crash_charges_only_the_task_its_node_names() -> None:
+    state = ready()
+    state.add_worker(W1, 10, 10)
+    state.submit(C, [item(i) for i in range(1, 6)])
+    running = sorted((t for _, b in state.dispatch() for t in b), key=lambda t: t.id)
+    culprit = running[2]
+    requeued = state.worker_crashed(W1, [culprit.id])
+    assert {t.id for t in requeued} == {t.id for t in running}
+    assert culprit.deaths == 1 and all(t.deaths == 0 for t in running if t is not culprit)
+
+
+def test_a_late_crash_report_refunds_the_neighbours() -> None:
+    state = ready()
+    state.add_worker(W1, 10, 10)
+    state.submit(C, [item(i) for i in range(1, 4)])
+    running = [t for _, b in state.dispatch() for t in b]
+    state.remove_worker(W1)  # the router noticed first: everyone charged
+    assert all(t.deaths == 1 for t in running)
+    refunded = state.worker_crashed(W1, [running[0].id])
+    assert {t.id for t in refunded} == {t.id for t in running[1:]}
+    assert [t.deaths for t in running] == [1, 0, 0]

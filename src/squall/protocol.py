@@ -65,6 +65,7 @@ class MsgType(enum.IntEnum):
     TIMEOUT = 16  # worker -> router: these tasks blocked me past their hard limit; I restart
     STARTED = 17  # router -> client: these tasks went to a worker (their futures are running)
     WITHDRAW = 18  # client -> router: drop these if not started; router -> client: which were
+    CRASHED = 19  # worker node -> router: this worker process died on a signal, running these
 
 
 class Role(enum.IntEnum):
@@ -666,6 +667,19 @@ def decode_cancel(body: bytes, payload: Sequence[Frame]) -> list[int]:
     _check_no_extra("CANCEL", extra)
     _check_frames("CANCEL", 0, payload)
     return [row[0] for row in rows]
+
+
+def encode_crashed(worker: bytes, culprits: Sequence[int]) -> list[Frame]:
+    """CRASHED: a worker node says its worker process ``worker`` died on a fatal signal while
+    running the tasks ``culprits`` (empty: it could not tell which)."""
+    return _encode_batch(MsgType.CRASHED, _CANCEL_ITEM, [(t,) for t in culprits], [worker])
+
+
+def decode_crashed(body: bytes, payload: Sequence[Frame]) -> tuple[bytes, list[int]]:
+    rows, extra = _decode_rows(body, _CANCEL_ITEM, "CRASHED")
+    _check_no_extra("CRASHED", extra)
+    _check_frames("CRASHED", 1, payload)
+    return bytes(payload[0]), [row[0] for row in rows]
 
 
 def encode_withdraw(answers: Sequence[tuple[int, bool]]) -> list[Frame]:

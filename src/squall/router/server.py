@@ -153,7 +153,14 @@ def forbid_unpickling() -> None:
 
 
 _WORKER_ONLY = frozenset(
-    {MsgType.RESULT, MsgType.ITEM, MsgType.FN_FETCH, MsgType.CREDIT, MsgType.TIMEOUT}
+    {
+        MsgType.RESULT,
+        MsgType.ITEM,
+        MsgType.FN_FETCH,
+        MsgType.CREDIT,
+        MsgType.TIMEOUT,
+        MsgType.CRASHED,
+    }
 )
 _CLIENT_ONLY = frozenset(
     {MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL, MsgType.WITHDRAW}
@@ -230,6 +237,7 @@ class RouterServer:
             MsgType.CANCEL: self._on_cancel,
             MsgType.TIMEOUT: self._on_timeout,
             MsgType.WITHDRAW: self._on_withdraw,
+            MsgType.CRASHED: self._on_crashed,
         }
 
     def bind(self) -> str:
@@ -623,6 +631,20 @@ class RouterServer:
                 tasks=len(task_ids),
                 limit=limit,
             )
+
+    def _on_crashed(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
+        """A node says its worker process died on a signal while running ``culprits``."""
+        worker, culprits = protocol.decode_crashed(body, payload)
+        if self.keys is not None and self._owners.get(worker) != self._owners.get(peer):
+            return  # a node speaks only for a worker of its own key
+        known = worker in self.state.workers
+        affected = self.state.worker_crashed(worker, culprits)
+        log.warning(
+            "worker process crashed",
+            culprits=culprits or None,
+            requeued=len(affected) if known else None,
+            refunded=None if known else len(affected),
+        )
 
     def _on_withdraw(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
         """Drop tasks only if they have not started, and say which were dropped."""

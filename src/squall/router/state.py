@@ -229,6 +229,8 @@ class RouterState:
         #: outcomes the router decided itself (refusals, lost dependencies, a worker that died
         #: mid-stream, a finished task submitted again): (client, client task id, status, frames)
         self.decided: list[tuple[bytes, int, int, list[Any]]] = []
+        #: a dead worker -> the tasks charged a death for it, until its node names the culprits
+        self._charged: dict[bytes, list[Task]] = {}
         #: worker -> running task ids to stop because their client is gone
         self._stop_on_worker: dict[bytes, list[int]] = {}
         self.bodies = BodyCache()
@@ -259,6 +261,10 @@ class RouterState:
                     "unknown_bodies",
                     "duplicate_submits",
                     "taken_back",
+                    "deaths_refunded",
+                    "refused",
+                    "impostors",
+                    "peers_cut_off",
                     "stale_results",
                     "bodies_received",
                     "bodies_sent",
@@ -307,23 +313,31 @@ class RouterState:
         if client is not None:
             client.last_seen = now
 
-    def remove_worker(self, peer: bytes, died: bool = True) -> list[Task]:
+    def remove_worker(
+        self, peer: bytes, died: bool = True, culprits: Iterable[int] = ()
+    ) -> list[Task]:
         """Forget a worker; its running tasks go back to the front of the queue.
 
         ``died``: the worker vanished (silence, crash) rather than handing its tasks back in a
-        graceful drain. Each task it held then counts one death; at ``max_worker_deaths`` the
+        graceful drain. Each task it held then counts one death, or only the ``culprits`` when
+        its node could tell which tasks were running as it crashed; at ``max_worker_deaths`` a
         task fails with WorkerLost, and from ISOLATE_AFTER on it runs alone. Returns the tasks
         that will run again.
         """
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
+        blamed = set(culprits)
         if died:
             self.counters["worker_deaths"] += 1
+            if not blamed:  # remembered, in case its node names the culprits a moment later
+                self._charged[peer] = list(worker.running.values())
+                while len(self._charged) > 64:
+                    del self._charged[next(iter(self._charged))]
         requeued, isolated = [], []
         for task in worker.running.values():
             task.worker = None
-            if died:
+            if died and (not blamed or task.id in blamed):
                 task.deaths += 1
             if task.cancelled:
                 self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
@@ -406,6 +420,27 @@ class RouterState:
             self.recent_bytes -= frames_size(self.recent.pop(key)[1])
         self.uploaded.pop(_peer_scope(peer), None)
         return dropped
+
+    def worker_crashed(self, peer: bytes, culprits: list[int]) -> list[Task]:
+        """A worker's node says it died on a fatal signal running ``culprits``: only they are
+        charged a death, the rest of its tasks run again as if it had drained. If the router
+        had already declared it dead (charging everyone), the others' deaths are refunded."""
+        if peer in self.workers:
+            return self.remove_worker(peer, died=True, culprits=culprits)
+        charged = self._charged.pop(peer, None)
+        if not charged or not culprits:
+            return []
+        refunded = []
+        for task in charged:
+            if task.id in culprits or task.id not in self.tasks or task.deaths == 0:
+                continue
+            task.deaths -= 1
+            refunded.append(task)
+            if task.deaths < ISOLATE_AFTER and task.worker is None and task in self.suspects:
+                self.suspects.remove(task)  # no longer a suspect: back to the normal queue
+                self._queue_of(task).appendleft(task)
+        self.counters["deaths_refunded"] += len(refunded)
+        return refunded
 
     def forgive_silence(self) -> None:
         """The router itself did not run for a while (paused, swapped out): its peers' silence

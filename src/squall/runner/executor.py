@@ -44,7 +44,7 @@ from gevent import monkey
 
 from squall import protocol, serialization
 from squall.auth import apply_client_keys
-from squall.config import WorkerConfig
+from squall.config import WorkerConfig, prepare_socket
 from squall.errors import SerializationError, SquallError, TaskTimeout
 from squall.log import get_logger
 from squall.options import TaskOptions
@@ -157,6 +157,7 @@ class WorkerProcess:
 
     def run(self) -> int:
         """Serve until stopped; return the process's exit status."""
+        prepare_socket(self.socket, self.config.connect)
         self.socket.connect(self.config.connect)
         log.info(
             "worker connecting", router=self.config.connect, concurrency=self.config.concurrency

@@ -167,6 +167,8 @@ class WorkerNode:
         """What the ended process in ``slot`` said before it went (a crash's culprit)."""
         said = self.voucher.forget(slot) if self.voucher is not None else None
         if said is not None and said.crash_signal:
+            assert self.voucher is not None
+            self.voucher.report_crash(said)
             log.error(
                 "worker process crashed on a fatal signal",
                 worker_pid=child.pid,

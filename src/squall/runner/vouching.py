@@ -31,7 +31,7 @@ import zmq
 
 from squall import protocol
 from squall.auth import apply_client_keys
-from squall.config import WorkerConfig
+from squall.config import WorkerConfig, prepare_socket
 from squall.log import get_logger
 from squall.runner.watchdog import STATUS, StatusKind
 
@@ -79,6 +79,7 @@ class Voucher:
         self.socket.setsockopt(zmq.ROUTING_ID, protocol.new_peer_id() + b"/node")
         if config.auth is not None:
             apply_client_keys(self.socket, config.auth, config.key)
+        prepare_socket(self.socket, config.connect)
         self.socket.connect(config.connect)
 
     def add(self, slot: int, pid: int, worker_id: bytes, status_fd: int) -> None:
@@ -121,6 +122,17 @@ class Voucher:
                 self._vouch(child, blocked)
                 child.vouched_at = now
         return doomed
+
+    def report_crash(self, child: Child) -> None:
+        """Tell the router that ``child`` died on a fatal signal, and which task it was running
+        (if its handler could say): only that task is charged the death."""
+        culprits = [child.culprit] if child.culprit else []
+        try:
+            self.socket.send_multipart(
+                protocol.encode_crashed(child.worker_id, culprits), zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            pass  # the router will count an ordinary death when it notices
 
     def close(self) -> None:
         for slot in list(self.children):

@@ -34,7 +34,7 @@ from gevent import monkey
 
 from squall import protocol
 from squall.auth import apply_client_keys
-from squall.config import WorkerConfig
+from squall.config import WorkerConfig, prepare_socket
 from squall.log import get_logger
 
 log = get_logger(__name__)
@@ -104,6 +104,7 @@ class Watchdog:
         sock.setsockopt(native_zmq.ROUTING_ID, self.worker_id + b"/watchdog")
         if self.config.auth is not None:
             apply_client_keys(sock, self.config.auth, self.config.key)
+        prepare_socket(sock, self.config.connect)
         sock.connect(self.config.connect)
         try:
             while not self._stop:  # a beat at once: the node hears from us before any task
