@@ -28,14 +28,18 @@ from typing import Any
 
 from squall import protocol
 from squall.config import WorkerConfig
+from squall.errors import SquallError
 from squall.log import get_logger
 from squall.runner.vouching import Voucher
-from squall.runner.watchdog import RESTART_EXIT_CODE
+from squall.runner.watchdog import REFUSED_EXIT_CODE, RESTART_EXIT_CODE
 
 log = get_logger(__name__)
 
 POLL_INTERVAL = 0.2
 STOP_GRACE = 5.0
+#: the node's exit status when it cannot work as configured (unreadable keys, a refused key),
+#: as for any other bad usage of ``squall worker``
+CONFIG_EXIT_CODE = 2
 
 
 class WorkerNode:
@@ -56,6 +60,8 @@ class WorkerNode:
         self._stopping = False
         self._stop_signal = signal.SIGTERM
         self.voucher: Voucher | None = None
+        #: why the node gave up (a refused key): it stops and exits with CONFIG_EXIT_CODE
+        self._fatal: str | None = None
 
     def _command(self, worker_id: bytes, status_fd: int) -> list[str]:
         # The whole config travels as one JSON argument: a new WorkerConfig field reaches the
@@ -95,7 +101,17 @@ class WorkerNode:
         log.info("worker process started", slot=slot, worker_pid=child.pid)
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT or until the parent (if watched) is gone."""
+        """Run until SIGTERM/SIGINT or until the parent (if watched) is gone.
+
+        Returns CONFIG_EXIT_CODE, after one line on stderr, when the keys cannot be read or the
+        router refuses them: restarting the processes would only fail the same way forever.
+        """
+        try:
+            # Its socket reads the same key files the worker processes will: a missing key
+            # fails here, once, rather than in every process at every restart.
+            self.voucher = Voucher(self.config)
+        except SquallError as exc:
+            return _give_up(str(exc))
 
         def stop(signum: int, _: Any) -> None:
             # In their own sessions, workers no longer get a terminal's Ctrl-C: pass it on.
@@ -110,7 +126,6 @@ class WorkerNode:
             processes=self.config.processes,
             concurrency=self.config.concurrency,
         )
-        self.voucher = Voucher(self.config)
         try:
             for slot in range(self.config.processes):
                 self._spawn(slot)
@@ -125,7 +140,7 @@ class WorkerNode:
             self._stop_children()
         finally:
             self.voucher.close()
-        return 0
+        return 0 if self._fatal is None else _give_up(self._fatal)
 
     def _kill_silent(self, slots: list[int]) -> None:
         for slot in slots:
@@ -140,6 +155,9 @@ class WorkerNode:
                 continue
             if self._restart_at[slot] is None:
                 self._last_words(slot, child)
+            if child.returncode == REFUSED_EXIT_CODE:
+                self._refused(slot, child)
+                return
             if self._restart_at[slot] is None and child.returncode == RESTART_EXIT_CODE:
                 self._restart_at[slot] = now
                 self._quick_deaths[slot] = 0
@@ -162,6 +180,17 @@ class WorkerNode:
             if restart_at is not None and now >= restart_at:
                 self._restart_at[slot] = None
                 self._spawn(slot)
+
+    def _refused(self, slot: int, child: subprocess.Popen[bytes]) -> None:
+        """The router refused the key of the process in ``slot`` (it logged why): stop."""
+        self.children[slot] = None
+        self._stopping = True
+        self._fatal = (
+            f"the router at {self.config.connect} refused this key "
+            f"({self.config.key!r} in {self.config.auth}): list its public key in the router's "
+            "workers/ folder"
+        )
+        log.debug("worker process refused by the router", slot=slot, worker_pid=child.pid)
 
     def _last_words(self, slot: int, child: subprocess.Popen[bytes]) -> None:
         """What the ended process in ``slot`` said before it went (a crash's culprit)."""
@@ -190,6 +219,13 @@ class WorkerNode:
             child.wait()
             _kill_group(child.pid)
         log.info("worker node stopped")
+
+
+def _give_up(why: str) -> int:
+    """One line on stderr, as ``squall worker`` reports bad usage; the node's exit status."""
+    sys.stderr.write(f"squall worker: {why}\n")
+    sys.stderr.flush()
+    return CONFIG_EXIT_CODE
 
 
 def _reap(child: subprocess.Popen[bytes]) -> bool:

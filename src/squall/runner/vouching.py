@@ -32,6 +32,7 @@ import zmq
 from squall import protocol
 from squall.auth import apply_client_keys
 from squall.config import WorkerConfig, prepare_socket
+from squall.errors import SquallError
 from squall.log import get_logger
 from squall.runner.watchdog import STATUS, StatusKind
 
@@ -78,7 +79,12 @@ class Voucher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTING_ID, protocol.new_peer_id() + b"/node")
         if config.auth is not None:
-            apply_client_keys(self.socket, config.auth, config.key)
+            try:
+                apply_client_keys(self.socket, config.auth, config.key)
+            except SquallError:
+                self.socket.close()
+                self._context.term()
+                raise
         prepare_socket(self.socket, config.connect)
         self.socket.connect(config.connect)
 

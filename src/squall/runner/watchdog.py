@@ -44,6 +44,9 @@ HARD_LIMIT_GRACE = 1.0
 #: exit status of a process that ends on purpose to be replaced at once (a blocked hub, a
 #: recycled process); the node restarts it without the pause it puts after crashes
 RESTART_EXIT_CODE = 75
+#: exit status of a process whose key the router refused (EX_CONFIG): its node stops rather
+#: than restart it, since a new process would be refused the same way
+REFUSED_EXIT_CODE = 78
 #: a hub that last ran longer ago than this is reported as blocked (it ticks every 0.1 s)
 BLOCKED_AFTER = 0.25
 #: how long the restart report may take to leave before the process ends anyway
