@@ -34,6 +34,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import gevent
@@ -41,16 +42,17 @@ import gevent.event
 import greenlet
 import zmq.green as zmq
 from gevent import monkey
+from zmq.utils.monitor import recv_monitor_message
 
 from squall import protocol, serialization
 from squall.auth import apply_client_keys
 from squall.config import WorkerConfig, prepare_socket
-from squall.errors import SerializationError, SquallError, TaskTimeout
+from squall.errors import Refused, SerializationError, SquallError, TaskTimeout
 from squall.log import get_logger
 from squall.options import TaskOptions
 from squall.protocol import ErrorCode, Kind, MsgType, Role, Status, TaskItem
 from squall.runner import calls, forks
-from squall.runner.watchdog import RESTART_EXIT_CODE, Watchdog
+from squall.runner.watchdog import REFUSED_EXIT_CODE, RESTART_EXIT_CODE, Watchdog
 
 log = get_logger(__name__)
 
@@ -64,6 +66,18 @@ FUNCTION_CACHE_SIZE = 1024
 PACK_LIMIT = 16 * 1024
 #: seconds between two looks at the process's resident memory (with a memory limit)
 MEMORY_CHECK_INTERVAL = 1.0
+#: heartbeats without a WELCOME before "still no answer from the router" (10 s by default),
+#: then twice as long each time, up to UNANSWERED_WARN_MAX seconds
+UNANSWERED_WARN_BEATS = 10
+UNANSWERED_WARN_MAX = 60.0
+#: seconds the sender may take, at exit, to send what is left and say DISCONNECT
+FINAL_SEND_TIMEOUT = 3.0
+#: what libzmq's socket monitor reports when the router refuses our CURVE handshake
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 _native_ident = monkey.get_original("_thread", "get_ident")
 
@@ -154,10 +168,17 @@ class WorkerProcess:
         self._wake_sender = gevent.event.Event()
         self._last_heard = time.monotonic()
         self._stopping = gevent.event.Event()
+        self._welcomed = gevent.event.Event()
+        #: the sender's cue to send what is left, say DISCONNECT and return
+        self._closing = False
 
     def run(self) -> int:
         """Serve until stopped; return the process's exit status."""
         prepare_socket(self.socket, self.config.connect)
+        # Before connecting: a refusal can come within a millisecond.
+        monitor = None
+        if self.config.auth is not None:
+            monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILED)
         self.socket.connect(self.config.connect)
         log.info(
             "worker connecting", router=self.config.connect, concurrency=self.config.concurrency
@@ -165,23 +186,36 @@ class WorkerProcess:
         self._say_hello()
         watchdog = Watchdog(self.config, self.worker_id, self)
         watchdog.start()
+        sender = gevent.spawn(self._send_loop)
         workers = [
             gevent.spawn(self._receive),
-            gevent.spawn(self._send_loop),
             gevent.spawn(self._heartbeat),
             gevent.spawn(self._tick),
+            gevent.spawn(self._warn_unanswered),
         ]
         if self.config.max_memory_per_process:
             workers.append(gevent.spawn(self._watch_memory))
+        if monitor is not None:
+            workers.append(gevent.spawn(self._watch_handshake, monitor))
         self._stopping.wait()
-        self._drain()
+        if self._exit_code != REFUSED_EXIT_CODE:
+            self._drain()
         watchdog.stop()
-        gevent.killall(workers[:1] + workers[2:])
-        self._flush()  # results of tasks that finished are not thrown away
-        self.socket.send_multipart(protocol.encode_disconnect())  # the router takes back the rest
-        workers[1].kill()
+        gevent.killall(workers)
+        self._close_sender(sender)
         self.socket.close(linger=500)
         return self._exit_code
+
+    def _close_sender(self, sender: gevent.Greenlet[Any, Any]) -> None:
+        """Let the sender send what is left (results of finished tasks, then DISCONNECT, so
+        the router takes back the rest) in its own greenlet: a second greenlet sending on the
+        socket while it waits to send would trip zmq.green. Bounded: a router that never
+        answered will not take them."""
+        self._closing = True
+        self._wake_sender.set()
+        timeout = 0.0 if self._exit_code == REFUSED_EXIT_CODE else FINAL_SEND_TIMEOUT
+        sender.join(timeout)
+        sender.kill()
 
     def stop(self, drain: bool = False) -> None:
         """Stop; with ``drain``, take no new tasks and give running ones ``grace`` seconds."""
@@ -242,6 +276,32 @@ class WorkerProcess:
             frame = frame.f_back
         return self.bridge.stepping()
 
+    def _warn_unanswered(self) -> None:
+        """Say, again and again, that the router has not answered yet, and for how long: a
+        worker at a wrong or dead address would otherwise look merely idle."""
+        started = time.monotonic()
+        period = min(UNANSWERED_WARN_BEATS * self.config.heartbeat, UNANSWERED_WARN_MAX)
+        while not self._welcomed.wait(period):
+            log.warning(
+                "still no answer from the router",
+                router=self.config.connect,
+                waited_s=round(time.monotonic() - started),
+            )
+            period = min(period * 2, UNANSWERED_WARN_MAX)
+
+    def _watch_handshake(self, monitor: zmq.Socket[Any]) -> None:
+        """Stop at once, with exit status REFUSED_EXIT_CODE, if the router refuses our key:
+        libzmq would otherwise retry the handshake forever in silence."""
+        try:
+            event = recv_monitor_message(monitor)
+        finally:
+            self.socket.disable_monitor()
+            monitor.close(linger=0)
+        error = _refusal(self.config, event)
+        log.error(str(error), router=self.config.connect, key=self.config.key)
+        self._exit_code = REFUSED_EXIT_CODE
+        self._stop_taking(0.0)
+
     def _watch_memory(self) -> None:
         """Recycle the process once its resident memory passes the limit."""
         limit = self.config.max_memory_per_process << 20
@@ -298,6 +358,7 @@ class WorkerProcess:
     def _on_welcome(self, welcome: protocol.Welcome) -> None:
         # A new router numbers its tasks afresh: the highest id seen from the old one means
         # nothing to it.
+        self._welcomed.set()
         if welcome.epoch != self._router_epoch:
             self._router_epoch = welcome.epoch
             self.last_task = 0
@@ -527,10 +588,12 @@ class WorkerProcess:
     # -- sending ----------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        while True:
+        while not self._closing:
             self._wake_sender.wait()
             self._wake_sender.clear()
             self._flush()
+        self._flush()
+        self.socket.send_multipart(protocol.encode_disconnect())
 
     def _flush(self) -> None:
         """Send what is queued: control messages, then stream items, then results (so a
@@ -586,6 +649,16 @@ def _called(fn: Any, args: Any, kwargs: Any) -> Any:
         raise
     forks.leave_child(forks.CHILD_RETURNED)
     return result
+
+
+def _refusal(config: WorkerConfig, event: Mapping[str, Any]) -> Refused:
+    """The one-line error for a failed handshake ``event`` from the socket monitor."""
+    key = f"{config.key!r} in {config.auth}"
+    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        why = f"key {key} not listed (ZAP status {event['value']})"
+    else:
+        why = f"handshake with key {key} failed: wrong router.key, or not CURVE"
+    return Refused(f"the router at {config.connect} refused this key ({why})")
 
 
 def _never_started(*_: Any) -> None:
