@@ -476,15 +476,15 @@ class WorkerProcess:
                     retry += 1
                     gevent.sleep(options.pause(retry))
             if inspect.iscoroutine(result):  # async def: runs on the process's asyncio loop
-                done = functools.partial(self._coroutine_done, item.task_id, options.timeout)
+                done = functools.partial(self._coroutine_done, item.task_id, fn, options.timeout)
                 self.bridge.spawn(item.task_id, _with_timeout(result, options.timeout), done)
                 handed_off = True
                 return
-            status, frames = self._pickled(calls.collect(result, self.bridge))
+            status, frames = self._pickled(calls.collect(result, self.bridge), fn)
         except gevent.GreenletExit:
             pass
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its outcome
-            status, frames = Status.ERROR, serialization.dumps_exception(exc)
+            status, frames = Status.ERROR, serialization.dumps_exception(exc, qualified_name(fn))
         finally:
             self._forget_task(item.task_id)
             if not handed_off:
@@ -507,7 +507,9 @@ class WorkerProcess:
             timer.close()
             self.deadlines.pop(task_id, None)  # not during a retry's backoff pause
 
-    def _coroutine_done(self, task_id: int, timeout: float | None, task: asyncio.Task[Any]) -> None:
+    def _coroutine_done(
+        self, task_id: int, fn: Any, timeout: float | None, task: asyncio.Task[Any]
+    ) -> None:
         if task.cancelled():
             self._finish(task_id, Status.CANCELLED, [])
             return
@@ -515,9 +517,10 @@ class WorkerProcess:
         if isinstance(error, asyncio.TimeoutError) and timeout is not None:
             error = TaskTimeout(f"the task ran past its timeout of {timeout:g} s")
         if error is not None:
-            self._finish(task_id, Status.ERROR, serialization.dumps_exception(error))
+            summary = serialization.dumps_exception(error, qualified_name(fn))
+            self._finish(task_id, Status.ERROR, summary)
         else:
-            self._finish(task_id, *self._pickled(task.result()))
+            self._finish(task_id, *self._pickled(task.result(), fn))
 
     def _run_stream(self, item: TaskItem, fn: Any) -> None:
         """Send each yielded value as it comes; pause while ``window`` items are unread."""
@@ -530,7 +533,7 @@ class WorkerProcess:
             args, kwargs = calls.resolve(args, kwargs, item.deps)
             iterator = calls.iterate(fn, args, kwargs, self.bridge)
             for value in iterator:
-                status, frames = self._pickled(value)
+                status, frames = self._pickled(value, fn)
                 if status != Status.OK:
                     break
                 if len(frames) == 1 and len(frames[0]) < PACK_LIMIT:
@@ -544,11 +547,11 @@ class WorkerProcess:
                 forks.leave_child(forks.CHILD_RETURNED)  # a fork in the generator: not here
                 stream.wait_for_room()
             else:
-                status, frames = self._pickled(None)
+                status, frames = self._pickled(None, fn)
         except gevent.GreenletExit:
             pass
         except BaseException as exc:
-            status, frames = Status.ERROR, serialization.dumps_exception(exc)
+            status, frames = Status.ERROR, serialization.dumps_exception(exc, qualified_name(fn))
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -572,14 +575,15 @@ class WorkerProcess:
             stream.chunk = []
 
     @staticmethod
-    def _pickled(value: Any) -> tuple[Status, list[Any]]:
+    def _pickled(value: Any, fn: Any) -> tuple[Status, list[Any]]:
+        """``value`` pickled, or the error outcome of task function ``fn`` if it cannot be."""
         try:
             return Status.OK, serialization.dumps(value)
         except Exception as exc:
             error = SerializationError(
                 f"result of type {type(value).__qualname__} cannot be pickled: {exc}"
             )
-            return Status.ERROR, serialization.dumps_exception(error)
+            return Status.ERROR, serialization.dumps_exception(error, qualified_name(fn))
 
     def _finish(self, task_id: int, status: int, frames: list[Any]) -> None:
         self._results.append((task_id, status, frames))
@@ -649,6 +653,15 @@ def _called(fn: Any, args: Any, kwargs: Any) -> Any:
         raise
     forks.leave_child(forks.CHILD_RETURNED)
     return result
+
+
+def qualified_name(fn: Any) -> str:
+    """``module.qualname`` of a task's function, for the error summary the router logs."""
+    name = getattr(fn, "__qualname__", None)
+    if not isinstance(name, str):
+        return serialization.describe(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if isinstance(module, str) else name
 
 
 def _refusal(config: WorkerConfig, event: Mapping[str, Any]) -> Refused:
