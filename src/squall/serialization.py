@@ -13,10 +13,13 @@ Only clients and workers call the ``loads*`` functions here; the router never im
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
+import linecache
 import os
 import pickle
+import re
 import site
 import sys
 import sysconfig
@@ -70,11 +73,28 @@ def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
     return _rebuild_memoryview, (pickle.PickleBuffer(view), view.format, view.shape)
 
 
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    """cloudpickle's reduction of a code object, keeping the file name it throws away.
+
+    cloudpickle writes ``"<dynamic-code>"`` for the file of every function it sends by value
+    (to make payloads independent of where they were defined), which leaves remote tracebacks
+    without a file to show. Keeping the real name lets a traceback point at the user's file.
+    """
+    rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
+    return _code_in_file, (rebuild, args, code.co_filename)
+
+
+def _code_in_file(rebuild: Callable[..., types.CodeType], args: Any, filename: str) -> Any:
+    return rebuild(*args).replace(co_filename=filename)
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle's pickler, with memoryviews kept as memoryviews (cloudpickle makes bytes)."""
+    """cloudpickle's pickler, with memoryviews kept as memoryviews (cloudpickle makes bytes)
+    and code objects keeping their file names."""
 
     dispatch_table = collections.ChainMap(
-        {memoryview: _reduce_memoryview}, cloudpickle.Pickler.dispatch_table
+        {memoryview: _reduce_memoryview, types.CodeType: _reduce_code},
+        cloudpickle.Pickler.dispatch_table,
     )
 
 
@@ -269,7 +289,9 @@ def _dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     target = getattr(fn, "__func__", fn)  # bound methods: the function's module matters
     _ship_module_by_value(getattr(target, "func", target))  # functools.partial
     try:
-        body = cloudpickle.dumps(fn, protocol=5)
+        stream = io.BytesIO()
+        _Pickler(stream, protocol=5).dump(fn)
+        body = stream.getvalue()
     except Exception as exc:
         raise SerializationError(
             f"function {getattr(fn, '__qualname__', fn)!r} cannot be pickled: {exc}"
@@ -297,7 +319,7 @@ def dumps_exception(exc: BaseException, function: str = "") -> list[Frame]:
     """
     try:
         message = str(exc)
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        tb = format_traceback(exc)
     except Exception as broken:  # an exception whose __str__ raises still gets an outcome
         message = f"<unprintable {type(exc).__name__}: {type(broken).__name__}>"
         tb = ""
@@ -328,13 +350,72 @@ def loads_exception(frames: Sequence[Any]) -> BaseException:
         else:
             exc = TaskFailed(summary["type"], summary["message"], summary["traceback"])
     if summary["traceback"]:
+        tb = with_source_lines(summary["traceback"])
         if exc.__cause__ is None:  # an exception that carries its own cause keeps it
-            exc.__cause__ = RemoteTraceback(summary["traceback"])
+            exc.__cause__ = RemoteTraceback(tb)
         try:
-            exc.remote_traceback = summary["traceback"]  # type: ignore[union-attr]
+            exc.remote_traceback = tb  # type: ignore[union-attr]
         except AttributeError:  # exceptions with __slots__
             pass
     return exc
+
+
+_SQUALL_ROOT = os.path.realpath(os.path.dirname(__file__)) + os.sep
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_squall(filename: str) -> bool:
+    return os.path.realpath(filename).startswith(_SQUALL_ROOT)
+
+
+def format_traceback(exc: BaseException) -> str:
+    """The traceback text of a task's exception, without squall's own frames.
+
+    The worker's frames that call the task (the executor, the call helpers) say nothing about
+    the user's code and come first in every traceback, so they are dropped, in the exception
+    and in its causes and contexts. A stack made only of squall's frames (a failure in squall
+    itself) is kept whole: those frames are then the only clue.
+    """
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    pending, seen = [report], set[int]()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        user = [f for f in current.stack if not _in_squall(f.filename)]
+        if user:
+            current.stack = traceback.StackSummary.from_list(user)
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += getattr(current, "exceptions", None) or []
+    return "".join(report.format())
+
+
+_FRAME_LINE = re.compile(r'(?P<lead>[ |]*)File "(?P<file>[^"]+)", line (?P<line>\d+), in ')
+
+
+def with_source_lines(tb: str) -> str:
+    """Fill in the source lines a remote traceback lacks, from the files this process has.
+
+    The worker formats the traceback, so a frame whose file the worker does not have (a
+    function sent by value from the client's machine) comes without its line; the client
+    usually has that file, and shows the line as a local traceback would.
+    """
+    lines = tb.splitlines(keepends=True)
+    out: list[str] = []
+    for i, text in enumerate(lines):
+        out.append(text)
+        match = _FRAME_LINE.match(text)
+        if match is None:
+            continue
+        indent = match["lead"] + "  "
+        following = lines[i + 1] if i + 1 < len(lines) else ""
+        if following.startswith(indent) and not following[len(indent) :].startswith("File "):
+            continue  # the worker had the line
+        source = linecache.getline(match["file"], int(match["line"])).strip()
+        if source:
+            out.append(f"{indent}{source}\n")
+    return "".join(out)
 
 
 def _qualified_name(kind: type) -> str:
