@@ -58,8 +58,8 @@ def test_ten_thousand_awaited_submits_never_block_the_loop(cluster) -> None:
     assert streamed == list(range(1000))
     # Each gather of 500 pickles 500 calls in the loop's thread (~25 ms here), and a 2-core
     # machine shared with router and worker adds scheduling noise: a loop blocked by waiting
-    # on the router would stall for seconds, not for 150 ms.
-    assert lag < 0.15, f"the event loop stalled for {lag * 1000:.0f} ms"
+    # on the router would stall for seconds, not for 300 ms.
+    assert lag < 0.3, f"the event loop stalled for {lag * 1000:.0f} ms"
 
 
 def test_async_executor(cluster) -> None:

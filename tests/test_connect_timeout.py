@@ -8,7 +8,7 @@ import time
 import pytest
 
 import squall
-from conftest import free_port
+from conftest import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -18,5 +18,8 @@ def test_no_router_fails_within_connect_timeout_and_leaves_no_thread() -> None:
     with pytest.raises(squall.StartupError, match="within 2 s"):
         squall.Executor(f"tcp://127.0.0.1:{free_port()}", connect_timeout=2)
     assert time.monotonic() - started < 3.5
-    time.sleep(0.3)
-    assert not [t for t in threading.enumerate() if t.name == "squall-client-io"]
+    wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name == "squall-client-io"],
+        5,
+        "the I/O thread gone",
+    )

@@ -57,13 +57,14 @@ def prefix(version: int = VERSION, type_: int = MsgType.HEARTBEAT, magic: bytes 
 
 def test_wire_numbers_are_stable() -> None:
     # Peers of the same version must agree on these numbers: they are part of the protocol.
-    assert [(t.name, t.value) for t in MsgType][-6:] == [
+    assert [(t.name, t.value) for t in MsgType][-7:] == [
         ("ITEM", 13),
         ("ACK", 14),
         ("CANCEL", 15),
         ("TIMEOUT", 16),
         ("STARTED", 17),
         ("WITHDRAW", 18),
+        ("CRASHED", 19),
     ]
     assert {s.name: s.value for s in Status} == {"OK": 0, "ERROR": 1, "CANCELLED": 2}
     assert {k.name: k.value for k in Kind} == {"CALL": 0, "STREAM": 1}
@@ -1355,3 +1356,10 @@ def test_peer_ids_are_random_and_never_libzmq_shaped() -> None:
     assert not protocol.is_peer_id(b"\x00kE\x8bg")  # libzmq's own
     assert not protocol.is_peer_id(b"short")
     assert protocol.is_peer_id(next(iter(ids)) + b"/watchdog")
+
+
+def test_crashed_roundtrip() -> None:
+    body, payload = roundtrip(protocol.encode_crashed(b"w" * 16, [5, 9]), MsgType.CRASHED)
+    assert protocol.decode_crashed(body, payload) == (b"w" * 16, [5, 9])
+    with pytest.raises(ProtocolError):
+        protocol.decode_crashed(body, [])
