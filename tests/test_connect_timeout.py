@@ -23,3 +23,12 @@ def test_no_router_fails_within_connect_timeout_and_leaves_no_thread() -> None:
         5,
         "the I/O thread gone",
     )
+
+
+def test_the_embedded_default_keeps_one_deadline_for_its_whole_start() -> None:
+    started = time.monotonic()
+    try:
+        squall.Executor(processes=1, connect_timeout=0.5).shutdown()
+    except squall.StartupError:
+        pass  # router and worker could not both come up in 0.5 s: the usual case
+    assert time.monotonic() - started < 3.0  # not 0.5 s per step, plus stats() timeouts

@@ -292,6 +292,9 @@ class Executor(concurrent.futures.Executor):
         # False) does. (Not at exit: _finish_all does that, waiting in the main thread.)
         self._finalizer = weakref.finalize(self, self._session.close_when_done)
         self._finalizer.atexit = False
+        # One deadline for the whole start (cluster, router, workers): connect_timeout is what
+        # the caller waits at most, not the time each step may take.
+        deadline = time.monotonic() + connect_timeout
         try:
             if self._cluster is not None:
                 address = self._cluster.start()
@@ -299,22 +302,25 @@ class Executor(concurrent.futures.Executor):
             self.address = validate_address(address)
             self._driver = ThreadDriver(self.address, self._core, auth, key, worker_group or "")
             self._session.driver = self._driver
-            self._driver.start(connect_timeout)
+            self._driver.start(max(0.1, deadline - time.monotonic()))
             if self._cluster is not None:
-                self._wait_for_workers(self._cluster.processes, connect_timeout)
+                self._wait_for_workers(self._cluster.processes, deadline, connect_timeout)
         except BaseException:
             self._closed = True
             self._finalizer.detach()
             self._session.close()
             raise
 
-    def _wait_for_workers(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_for_workers(self, count: int, deadline: float, timeout: float) -> None:
         while True:
             assert self._cluster is not None
             self._cluster.check()
-            if self._driver.stats()["workers"] >= count:
-                return
+            left = deadline - time.monotonic()
+            try:
+                if self._driver.stats(max(0.1, min(left, 5.0)))["workers"] >= count:
+                    return
+            except concurrent.futures.TimeoutError:
+                pass
             if time.monotonic() > deadline:
                 raise StartupError(f"{count} embedded worker processes not ready in {timeout:g} s")
             time.sleep(0.05)

@@ -103,7 +103,8 @@ class ThreadDriver:
         self._control.append(self._hello)
         self._thread.start()
         if not self._welcome.wait(timeout):
-            raise StartupError(f"no squall router answered at {self.address} within {timeout:g} s")
+            waited = round(timeout, 1)
+            raise StartupError(f"no squall router answered at {self.address} within {waited:g} s")
         if self.protocol_error is not None:
             raise self.protocol_error
 
