@@ -13,13 +13,18 @@ from conftest import free_port, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
+def _io_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "squall-client-io"}
+
+
 def test_no_router_fails_within_connect_timeout_and_leaves_no_thread() -> None:
+    before = _io_threads()  # (other tests' executors may still be closing)
     started = time.monotonic()
     with pytest.raises(squall.StartupError, match="within 2 s"):
         squall.Executor(f"tcp://127.0.0.1:{free_port()}", connect_timeout=2)
     assert time.monotonic() - started < 3.5
     wait_for(
-        lambda: not [t for t in threading.enumerate() if t.name == "squall-client-io"],
+        lambda: not (_io_threads() - before),
         5,
         "the I/O thread gone",
     )

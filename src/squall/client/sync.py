@@ -73,7 +73,10 @@ class ThreadDriver:
         self._key = key
         if auth is not None:
             apply_client_keys(self.socket, auth, key)
-            self._monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILED)
+            # A fresh endpoint: pyzmq's default names it after the fd, which a closed socket's
+            # monitor may still hold.
+            endpoint = f"inproc://squall-monitor-{os.getpid()}-{os.urandom(8).hex()}"
+            self._monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILED, endpoint)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
