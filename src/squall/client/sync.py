@@ -81,6 +81,8 @@ class ThreadDriver:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._control: collections.deque[list[Any]] = collections.deque()
+        #: frames the socket would not take yet (no connection): sent first, in order
+        self._unsent: collections.deque[list[Any]] = collections.deque()
         self._stats_waiters: collections.deque[concurrent.futures.Future[dict[str, Any]]] = (
             collections.deque()
         )
@@ -103,7 +105,7 @@ class ThreadDriver:
         """
         prepare_socket(self.socket, self.address)
         self.socket.connect(self.address)
-        self._control.append(self._hello)
+        self.send(self._hello)
         self._thread.start()
         if not self._welcome.wait(timeout):
             waited = round(timeout, 1)
@@ -164,6 +166,8 @@ class ThreadDriver:
         self.core.io_thread = threading.current_thread()
         try:
             while not self._closing:
+                # Wait for room to send only while something waits for it.
+                poller.modify(self.socket, zmq.POLLIN | (zmq.POLLOUT if self._unsent else 0))
                 events = dict(poller.poll(250))
                 if self._wake_r in events:
                     try:
@@ -215,10 +219,26 @@ class ThreadDriver:
     def _send_queued(self) -> None:
         # Tasks first: a CANCEL (or ACK) is queued after the SUBMIT of its task and must not
         # overtake it.
-        for frames in self.core.take_outgoing():
-            self.socket.send_multipart(frames, copy=False)
+        self._unsent.extend(self.core.take_outgoing())
         while self._control:
-            self.socket.send_multipart(self._control.popleft(), copy=False)
+            self._unsent.append(self._control.popleft())
+        self._flush()
+
+    def _send(self, frames: list[Any]) -> None:
+        self._unsent.append(frames)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what is queued without ever blocking: a DEALER with no connection (the
+        handshake was refused, the router is away and the queue is at its high-water mark)
+        would block a plain send, and with it this thread, which must go on polling (for the
+        monitor's report of a refused key, for the router's return)."""
+        while self._unsent:
+            try:
+                self.socket.send_multipart(self._unsent[0], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._unsent.popleft()
 
     def _drain(self) -> None:
         for _ in range(DRAIN_BATCH):
@@ -242,10 +262,10 @@ class ThreadDriver:
             )
         if self._lost and now - self._last_hello > self._liveness / 3:
             self._last_hello = now
-            self.socket.send_multipart(self._hello)
+            self._send(self._hello)
         elif self._welcome.is_set() and now - self._last_beat > self._liveness / 3:
             self._last_beat = now  # heartbeats both ways: the router drops silent clients
-            self.socket.send_multipart(protocol.encode_heartbeat())
+            self._send(protocol.encode_heartbeat())
 
     def _handle(self, frames: list[Any]) -> None:
         self._last_heard = time.monotonic()
@@ -257,7 +277,7 @@ class ThreadDriver:
             self.core.deliver_items(protocol.decode_items(body, payload))
         elif type_ is MsgType.FN_FETCH:
             fn_hash = protocol.decode_fn_fetch(body)
-            self.socket.send_multipart(protocol.encode_fn_body(fn_hash, self.core.body(fn_hash)))
+            self._send(protocol.encode_fn_body(fn_hash, self.core.body(fn_hash)))
         elif type_ is MsgType.STATS:
             stats = protocol.decode_stats(body)
             if self._stats_waiters:
