@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from squall import protocol
-from squall.errors import ProtocolError, SquallError
+from squall.errors import ProtocolError, SquallError, VersionMismatch
 from squall.protocol import (
     MAGIC,
     VERSION,
@@ -25,7 +25,6 @@ from squall.protocol import (
     StreamItem,
     SubmitItem,
     TaskItem,
-    VersionMismatch,
     Welcome,
 )
 
@@ -184,11 +183,32 @@ def test_error_outcome_layout_and_defaults() -> None:
     frames = protocol.error_outcome("builtins.ValueError", "bad value")
     assert len(frames) == 2
     assert json.loads(frames[0]) == {
+        "code": 0,
         "type": "builtins.ValueError",
         "message": "bad value",
         "traceback": "",
     }
     assert frames[1] == b""  # no pickle: the router's own errors travel like this
+
+
+@pytest.mark.parametrize("code", list(protocol.FailureCode))
+def test_failure_outcome_carries_its_code_and_the_class_name(code: protocol.FailureCode) -> None:
+    frames = protocol.failure_outcome(code, "why", function="mod.fn")
+    summary = protocol.read_error_summary(frames[0])
+    assert summary.code is code and summary.message == "why" and summary.function == "mod.fn"
+    # The type text is the class name Python callers get, for people and other languages.
+    assert summary.type.startswith("squall.") and "_" not in summary.type
+    assert frames[1:] == [b""]
+
+
+def test_an_unknown_failure_code_reads_as_raised() -> None:
+    frame = json.dumps({"code": 999, "type": "T", "message": "m", "traceback": ""}).encode()
+    assert protocol.read_error_summary(frame).code is protocol.FailureCode.RAISED
+
+
+def test_a_summary_without_a_code_reads_as_raised() -> None:
+    frame = json.dumps({"type": "T", "message": "m", "traceback": ""}).encode()
+    assert protocol.read_error_summary(frame).code is protocol.FailureCode.RAISED
 
 
 def test_error_outcome_keeps_pickled_frames_in_order_and_untouched() -> None:
@@ -208,7 +228,7 @@ def test_error_outcome_keeps_pickled_frames_in_order_and_untouched() -> None:
 )
 def test_error_summary_roundtrip(type_name: str, message: str, traceback: str) -> None:
     frames = protocol.error_outcome(type_name, message, traceback, [b"p"])
-    expected = {"type": type_name, "message": message, "traceback": traceback}
+    expected = protocol.ErrorSummary(protocol.FailureCode.RAISED, type_name, message, traceback, "")
     assert protocol.read_error_summary(frames[0]) == expected
     # Frames arrive as bytes, buffers, or zmq.Frame-like objects (a ``buffer`` attribute).
     assert protocol.read_error_summary(memoryview(frames[0])) == expected
@@ -224,20 +244,12 @@ def test_error_summary_roundtrip(type_name: str, message: str, traceback: str) -
 def test_read_error_summary_reads_a_zmq_frame() -> None:
     zmq = pytest.importorskip("zmq")
     (summary, _) = protocol.error_outcome("T", "m", "tb")
-    assert protocol.read_error_summary(zmq.Frame(summary)) == {
-        "type": "T",
-        "message": "m",
-        "traceback": "tb",
-    }
+    assert protocol.read_error_summary(zmq.Frame(summary)) == (0, "T", "m", "tb", "")
 
 
-def test_read_error_summary_keeps_only_the_three_fields_as_text() -> None:
+def test_read_error_summary_keeps_only_the_known_fields_as_text() -> None:
     frame = json.dumps({"type": 1, "message": None, "traceback": [2], "extra": "x"}).encode()
-    assert protocol.read_error_summary(frame) == {
-        "type": "1",
-        "message": "None",
-        "traceback": "[2]",
-    }
+    assert protocol.read_error_summary(frame) == (0, "1", "None", "[2]", "")
 
 
 @pytest.mark.parametrize(
@@ -1246,7 +1258,8 @@ def test_fuzz_error_summaries() -> None:
             at = rng.randrange(len(good))
             frame = good[:at] + rng.randbytes(rng.randrange(0, 3)) + good[at + 1 :]
         else:  # well-formed JSON of a random shape
-            keys = rng.sample(["type", "message", "traceback", "other"], rng.randrange(0, 5))
+            fields = ["code", "type", "message", "traceback", "other"]
+            keys = rng.sample(fields, rng.randrange(0, 6))
             value = {k: rng.choice(values) for k in keys} if rng.random() < 0.8 else []
             frame = json.dumps(value).encode()
         try:
@@ -1255,8 +1268,8 @@ def test_fuzz_error_summaries() -> None:
             seen["refused"] += 1
         else:
             seen["ok"] += 1
-            assert sorted(summary) == ["message", "traceback", "type"]
-            assert all(type(v) is str for v in summary.values())
+            assert type(summary.code) is protocol.FailureCode
+            assert all(type(v) is str for v in summary[1:])
     assert seen["ok"] > 100
     assert seen["refused"] > 500
 

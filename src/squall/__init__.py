@@ -11,16 +11,26 @@ from typing import TYPE_CHECKING, Any
 
 from squall._version import __version__
 from squall.errors import (
+    ConfigError,
     DependencyFailed,
     ExecutorShutdown,
     ProtocolError,
+    QueueFull,
     Refused,
     RemoteTraceback,
     SerializationError,
     SquallError,
     StartupError,
+    TaskError,
+    TaskExpired,
     TaskFailed,
     TaskTimeout,
+    TaskTooLarge,
+    Unavailable,
+    UnknownDependency,
+    UnknownFunction,
+    UsageError,
+    VersionMismatch,
     WorkerLost,
 )
 
@@ -38,17 +48,30 @@ __all__ = [
     "Future",
     "Stream",
     "as_completed",
-    # errors
+    # errors: the task's own outcome
     "SquallError",
-    "ProtocolError",
-    "SerializationError",
+    "TaskError",
     "TaskFailed",
     "TaskTimeout",
     "WorkerLost",
     "DependencyFailed",
+    "TaskExpired",
+    # errors: capacity or connection, worth retrying
+    "Unavailable",
+    "QueueFull",
     "StartupError",
-    "Refused",
+    # errors: usage and configuration
+    "UsageError",
+    "ConfigError",
+    "SerializationError",
+    "TaskTooLarge",
+    "UnknownDependency",
+    "UnknownFunction",
     "ExecutorShutdown",
+    # errors: the peer itself
+    "Refused",
+    "ProtocolError",
+    "VersionMismatch",
     "RemoteTraceback",
 ]
 

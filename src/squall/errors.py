@@ -1,28 +1,54 @@
-"""The squall exception tree: one root, branches by what the caller does next."""
+"""The squall exception tree: one root, branching by what the caller does next.
+
+::
+
+    SquallError
+    ├── TaskError            the task's own outcome: look at the task, not at squall
+    │   ├── TaskFailed           it raised, and its exception could not travel as itself
+    │   ├── TaskTimeout          it ran past its time limit
+    │   ├── WorkerLost           its worker kept dying under it
+    │   ├── DependencyFailed     a task it takes as an argument failed
+    │   └── TaskExpired          its deadline passed before it could start
+    ├── Unavailable          squall's capacity or connection: worth trying again later
+    │   ├── QueueFull            the router holds all its limits allow
+    │   └── StartupError         no router answered (or an embedded one did not come up)
+    ├── UsageError           the call or the configuration is wrong: fix it, do not retry
+    │   ├── ConfigError          a bad flag, address, environment variable or key file
+    │   ├── SerializationError   a value would not pickle (or unpickle)
+    │   ├── TaskTooLarge         one task bigger than the router takes
+    │   ├── UnknownDependency    a task id the router does not know
+    │   ├── UnknownFunction      a function body the router never got
+    │   └── ExecutorShutdown     the executor takes no new work (also a RuntimeError)
+    ├── Refused              the router will not serve this peer (key refused, cut off)
+    └── ProtocolError        a message squall cannot read
+        └── VersionMismatch      another protocol version
+
+Failures the router makes travel as a ``protocol.FailureCode``; ``FAILURE_CLASSES`` below is
+the one table that turns a code back into a class.
+"""
 
 from __future__ import annotations
+
+import concurrent.futures
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from squall.protocol import FailureCode
 
 
 class SquallError(Exception):
     """Base of every error squall raises."""
 
 
-class ProtocolError(SquallError):
-    """A frame or message squall cannot read.
-
-    Keeps the raw frames so that whoever logs the error can show what arrived.
-    """
-
-    def __init__(self, message: str, frames: list[bytes] | None = None) -> None:
-        super().__init__(message)
-        self.frames = frames or []
+# -- the task's own outcome ----------------------------------------------------------------
 
 
-class SerializationError(SquallError):
-    """A value would not pickle (or unpickle); the message names which one."""
+class TaskError(SquallError):
+    """The task did not give a value: its outcome says why. Retrying squall will not help;
+    the task (or its arguments) might."""
 
 
-class TaskFailed(SquallError):
+class TaskFailed(TaskError):
     """The task raised remotely and its exception could not travel as itself.
 
     Carries the remote exception's type name, message and traceback as text.
@@ -38,7 +64,7 @@ class TaskFailed(SquallError):
         return (type(self), (self.type_name, self.remote_message, self.remote_traceback))
 
 
-class DependencyFailed(SquallError):
+class DependencyFailed(TaskError):
     """A future passed as an argument failed or was cancelled, so this task could not run.
 
     Its ``__cause__`` is the dependency's own exception (kept across the wire).
@@ -54,12 +80,68 @@ def _dependency_failed(message: str, cause: BaseException | None) -> DependencyF
     return error
 
 
-class TaskTimeout(SquallError):
+class TaskTimeout(TaskError):
     """The task ran past its ``timeout`` and was stopped."""
 
 
-class WorkerLost(SquallError):
+class WorkerLost(TaskError):
     """The worker died while running the task, too many times to try again."""
+
+
+class TaskExpired(TaskError):
+    """The task's deadline passed before any worker started it; it never ran."""
+
+
+# -- squall's capacity or connection: try again later ---------------------------------------
+
+
+class Unavailable(SquallError):
+    """squall could not take or reach the work right now; the same call may succeed later."""
+
+
+class QueueFull(Unavailable):
+    """The router holds as many tasks (or bytes of arguments) as its limits allow."""
+
+
+class StartupError(Unavailable):
+    """No router answered in time, or an embedded router or worker node did not come up."""
+
+
+# -- usage and configuration: fix the call --------------------------------------------------
+
+
+class UsageError(SquallError):
+    """The call or the configuration is wrong; the message says what to change."""
+
+
+class ConfigError(UsageError):
+    """A bad flag, address, environment variable, key file or key directory."""
+
+
+class SerializationError(UsageError):
+    """A value would not pickle (or unpickle); the message names which one."""
+
+
+class TaskTooLarge(UsageError):
+    """One task's arguments are bigger than the router accepts from a client."""
+
+
+class UnknownDependency(UsageError):
+    """A task depends on a task id the router does not know (never submitted, or long gone)."""
+
+
+class UnknownFunction(UsageError):
+    """A task names a function body this client never uploaded to the router."""
+
+
+class ExecutorShutdown(UsageError, RuntimeError):
+    """The executor was shut down; it takes no new work.
+
+    Also a RuntimeError, which is what ``concurrent.futures`` executors raise.
+    """
+
+
+# -- the peer itself ------------------------------------------------------------------------
 
 
 class Refused(SquallError):
@@ -67,15 +149,25 @@ class Refused(SquallError):
     cut off (reading too slowly, sending garbage). Trying again as is will not help."""
 
 
-class StartupError(SquallError):
-    """An embedded router or worker node did not come up."""
+class ProtocolError(SquallError):
+    """A frame or message squall cannot read.
 
-
-class ExecutorShutdown(SquallError, RuntimeError):
-    """The executor was shut down; it takes no new work.
-
-    Also a RuntimeError, which is what ``concurrent.futures`` executors raise.
+    Keeps the raw frames so that whoever logs the error can show what arrived.
     """
+
+    def __init__(self, message: str, frames: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames or []
+
+
+class VersionMismatch(ProtocolError):
+    """The message is squall's, but from another protocol version."""
+
+    def __init__(self, version: int, supported: int, frames: list[bytes] | None = None) -> None:
+        super().__init__(
+            f"protocol version {version} is not supported (this is {supported})", frames
+        )
+        self.version = version
 
 
 class RemoteTraceback(Exception):
@@ -87,3 +179,36 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f"\n\nRemote traceback:\n{self.tb}"
+
+
+#: the exception class for each failure code (``protocol.FailureCode``, by name: protocol.py
+#: imports this module) the router or squall's worker code makes; RAISED is the task's own
+#: exception, rebuilt from its pickle or, failing that, as TaskFailed
+FAILURE_CLASSES: dict[str, type[BaseException]] = {
+    "RAISED": TaskFailed,
+    "WORKER_LOST": WorkerLost,
+    "TASK_TIMEOUT": TaskTimeout,
+    "QUEUE_FULL": QueueFull,
+    "TASK_TOO_LARGE": TaskTooLarge,
+    "UNKNOWN_DEPENDENCY": UnknownDependency,
+    "UNKNOWN_FUNCTION": UnknownFunction,
+    "DEPENDENCY_FAILED": DependencyFailed,
+    "CANCELLED": concurrent.futures.CancelledError,
+    "TASK_EXPIRED": TaskExpired,
+}
+
+
+def failure_class(code: FailureCode) -> type[BaseException]:
+    """The exception class a caller gets for an outcome with this code."""
+    return FAILURE_CLASSES[code.name]
+
+
+def failure_code_of(exc: BaseException) -> FailureCode:
+    """The code a worker sends beside an exception squall raised itself (a timeout, a failed
+    dependency); RAISED for the task's own exceptions."""
+    from squall.protocol import FailureCode
+
+    for name, cls in FAILURE_CLASSES.items():
+        if name != "RAISED" and type(exc) is cls:
+            return FailureCode[name]
+    return FailureCode.RAISED

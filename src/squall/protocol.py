@@ -33,12 +33,12 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from squall.errors import ProtocolError
+from squall.errors import ProtocolError, VersionMismatch
 
 MAGIC = b"SQ"
 #: 2: WELCOME carries the router's epoch and whether it kept the peer's session; watchdog
 #: heartbeats say how long the hub has been blocked; WITHDRAW.
-VERSION = 2
+VERSION = 3
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
 Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
@@ -95,6 +95,25 @@ class ErrorCode(enum.IntEnum):
     CUT_OFF = 5  # the router stopped serving you (key revoked, reading too slowly): give up
 
 
+class FailureCode(enum.IntEnum):
+    """Why a task failed, in its error outcome's summary (``code``).
+
+    The caller raises the exception class ``squall.errors`` maps the code to, so no exception
+    is ever found by name. The numbers are wire facts: never reuse one.
+    """
+
+    RAISED = 0  # the task raised: the pickled exception (or TaskFailed) is what the caller gets
+    WORKER_LOST = 1  # its worker died while running it, too often to try again
+    TASK_TIMEOUT = 2  # it ran past its time limit
+    QUEUE_FULL = 3  # the router holds all its limits allow (count or bytes): try again later
+    TASK_TOO_LARGE = 4  # this one task is bigger than the router accepts
+    UNKNOWN_DEPENDENCY = 5  # a task id it depends on is unknown to the router
+    UNKNOWN_FUNCTION = 6  # its function body hash was never uploaded
+    DEPENDENCY_FAILED = 7  # a task it depends on failed or was cancelled
+    CANCELLED = 8  # cancelled before it could finish
+    TASK_EXPIRED = 9  # its deadline passed before it could start
+
+
 class Kind(enum.IntEnum):
     """What a task asks the worker to do with its function."""
 
@@ -145,14 +164,6 @@ _WITHDRAW_ITEM = struct.Struct("!QB")  # task id, withdrawn (in the router's ans
 _HEADERS = {t: _PREFIX.pack(MAGIC, VERSION, t) for t in MsgType}
 
 
-class VersionMismatch(ProtocolError):
-    """The peer speaks another protocol version."""
-
-    def __init__(self, version: int, frames: list[bytes]) -> None:
-        super().__init__(f"protocol version {version} is not supported (this is {VERSION})", frames)
-        self.version = version
-
-
 # ---------------------------------------------------------------------------------------------
 # Decoded shapes
 
@@ -201,7 +212,7 @@ def parse_header(frames: Sequence[Frame]) -> tuple[MsgType, bytes]:
         raise ProtocolError("not a squall message (bad magic)", _raw(frames))
     _, version, type_ = _PREFIX.unpack_from(header)
     if version != VERSION:
-        raise VersionMismatch(version, _raw(frames))
+        raise VersionMismatch(version, VERSION, _raw(frames))
     try:
         return MsgType(type_), header[_PREFIX.size :]
     except ValueError:
@@ -359,30 +370,60 @@ def error_outcome(
     traceback: str = "",
     pickled: Sequence[Frame] = (b"",),
     function: str = "",
+    code: FailureCode = FailureCode.RAISED,
 ) -> list[Frame]:
     """The frames of a failed task's outcome: a JSON summary, then the pickled exception.
 
     The summary lets the caller raise something meaningful when the exception cannot be
-    unpickled, lets the router fail a task (a lost dependency, a worker that died mid-stream)
-    without pickling anything (it sends an empty frame in place of the pickle), and lets it
-    log a failure (``function``: the task's qualified name, when the worker knows it).
+    unpickled (``code`` picks the class; ``type`` is the exception's name as text, for people
+    and other languages), lets the router fail a task (a lost dependency, a worker that died
+    mid-stream) without pickling anything (it sends an empty frame in place of the pickle),
+    and lets it log a failure (``function``: the task's qualified name, when known).
     """
-    summary = {"type": type_name, "message": message, "traceback": traceback}
+    summary: dict[str, Any] = {"code": int(code), "type": type_name, "message": message}
+    summary["traceback"] = traceback
     if function:
         summary["function"] = function
     return [json.dumps(summary).encode(), *pickled]
 
 
-def read_error_summary(frame: Frame) -> dict[str, str]:
+def failure_outcome(code: FailureCode, message: str, function: str = "") -> list[Frame]:
+    """An outcome the router (or a worker's squall code) makes itself: a code and a message,
+    nothing pickled. Its ``type`` is the code's name in CamelCase (``squall.WorkerLost``),
+    which is also the name of the exception class Python callers get."""
+    name = "squall." + "".join(part.title() for part in code.name.split("_"))
+    return error_outcome(name, message, function=function, code=code)
+
+
+class ErrorSummary(NamedTuple):
+    """The readable part of a failed task's outcome (see ``error_outcome``)."""
+
+    code: FailureCode
+    type: str
+    message: str
+    traceback: str
+    function: str
+
+
+def read_error_summary(frame: Frame) -> ErrorSummary:
+    """Parse an outcome's summary; an unknown code reads as RAISED (the text still says what
+    happened), anything malformed is a ProtocolError."""
     try:
         raw: Any = frame.buffer if hasattr(frame, "buffer") else frame
         summary = json.loads(bytes(raw))
-        fields = {k: str(summary[k]) for k in ("type", "message", "traceback")}
-        if "function" in summary:
-            fields["function"] = str(summary["function"])
-        return fields
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+        code = int(summary.get("code", 0))
+        return ErrorSummary(
+            FailureCode(code) if code in _FAILURE_CODES else FailureCode.RAISED,
+            str(summary["type"]),
+            str(summary["message"]),
+            str(summary["traceback"]),
+            str(summary.get("function", "")),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise ProtocolError(f"bad error summary: {exc!r}"[:200]) from None
+
+
+_FAILURE_CODES = frozenset(int(c) for c in FailureCode)
 
 
 # ---------------------------------------------------------------------------------------------

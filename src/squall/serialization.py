@@ -328,13 +328,14 @@ def dumps_exception(exc: BaseException, function: str = "") -> list[Frame]:
         pickle.loads(pickled[0], buffers=pickled[1:])  # some exceptions pickle but never load
     except Exception:
         pickled = [b""]
-    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, pickled, function)
+    code = errors.failure_code_of(exc)
+    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, pickled, function, code)
 
 
 def loads_exception(frames: Sequence[Any]) -> BaseException:
     """Rebuild a remote exception, with the remote traceback chained as its ``__cause__``.
 
-    Errors the router made itself (no pickle) come back as the squall error they name.
+    Errors the router made itself (no pickle) come back as the class their code maps to.
     """
     summary = protocol.read_error_summary(frames[0])
     exc: BaseException | None = None
@@ -344,17 +345,16 @@ def loads_exception(frames: Sequence[Any]) -> BaseException:
         except Exception:
             exc = None
     if not isinstance(exc, BaseException):
-        squall_error = getattr(errors, summary["type"].removeprefix("squall.errors."), None)
-        if summary["type"].startswith("squall.errors.") and isinstance(squall_error, type):
-            exc = squall_error(summary["message"])
+        if summary.code is protocol.FailureCode.RAISED:
+            exc = TaskFailed(summary.type, summary.message, summary.traceback)
         else:
-            exc = TaskFailed(summary["type"], summary["message"], summary["traceback"])
-    if summary["traceback"]:
-        tb = with_source_lines(summary["traceback"])
+            exc = errors.failure_class(summary.code)(summary.message)
+    if summary.traceback:
+        tb = with_source_lines(summary.traceback)
         if exc.__cause__ is None:  # an exception that carries its own cause keeps it
             exc.__cause__ = RemoteTraceback(tb)
         try:
-            exc.remote_traceback = tb  # type: ignore[union-attr]
+            exc.remote_traceback = tb  # type: ignore[attr-defined]
         except AttributeError:  # exceptions with __slots__
             pass
     return exc

@@ -33,7 +33,7 @@ import zmq
 from squall import protocol
 from squall.auth import CLIENT, WORKER, ServerKeys, ZapHandler
 from squall.config import RouterConfig, bind_router_socket, prepare_socket
-from squall.errors import ProtocolError
+from squall.errors import ProtocolError, VersionMismatch
 from squall.log import get_logger
 from squall.memory import Trimmer
 from squall.protocol import ErrorCode, MsgType, Role, TaskItem
@@ -106,15 +106,15 @@ class FailureLog:
             return
         self._logged += 1
         try:
-            summary = protocol.read_error_summary(frames[0]) if frames else {}
+            summary = protocol.read_error_summary(frames[0]) if frames else None
         except ProtocolError:
-            summary = {}
+            summary = None
         self._emit(
             "task failed",
             task=task_id,
-            function=summary.get("function") or fn_hash.hex(),
-            error=summary.get("type", "?"),
-            message=summary.get("message", "")[:200],
+            function=(summary and summary.function) or fn_hash.hex(),
+            error=summary.type if summary else "?",
+            message=summary.message[:200] if summary else "",
             **({"not_logged_before": self._suppressed} if self._suppressed else {}),
         )
         self._suppressed = 0
@@ -380,7 +380,7 @@ class RouterServer:
                 return
             self.state.seen(peer)
             handler(peer, body, message[1:])
-        except protocol.VersionMismatch as exc:
+        except VersionMismatch as exc:
             self.state.counters["protocol_errors"] += 1
             log.warning(
                 "peer speaks another protocol version", peer=peer.hex(), version=exc.version

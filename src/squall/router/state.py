@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squall.protocol import HASH_SIZE, Status, SubmitItem, error_outcome
+from squall.protocol import HASH_SIZE, FailureCode, Status, SubmitItem, failure_outcome
 from squall.router.fairqueue import FairQueue
 
 
@@ -347,14 +347,14 @@ class RouterState:
                 # Running it again would repeat items the reader already has.
                 self._fail(
                     task,
-                    "WorkerLost",
+                    FailureCode.WORKER_LOST,
                     f"the worker died after the stream yielded {task.items_sent} items",
                 )
             elif task.deaths >= self.max_worker_deaths:
                 self.counters["worker_lost"] += 1
                 self._fail(
                     task,
-                    "WorkerLost",
+                    FailureCode.WORKER_LOST,
                     f"the worker running this task died {task.deaths} times "
                     f"(attempts 1 to {task.attempt + 1}); not trying again",
                 )
@@ -390,7 +390,7 @@ class RouterState:
                 self.counters["timed_out"] += 1
                 self._fail(
                     task,
-                    "TaskTimeout",
+                    FailureCode.TASK_TIMEOUT,
                     f"the task blocked its worker past {limit}; the worker process was restarted",
                 )
         self.remove_worker(worker_peer, died=False)
@@ -535,14 +535,8 @@ class RouterState:
             size = frames_size(item.frames)
             refusal = self._refusal(client, item, size, uploads)
             if refusal is not None:
-                self.decided.append(
-                    (
-                        client,
-                        item.task_id,
-                        Status.ERROR,
-                        error_outcome("squall.errors.SquallError", refusal),
-                    )
-                )
+                outcome = failure_outcome(*refusal)
+                self.decided.append((client, item.task_id, Status.ERROR, outcome))
                 continue
             self.queued_by_client[client] += 1
             self.bytes_by_client[client] += size
@@ -575,25 +569,32 @@ class RouterState:
         item: SubmitItem,
         size: int,
         uploads: collections.OrderedDict[bytes, None] | None,
-    ) -> str | None:
-        """Why the router will not take ``item``; None when it will."""
+    ) -> tuple[FailureCode, str] | None:
+        """Why the router will not take ``item`` (the code the caller's error gets, and the
+        message); None when it will."""
         limits = self.limits
         if self.queued_by_client[client] >= self.max_queued:
             self.counters["refused_full"] += 1
-            return (
+            return FailureCode.QUEUE_FULL, (
                 f"the router's queue for this client is full ({self.max_queued} tasks); "
                 "submit more slowly"
             )
+        if size > limits.client_bytes:
+            self.counters["refused_bytes"] += 1
+            return FailureCode.TASK_TOO_LARGE, (
+                f"the task's arguments are {size} bytes, more than the router takes from one "
+                f"client ({limits.client_bytes}, --max-client-bytes): pass big data another way"
+            )
         if self.bytes_by_client[client] + size > limits.client_bytes:
             self.counters["refused_bytes"] += 1
-            return (
+            return FailureCode.QUEUE_FULL, (
                 f"the router holds {self.bytes_by_client[client]} bytes of this client's "
                 f"arguments; {size} more would pass its limit of {limits.client_bytes} "
                 "(--max-client-bytes): submit more slowly or pass big data another way"
             )
         if self.held_bytes + size > limits.held_bytes:
             self.counters["refused_bytes"] += 1
-            return (
+            return FailureCode.QUEUE_FULL, (
                 f"the router holds {self.held_bytes} bytes of arguments; {size} more would "
                 f"pass its limit of {limits.held_bytes} (--max-held-bytes)"
             )
@@ -601,13 +602,15 @@ class RouterState:
             self.counters["unknown_bodies"] += 1
             scope = self.clients[client].scope if client in self.clients else ""
             reason = self.refused_bodies.get((scope, item.fn_hash))
-            return reason or (
+            return FailureCode.UNKNOWN_FUNCTION, reason or (
                 f"function {item.fn_hash.hex()} was never uploaded by this client: each "
                 "client sends the bodies of the functions it submits"
             )
         if any(dep >= item.task_id for dep in item.deps):
             self.counters["refused_dependencies"] += 1
-            return "a task can only depend on tasks submitted before it (not on itself)"
+            return FailureCode.UNKNOWN_DEPENDENCY, (
+                "a task can only depend on tasks submitted before it (not on itself)"
+            )
         return None
 
     def _wire_dependencies(self, task: Task, deps: tuple[int, ...]) -> None:
@@ -630,8 +633,8 @@ class RouterState:
             else:
                 task.deps[index] = (
                     Status.ERROR,
-                    error_outcome(
-                        "squall.errors.SquallError",
+                    failure_outcome(
+                        FailureCode.UNKNOWN_DEPENDENCY,
                         f"dependency task {dep_id} is unknown to the router (finished long ago, or "
                         "never submitted): pass its value instead",
                     ),
@@ -771,9 +774,9 @@ class RouterState:
             self.held_bytes -= task.size
         self.by_client.pop((task.client, task.client_task_id), None)
 
-    def _fail(self, task: Task, error: str, message: str) -> None:
+    def _fail(self, task: Task, code: FailureCode, message: str) -> None:
         """Fail a task with a squall error the router makes itself (no pickle involved)."""
-        frames = error_outcome(f"squall.errors.{error}", message)
+        frames = failure_outcome(code, message)
         self._settle(task, Status.ERROR, frames)
         if task.client in self.clients and not task.cancelled:
             self.decided.append((task.client, task.client_task_id, Status.ERROR, frames))
