@@ -69,3 +69,17 @@ def test_the_tree_branches_by_what_the_caller_does_next() -> None:
         value = getattr(squall, name)
         if isinstance(value, type) and issubclass(value, Exception) and name != "RemoteTraceback":
             assert issubclass(value, squall.SquallError), name
+
+
+def test_configuration_errors_are_config_errors(tmp_path) -> None:
+    from squall import auth, config
+
+    with pytest.raises(squall.ConfigError, match="no port"):
+        config.validate_address("tcp://127.0.0.1")
+    with pytest.raises(squall.ConfigError, match="auth"):
+        config.check_listen_policy("tcp://0.0.0.0:5555", None, False)
+    with pytest.raises(squall.ConfigError, match="cannot read key"):
+        auth.ServerKeys.load(tmp_path / "no-such-keys")
+    with pytest.raises(squall.ConfigError, match="--force"):
+        auth.keygen(tmp_path, "k")
+        auth.keygen(tmp_path, "k")

@@ -37,7 +37,7 @@ import zmq.auth
 import zmq.utils.z85
 
 from squall.config import make_private_dirs
-from squall.errors import SquallError
+from squall.errors import ConfigError
 from squall.log import get_logger
 
 log = get_logger(__name__)
@@ -81,7 +81,7 @@ def _check_directory(directory: Path) -> None:
     """Refuse a directory other users may rename files in: they could swap the keys."""
     mode = os.stat(directory).st_mode
     if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
-        raise SquallError(
+        raise ConfigError(
             f"{directory} is writable by other users, who could swap the keys: "
             "use a directory only you can write to"
         )
@@ -93,15 +93,15 @@ def _write_exclusive(path: Path, content: bytes, mode: int, replace: bool) -> No
     same way and move it over ``path`` in one step.
 
     Raises:
-        SquallError: ``path`` exists (without ``replace``), or cannot be written.
+        ConfigError: ``path`` exists (without ``replace``), or cannot be written.
     """
     target = path.with_name(f".{path.name}.{secrets.token_hex(8)}") if replace else path
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
-        raise SquallError(f"{path} exists; pass --force to replace it") from None
+        raise ConfigError(f"{path} exists; pass --force to replace it") from None
     except OSError as exc:
-        raise SquallError(f"cannot write {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, mode)  # the umask may have narrowed the public key's mode
         with os.fdopen(fd, "wb") as out:
@@ -113,7 +113,7 @@ def _write_exclusive(path: Path, content: bytes, mode: int, replace: bool) -> No
     except OSError as exc:
         if replace:
             target.unlink(missing_ok=True)
-        raise SquallError(f"cannot write {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def check_name(name: str, what: str = "key name") -> str:
@@ -121,10 +121,10 @@ def check_name(name: str, what: str = "key name") -> str:
     it would put keys outside the folder they belong in. Return it.
 
     Raises:
-        SquallError: one line saying what a name may hold.
+        ConfigError: one line saying what a name may hold.
     """
     if not _NAME.fullmatch(name):
-        raise SquallError(
+        raise ConfigError(
             f"{name!r} is not a {what}: use up to 64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
@@ -145,7 +145,7 @@ def keygen(out_dir: str | os.PathLike[str], name: str, *, force: bool = False) -
         force: replace an existing pair (each file atomically) instead of refusing.
 
     Raises:
-        SquallError: the pair exists (without ``force``), the directory is writable by other
+        ConfigError: the pair exists (without ``force``), the directory is writable by other
             users, a file cannot be written, or ``name`` is not a plain file name.
     """
     check_name(name)
@@ -156,7 +156,7 @@ def keygen(out_dir: str | os.PathLike[str], name: str, *, force: bool = False) -
     if not force:
         for path in (secret_path, public_path):
             if os.path.lexists(path):
-                raise SquallError(f"{path} exists; pass --force to replace it")
+                raise ConfigError(f"{path} exists; pass --force to replace it")
     public, secret = zmq.curve_keypair()
     _write_exclusive(secret_path, _certificate("secret", public, secret), 0o600, force)
     _write_exclusive(public_path, _certificate("public", public), 0o644, force)
@@ -197,17 +197,17 @@ def keygen_peer(
         force: replace an existing pair instead of refusing.
 
     Raises:
-        SquallError: no router key yet, a file exists (without ``force``), the name is taken
+        ConfigError: no router key yet, a file exists (without ``force``), the name is taken
             in another allow-list, or a file or folder cannot be written.
     """
     check_name(name)
     if name == "router":
-        raise SquallError("'router' is the router's own key: give the peer another name")
+        raise ConfigError("'router' is the router's own key: give the peer another name")
     root = Path(out_dir)
     allow_dir = root / ALLOW_LISTS[role]
     if group is not None:
         if role != WORKER:
-            raise SquallError("only workers form groups: --group goes with --worker")
+            raise ConfigError("only workers form groups: --group goes with --worker")
         allow_dir /= check_name(group, "group name")
     allowed, folder = allow_dir / f"{name}.key", root / PEERS / name
     router_key = _router_public_file(root)
@@ -215,7 +215,7 @@ def keygen_peer(
     if not force:
         for path in (allowed, folder / "router.key"):
             if os.path.lexists(path):
-                raise SquallError(f"{path} exists; pass --force to replace it")
+                raise ConfigError(f"{path} exists; pass --force to replace it")
     make_private_dirs(allow_dir)
     _check_directory(allow_dir)
     public, _ = keygen(folder, name, force=force)
@@ -228,7 +228,7 @@ def _router_public_file(root: Path) -> bytes:
     """The router's public key file, checked, to copy into a peer's folder."""
     path = root / "router.key"
     if not path.exists():
-        raise SquallError(
+        raise ConfigError(
             f"{path} does not exist: make the router's pair first, squall keygen --out {root} "
             "router"
         )
@@ -246,16 +246,16 @@ def _refuse_taken(root: Path, name: str, allowed: Path) -> None:
     for folder in lists:
         other = folder / f"{name}.key"
         if other != allowed and os.path.lexists(other):
-            raise SquallError(f"{other} already admits a key named {name}: remove it first")
+            raise ConfigError(f"{other} already admits a key named {name}: remove it first")
 
 
 def _load_pair(path: Path) -> tuple[bytes, bytes]:
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise SquallError(f"cannot read key {path}: {exc}") from None
+        raise ConfigError(f"cannot read key {path}: {exc}") from None
     if secret is None:
-        raise SquallError(f"{path} holds no secret key")
+        raise ConfigError(f"{path} holds no secret key")
     return public, secret
 
 
@@ -263,7 +263,7 @@ def _load_public(path: Path) -> bytes:
     try:
         public, _ = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise SquallError(f"cannot read key {path}: {exc}") from None
+        raise ConfigError(f"cannot read key {path}: {exc}") from None
     return public
 
 
@@ -284,7 +284,7 @@ class ServerKeys:
         """Read ``router.key_secret`` and the allow-lists; empty or missing lists admit no one.
 
         Raises:
-            SquallError: the router's key pair is missing or unreadable.
+            ConfigError: the router's key pair is missing or unreadable.
         """
         root = Path(directory)
         public, secret = _load_pair(root / "router.key_secret")
@@ -344,7 +344,7 @@ def apply_client_keys(
     """Make ``socket`` a CURVE client with ``DIR/NAME.key_secret``, trusting ``DIR/router.key``.
 
     Raises:
-        SquallError: a key file is missing or unreadable.
+        ConfigError: a key file is missing or unreadable.
     """
     root = Path(directory)
     public, secret = _load_pair(root / f"{name}.key_secret")

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from squall._version import __version__
-from squall.errors import SquallError
+from squall.errors import ConfigError, SquallError
 
 if TYPE_CHECKING:
     from squall.config import RouterConfig
@@ -32,7 +32,7 @@ def _usage_line(prog: str, message: str) -> str:
     return f"{prog}: error: {message} (see {prog} --help)\n"
 
 
-class _BadUsage(SquallError):
+class _BadUsage(ConfigError):
     """A flag or setting that is wrong in itself or against another: exit status 2."""
 
 
@@ -389,7 +389,7 @@ def _router(args: argparse.Namespace) -> int:
     try:
         endpoint = server.bind()
     except zmq.ZMQError as exc:
-        raise SquallError(f"cannot bind {address}: {exc}") from None
+        raise ConfigError(f"cannot bind {address}: {exc}") from None
     logger = log.get_logger("squall.router")
     warning = _insecure_warning(address, args.auth)
     if warning:

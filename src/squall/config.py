@@ -11,13 +11,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from squall.errors import SquallError
+from squall.errors import ConfigError
 
 if TYPE_CHECKING:
     import zmq
 
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_LIVENESS = 3.0
+#: a peer sends this many heartbeats (or HELLOs, while reconnecting) per liveness window, so
+#: one or two lost to a busy moment never look like a death
+BEATS_PER_LIVENESS = 3
+#: a client is declared gone after this many liveness windows of silence: it may be busy
+#: unpickling a large result, and it loses its queued tasks when declared gone
+CLIENT_LIVENESS_WINDOWS = 5
+#: messages read per poll wake-up before the loop turns to its other work
+DRAIN_BATCH = 2000
+#: seconds a stopping process gives its children (worker processes, an embedded router and
+#: node) after SIGTERM before SIGKILL
+STOP_GRACE = 5.0
 
 
 def _env_float(name: str, default: float) -> float:
@@ -25,7 +36,7 @@ def _env_float(name: str, default: float) -> float:
     traceback.
 
     Raises:
-        SquallError: ``name`` is set to something other than a number.
+        ConfigError: ``name`` is set to something other than a number.
     """
     value = os.environ.get(name)
     if not value:
@@ -33,7 +44,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(value)
     except ValueError:
-        raise SquallError(f"{name}={value!r} is not a number of seconds") from None
+        raise ConfigError(f"{name}={value!r} is not a number of seconds") from None
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class RouterConfig:
         loop, and a liveness window no longer than the heartbeat declares every worker dead.
 
         Raises:
-            SquallError: one line naming the flag.
+            ConfigError: one line naming the flag.
         """
         for flag, seconds in (
             ("--heartbeat", self.heartbeat),
@@ -101,9 +112,9 @@ class RouterConfig:
             ("handshake_timeout", self.handshake_timeout),
         ):
             if not (math.isfinite(seconds) and seconds > 0):
-                raise SquallError(f"{flag} must be a positive number of seconds, not {seconds}")
+                raise ConfigError(f"{flag} must be a positive number of seconds, not {seconds}")
         if self.liveness <= self.heartbeat:
-            raise SquallError(
+            raise ConfigError(
                 f"--liveness ({self.liveness:g} s) must be longer than --heartbeat "
                 f"({self.heartbeat:g} s), or every peer is declared dead between two heartbeats"
             )
@@ -119,7 +130,7 @@ class RouterConfig:
             ("--max-backlog-bytes", self.max_backlog_bytes),
         ):
             if count < 1:
-                raise SquallError(f"{flag} must be at least 1, not {count}")
+                raise ConfigError(f"{flag} must be at least 1, not {count}")
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,7 @@ class WorkerConfig:
             node.
 
     Raises:
-        SquallError: a bad setting, or a remote router without ``auth`` or ``insecure``.
+        ConfigError: a bad setting, or a remote router without ``auth`` or ``insecure``.
     """
 
     connect: str
@@ -171,18 +182,18 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         if self.processes < 1:
-            raise SquallError("--processes must be at least 1")
+            raise ConfigError("--processes must be at least 1")
         if self.concurrency < 1:
-            raise SquallError("--concurrency must be at least 1")
+            raise ConfigError("--concurrency must be at least 1")
         for flag, value in (
             ("--block-limit", self.block_limit),
             ("--max-tasks-per-process", self.max_tasks_per_process),
             ("--max-memory-per-process", self.max_memory_per_process),
         ):
             if value < 0:
-                raise SquallError(f"{flag} must be 0 (no limit) or more")
+                raise ConfigError(f"{flag} must be 0 (no limit) or more")
         if needs_auth_to_connect(self.connect, self.auth, self.insecure):
-            raise SquallError(
+            raise ConfigError(
                 f"refusing to connect to {self.connect} without authentication: whoever answers "
                 "there can run any code on this worker; pass --auth DIR (see squall keygen), "
                 "or --insecure on a network you trust"
@@ -217,17 +228,17 @@ def validate_address(address: str, *, bind: bool = False) -> str:
             free port (``tcp://*:5555``, ``tcp://127.0.0.1:*``, ``ipc://*``).
 
     Raises:
-        SquallError: with a one-line reason.
+        ConfigError: with a one-line reason.
     """
     scheme, sep, rest = address.partition("://")
     if not sep or scheme not in ("tcp", "ipc", "inproc"):
-        raise SquallError(f"{address!r} is not a ZeroMQ address: {_TCP_USAGE}")
+        raise ConfigError(f"{address!r} is not a ZeroMQ address: {_TCP_USAGE}")
     if any(c.isspace() for c in address):
-        raise SquallError(f"{address!r} contains white space: {_TCP_USAGE}")
+        raise ConfigError(f"{address!r} contains white space: {_TCP_USAGE}")
     if scheme == "tcp":
         _check_tcp(address, rest, bind)
     elif not rest or (rest == "*" and not bind):
-        raise SquallError(f"{address!r} names no {scheme} endpoint: {_TCP_USAGE}")
+        raise ConfigError(f"{address!r} names no {scheme} endpoint: {_TCP_USAGE}")
     return address
 
 
@@ -237,37 +248,37 @@ def _check_tcp(address: str, rest: str, bind: bool) -> None:
     source, _, peer = rest.rpartition(";")
     host, colon, port = peer.rpartition(":")
     if not colon or not port:
-        raise SquallError(f"{address!r} has no port: use tcp://HOST:PORT")
+        raise ConfigError(f"{address!r} has no port: use tcp://HOST:PORT")
     lowest = 0 if bind else 1  # port 0 binds any free port, as * does
     if port == "*" and bind:
         pass
     elif not port.isdigit() or len(port) > 5:
-        raise SquallError(f"{address!r}: {port!r} is not a port number: use tcp://HOST:PORT")
+        raise ConfigError(f"{address!r}: {port!r} is not a port number: use tcp://HOST:PORT")
     elif not lowest <= int(port) <= 65535:
-        raise SquallError(f"{address!r}: port {int(port)} is out of range: use 1 to 65535")
+        raise ConfigError(f"{address!r}: port {int(port)} is out of range: use 1 to 65535")
     _check_host(address, host, bind)
     if source:  # connect from a chosen interface: SOURCE is HOST or HOST:PORT
         source_host, colon, source_port = source.rpartition(":")
         if not colon or _ip(source) is not None:
             source_host, source_port = source, "0"
         if not source_port.isdigit() or int(source_port) > 65535:
-            raise SquallError(f"{address!r}: {source_port!r} is not a source port")
+            raise ConfigError(f"{address!r}: {source_port!r} is not a source port")
         _check_host(address, source_host, True)
 
 
 def _check_host(address: str, host: str, bind: bool) -> None:
     if not host:
-        raise SquallError(f"{address!r} has no host: use tcp://HOST:PORT")
+        raise ConfigError(f"{address!r} has no host: use tcp://HOST:PORT")
     if host == "*":
         if bind:
             return
-        raise SquallError(f"{address!r}: '*' (every interface) is for binding: name the host")
+        raise ConfigError(f"{address!r}: '*' (every interface) is for binding: name the host")
     if host.startswith("[") and host.endswith("]"):
         if not isinstance(_ip(host[1:-1]), ipaddress.IPv6Address):
-            raise SquallError(f"{address!r}: {host!r} is not an IPv6 address")
+            raise ConfigError(f"{address!r}: {host!r} is not an IPv6 address")
         return
     if _ip(host) is None and not _HOST_NAME.fullmatch(host):
-        raise SquallError(f"{address!r}: {host!r} is not a host name or IP address: {_TCP_USAGE}")
+        raise ConfigError(f"{address!r}: {host!r} is not a host name or IP address: {_TCP_USAGE}")
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -345,19 +356,19 @@ def check_listen_policy(address: str, auth: str | None, insecure: bool) -> None:
     an abstract name never.
 
     Raises:
-        SquallError: one line saying why, and what to do instead.
+        ConfigError: one line saying why, and what to do instead.
     """
     if auth:
         return
     if _is_abstract_ipc(address):
-        raise SquallError(
+        raise ConfigError(
             f"refusing to listen on {address} without authentication: any local user can "
             "connect to an abstract ipc name and run code on your workers; bind an ipc:// path "
             "(made private to you), or pass --auth DIR (see squall keygen)"
         )
     if address.startswith("tcp://") and not insecure:
         who = "any local user" if is_loopback(address) else "anyone who can reach it"
-        raise SquallError(
+        raise ConfigError(
             f"refusing to listen on {address} without authentication: {who} could run code "
             "on your workers; pass --auth DIR (see squall keygen), bind an ipc:// path for a "
             "same-user setup, or pass --insecure to allow it"
@@ -377,10 +388,10 @@ def check_client_policy(address: str, auth: str | None, insecure: bool) -> None:
     """Refuse a client connection to a remote router without authentication.
 
     Raises:
-        SquallError: one line saying why, and what to do instead.
+        ConfigError: one line saying why, and what to do instead.
     """
     if needs_auth_to_connect(address, auth, insecure):
-        raise SquallError(
+        raise ConfigError(
             f"refusing to connect to {address} without authentication: whoever answers there "
             "sees your tasks and can run code in this process; pass auth=DIR (see squall "
             "keygen), or insecure=True on a network you trust"
@@ -400,7 +411,7 @@ def make_private_dirs(path: str | os.PathLike[str]) -> None:
     makes would be readable by everyone.
 
     Raises:
-        SquallError: a directory cannot be created.
+        ConfigError: a directory cannot be created.
     """
     missing: list[str] = []
     current = os.path.abspath(path)
@@ -415,11 +426,11 @@ def make_private_dirs(path: str | os.PathLike[str]) -> None:
             os.mkdir(directory, 0o700)
         except FileExistsError:
             if not os.path.isdir(directory):
-                raise SquallError(
+                raise ConfigError(
                     f"cannot create directory {directory}: a file is in the way"
                 ) from None
         except OSError as exc:
-            raise SquallError(f"cannot create directory {directory}: {exc.strerror}") from None
+            raise ConfigError(f"cannot create directory {directory}: {exc.strerror}") from None
 
 
 @contextlib.contextmanager
@@ -442,7 +453,7 @@ def bind_router_socket(socket: zmq.Socket[Any], address: str, *, private: bool =
 
     Raises:
         zmq.ZMQError: the address cannot be bound.
-        SquallError: the socket's parent directory cannot be created.
+        ConfigError: the socket's parent directory cannot be created.
     """
     import zmq
 

@@ -27,6 +27,7 @@ dropped rather than crashing a loop. Encoders trust their caller.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import secrets
 import struct
@@ -122,6 +123,18 @@ class Kind(enum.IntEnum):
 
 
 HASH_SIZE = 16
+#: items (tasks, results, stream values) per message at most: senders split longer batches
+MAX_ITEMS = 1000
+
+
+def function_hash(body: bytes | memoryview) -> bytes:
+    """The content hash a function body is known by on the wire: BLAKE2b, HASH_SIZE bytes.
+
+    Peers check it (the router refuses a body planted under another's hash), so every
+    implementation computes it the same way.
+    """
+    return hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
+
 
 #: bytes of randomness in a peer's routing id (see :func:`new_peer_id`)
 PEER_ID_SIZE = 16

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
 import io
 import linecache
 import os
@@ -33,7 +32,7 @@ import cloudpickle
 
 from squall import errors, protocol
 from squall.errors import RemoteTraceback, SerializationError, TaskFailed
-from squall.protocol import HASH_SIZE, Frame
+from squall.protocol import Frame, function_hash
 
 #: Buffers at least this large travel as frames of their own instead of inside the pickle.
 OOB_THRESHOLD = 64 * 1024
@@ -248,11 +247,6 @@ def _ship_module_by_value(fn: Any) -> None:
     if not os.path.realpath(path).startswith(_INSTALLED):
         cloudpickle.register_pickle_by_value(module)
     _BY_VALUE.add(name)
-
-
-def function_hash(body: bytes) -> bytes:
-    """The content hash a function body is known by."""
-    return hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
 
 
 _pickled_functions: weakref.WeakKeyDictionary[Any, tuple[bytes, bytes]] = (
