@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from squall import protocol
-from squall.config import WorkerConfig
+from squall.config import STOP_GRACE, WorkerConfig
 from squall.errors import SquallError
 from squall.log import get_logger
 from squall.runner.vouching import Voucher
@@ -36,7 +36,6 @@ from squall.runner.watchdog import REFUSED_EXIT_CODE, RESTART_EXIT_CODE
 log = get_logger(__name__)
 
 POLL_INTERVAL = 0.2
-STOP_GRACE = 5.0
 #: the node's exit status when it cannot work as configured (unreadable keys, a refused key),
 #: as for any other bad usage of ``squall worker``
 CONFIG_EXIT_CODE = 2
