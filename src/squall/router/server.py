@@ -31,31 +31,39 @@ from typing import Any, TypeVar
 import zmq
 
 from squall import protocol
-from squall.auth import CLIENT, WORKER, ServerKeys, ZapHandler
+from squall.auth import ServerKeys, ZapHandler
 from squall.config import RouterConfig, bind_router_socket, prepare_socket
-from squall.errors import ProtocolError, VersionMismatch
+from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.memory import Trimmer
-from squall.protocol import ErrorCode, MsgType, Role, TaskItem
-from squall.router.state import Limits, RouterState, frames_size
+from squall.protocol import ErrorCode, TaskItem
+from squall.router.instructions import (
+    CutOff,
+    Log,
+    Send,
+    SendAcks,
+    SendBody,
+    SendCancel,
+    SendError,
+    SendFetch,
+    SendHeartbeats,
+    SendItems,
+    SendResults,
+    SendStarted,
+    SendStats,
+    SendTasks,
+    SendWelcome,
+    SendWithdrawn,
+    TaskFailed,
+)
+from squall.router.state import Limits, RouterState, Task, frames_size
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 #: Messages read per poll wake-up, and items per TASK/RESULT message sent.
 DRAIN_BATCH = 2000
-#: malformed messages one peer may send before it is cut off
-GARBAGE_LIMIT = 1000
 MAX_ITEMS = 1000
-#: routing ids remembered with the key that first used them
-MAX_OWNERS = 65_536
-#: peers remembered as cut off (their messages dropped unread)
-MAX_IGNORED = 65_536
-#: seconds between two "you are cut off" replies to the same peer
-CUT_OFF_REMINDER = 5.0
-#: seconds between two "say HELLO again" replies to the same peer: a burst of stale messages
-#: gets one, so the peer registers once, not once per message
-UNKNOWN_PEER_REMINDER = 1.0
 
 
 def _chunks(entries: list[T]) -> Iterator[list[T]]:
@@ -152,26 +160,26 @@ def forbid_unpickling() -> None:
     pickle.Unpickler = refuse  # type: ignore[assignment,misc]
 
 
-_WORKER_ONLY = frozenset(
-    {
-        MsgType.RESULT,
-        MsgType.ITEM,
-        MsgType.FN_FETCH,
-        MsgType.CREDIT,
-        MsgType.TIMEOUT,
-        MsgType.CRASHED,
-    }
-)
-_CLIENT_ONLY = frozenset(
-    {MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL, MsgType.WITHDRAW}
-)
-
-
 class RouterServer:
     """A router bound to ``config.bind``; call :meth:`serve_forever`."""
 
     def __init__(self, config: RouterConfig, context: zmq.Context[Any] | None = None) -> None:
         self.config = config
+        self.context = context or zmq.Context()
+        unpredictable_auto_ids()  # before the socket: libzmq draws its first id when made
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # ZeroMQ drops the connection of a peer sending a bigger message, before we read it.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
+        self.socket.setsockopt(zmq.HANDSHAKE_IVL, int(config.handshake_timeout * 1000))
+        self.keys: ServerKeys | None = None
+        self.zap: ZapHandler | None = None
+        self._reload_keys = False
+        if config.auth is not None:
+            self.keys = ServerKeys.load(config.auth)
+            self.zap = ZapHandler(self.context, self.keys)  # bound before anyone can connect
+            self.keys.apply(self.socket)
         self.state = RouterState(
             liveness=config.liveness,
             max_worker_deaths=config.max_worker_deaths,
@@ -183,62 +191,16 @@ class RouterServer:
                 recent_bytes=config.max_recent_bytes,
                 body_size=config.max_body_size,
             ),
+            authority=self.keys,
         )
-        self.context = context or zmq.Context()
-        unpredictable_auto_ids()  # before the socket: libzmq draws its first id when made
-        self.socket = self.context.socket(zmq.ROUTER)
-        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        # ZeroMQ drops the connection of a peer sending a bigger message, before we read it.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
-        self.socket.setsockopt(zmq.HANDSHAKE_IVL, int(config.handshake_timeout * 1000))
-        self.keys: ServerKeys | None = None
-        self.zap: ZapHandler | None = None
-        #: routing id -> the ZAP user id ("client:<key>" / "worker:<key>") that first used it,
-        #: with authentication on; kept after the peer leaves, so nobody can claim its id
-        self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
-        self._reload_keys = False
-        if config.auth is not None:
-            self.keys = ServerKeys.load(config.auth)
-            self.zap = ZapHandler(self.context, self.keys)  # bound before anyone can connect
-            self.keys.apply(self.socket)
         self.endpoint = ""
-        # What the drain pass decided to send, per peer, flushed as batches after it.
-        self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
-        self._items: dict[bytes, list[protocol.StreamItem]] = collections.defaultdict(list)
-        self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
-        self._started: dict[bytes, list[int]] = collections.defaultdict(list)
-        #: peers cut off (garbage, a revoked key, reading too slowly) -> (why, when last told):
-        #: everything they send is dropped unread
-        self._ignored: collections.OrderedDict[bytes, tuple[str, float]] = collections.OrderedDict()
-        self._garbage: collections.Counter[bytes] = collections.Counter()
         #: peer -> messages its full pipe could not take yet
         self._backlogs: dict[bytes, _Backlog] = {}
-        self._last_impostor_log = 0.0
         self._trimmer = Trimmer()
         self._failures = FailureLog()
-        #: peer -> when it was last told to say HELLO again
-        self._told_unknown: dict[bytes, float] = {}
         #: this router process: a client seeing a new epoch knows its tasks are gone
         self.epoch = int.from_bytes(os.urandom(8), "big")
         self._running = False
-        self._handlers: dict[MsgType, Callable[[bytes, bytes, list[Any]], None]] = {
-            MsgType.HELLO: self._on_hello,
-            MsgType.SUBMIT: self._on_submit,
-            MsgType.RESULT: self._on_result,
-            MsgType.FN_BODY: self._on_fn_body,
-            MsgType.FN_FETCH: self._on_fn_fetch,
-            MsgType.CREDIT: self._on_credit,
-            MsgType.HEARTBEAT: self._on_heartbeat,
-            MsgType.DISCONNECT: self._on_disconnect,
-            MsgType.STATS: self._on_stats,
-            MsgType.ITEM: self._on_items,
-            MsgType.ACK: self._on_ack,
-            MsgType.CANCEL: self._on_cancel,
-            MsgType.TIMEOUT: self._on_timeout,
-            MsgType.WITHDRAW: self._on_withdraw,
-            MsgType.CRASHED: self._on_crashed,
-        }
 
     def bind(self) -> str:
         """Bind the socket; return the endpoint actually bound (with the real port).
@@ -309,13 +271,12 @@ class RouterServer:
                     self._trimmer.worked()
                 else:
                     self._trimmer.idle()  # a burst is over: hand freed memory back
-                self._dispatch()
-                self._flush()
-                if self._backlogs:
-                    self._retry_backlogs()
                 if time.monotonic() >= next_beat:
                     self._on_beat()
                     next_beat = time.monotonic() + self.config.heartbeat
+                self._flush()
+                if self._backlogs:
+                    self._retry_backlogs()
             log.info("router stopping", signal=stopped_by[0] if stopped_by else None)
         finally:
             signal.set_wakeup_fd(previous_wakeup)
@@ -346,116 +307,11 @@ class RouterServer:
             self._handle(frames)
 
     def _handle(self, frames: list[Any]) -> None:
-        peer = frames[0].bytes
-        if peer in self._ignored:
-            self._remind_cut_off(peer)
-            return
         message = frames[1:]
-        try:
-            if self.keys is not None and message and not self._owned_by_sender(peer, message[0]):
-                return
-            type_, body = protocol.parse_header(message)
-            handler = self._handlers.get(type_)
-            if handler is None:
-                raise ProtocolError(f"{type_.name} is not a message for the router")
-            if type_ is MsgType.HELLO and not protocol.is_peer_id(peer):
-                self.state.counters["refused"] += 1
-                self._send(
-                    peer,
-                    protocol.encode_error(
-                        ErrorCode.REFUSED,
-                        "connect with a routing id of 16 random bytes (squall.protocol."
-                        "new_peer_id); libzmq's own ids can be predicted and claimed",
-                    ),
-                )
-                return
-            if self.keys is not None and not self._allowed(peer, type_, body):
-                self.state.counters["refused"] += 1
-                self._send(
-                    peer,
-                    protocol.encode_error(
-                        ErrorCode.REFUSED, f"{type_.name} is not allowed for your key"
-                    ),
-                )
-                return
-            self.state.seen(peer)
-            handler(peer, body, message[1:])
-        except VersionMismatch as exc:
-            self.state.counters["protocol_errors"] += 1
-            log.warning(
-                "peer speaks another protocol version", peer=peer.hex(), version=exc.version
-            )
-            self._send(peer, protocol.encode_error(ErrorCode.VERSION, str(exc)))
-        except ProtocolError as exc:
-            self.state.counters["protocol_errors"] += 1
-            self._garbage[peer] += 1
-            if self._garbage[peer] > GARBAGE_LIMIT:
-                self._cut_off(peer, f"more than {GARBAGE_LIMIT} malformed messages")
-                return
-            log.warning(
-                "malformed message dropped",
-                peer=peer.hex(),
-                error=str(exc),
-                frames=len(message),
-                head=bytes(message[0].bytes[:32]).hex() if message else "",
-            )
-            self._send(peer, protocol.encode_error(ErrorCode.BAD_MESSAGE, str(exc)))
-        except Exception:  # a bug must not take the router down with every task in it
-            self.state.counters["internal_errors"] += 1
-            log.exception("error handling message", peer=peer.hex())
-
-    # -- authentication ---------------------------------------------------------------------
-
-    def _owned_by_sender(self, peer: bytes, first: Any) -> bool:
-        """Whether the key that sent this message is the one that first used its routing id.
-
-        libzmq lets a new connection take over an id whose connection went away; bound to its
-        first key, an id taken over by another key gets nothing through, and the session of
-        the id's owner is ended here (its messages would now reach the impostor).
-        """
-        user = first.get("User-Id")
-        owner = self._owners.get(peer)
-        if owner is None:
-            self._owners[peer] = user
-            if len(self._owners) > MAX_OWNERS:
-                self._owners.popitem(last=False)
-            return True
-        self._owners.move_to_end(peer)
-        if owner == user:
-            return True
-        self.state.counters["impostors"] += 1
-        if peer in self.state.workers or peer in self.state.clients:
-            self._forget_peer(peer)
-        now = time.monotonic()
-        if now - self._last_impostor_log > 1.0:
-            self._last_impostor_log = now
-            log.warning(
-                "message dropped: its routing id belongs to another key",
-                peer=peer.hex(),
-                key=user,
-                owner=owner,
-            )
-        return False
-
-    def _allowed(self, peer: bytes, type_: MsgType, body: bytes) -> bool:
-        """Whether the sender's key (its ZAP role) may send this message.
-
-        A client key cannot register as a worker nor report results; a worker key cannot
-        submit. A watchdog may only speak for a worker of its own key.
-        """
-        assert self.keys is not None
-        role = self.keys.role_of(self._owners[peer])
-        if role is None:  # revoked since it connected
-            self._cut_off(peer, "your key was revoked")
-            return False
-        if type_ is MsgType.HELLO:
-            hello = protocol.decode_hello(body)
-            return (hello.role is Role.WORKER) == (role == WORKER)
-        if type_ in _WORKER_ONLY:
-            return role == WORKER
-        if type_ in _CLIENT_ONLY:
-            return role == CLIENT
-        return True
+        # With authentication, the key each message came under (ZAP's User-Id): the state
+        # binds routing ids to keys and applies the role rules.
+        user = message[0].get("User-Id") if self.keys is not None and message else None
+        self.state.handle(frames[0].bytes, message, user)
 
     def _reload(self) -> None:
         """SIGHUP: read the key directories again; cut off peers whose key was removed."""
@@ -466,259 +322,83 @@ class RouterServer:
         except Exception:
             log.exception("key reload failed; keeping the keys loaded before")
             return
-        for peer in list(self.state.workers) + list(self.state.clients):
-            user = self._owners.get(peer)
-            if user is not None and self.keys.role_of(user) is None:
-                self._cut_off(peer, "your key was revoked")
-
-    # -- handlers ---------------------------------------------------------------------------
-
-    def _on_hello(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        hello = protocol.decode_hello(body, payload)
-        owner = self._owners.get(peer)
-        self._told_unknown.pop(peer, None)
-        if hello.role is Role.WORKER:
-            known = self.state.workers.get(peer)
-            resumed = known is not None and known.pid == hello.pid
-            # A worker's group is its key's folder, never what it says of itself.
-            group = self.keys.group_of(owner) if self.keys is not None and owner else ""
-            self.state.add_worker(peer, hello.pid, hello.capacity, group)
-            log.info(
-                "worker joined",
-                worker_pid=hello.pid,
-                capacity=hello.capacity,
-                group=group or None,
-                workers=len(self.state.workers),
-            )
-        else:
-            refusal = self._group_refusal(hello.group)
-            if refusal is not None:
-                self.state.counters["refused"] += 1
-                self._send(peer, protocol.encode_error(ErrorCode.REFUSED, refusal))
-                return
-            resumed = peer in self.state.clients
-            self.state.add_client(peer, hello.pid, owner, hello.group)
-            log.info("client joined", client_pid=hello.pid, worker_group=hello.group or None)
-        welcome = protocol.encode_welcome(
-            self.config.heartbeat, len(self.state.workers), self.epoch, resumed
-        )
-        self._send(peer, welcome)
-
-    def _group_refusal(self, group: str) -> str | None:
-        """Why a client cannot be restricted to ``group``; None if it can (or asks for none)."""
-        if not group:
-            return None
-        if self.keys is None:
-            return (
-                "worker groups need a router with --auth: without keys, nothing says who is in one"
-            )
-        if not self.keys.has_group(group):
-            return f"no worker group {group!r}: the router's auth directory has no workers/{group}/"
-        return None
-
-    def _tell_unknown(self, peer: bytes) -> None:
-        """Ask a peer we do not know (we restarted, or declared it dead) to say HELLO again."""
-        now = time.monotonic()
-        if now - self._told_unknown.get(peer, -UNKNOWN_PEER_REMINDER) < UNKNOWN_PEER_REMINDER:
-            return
-        self._told_unknown[peer] = now
-        if len(self._told_unknown) > MAX_OWNERS:
-            self._told_unknown.clear()
-        self._send(peer, protocol.encode_error(ErrorCode.UNKNOWN_PEER, "say HELLO again"))
-
-    def _on_submit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        items = protocol.decode_submit(body, payload)
-        if peer in self.state.workers:
-            raise ProtocolError("a worker cannot submit tasks")
-        if peer not in self.state.clients:
-            # We restarted (or forgot it): it keeps every payload until the outcome arrives,
-            # and submits all its unfinished tasks again once it has said HELLO.
-            self._tell_unknown(peer)
-            return
-        self.state.submit(peer, items)
-
-    def _on_result(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        items = protocol.decode_result(body, payload)
-        if peer not in self.state.workers:
-            self._tell_unknown(peer)
-            self.state.counters["stale_results"] += len(items)
-            return
-        for item in items:
-            task = self.state.complete(peer, item.task_id, item.status, item.frames)
-            if task is not None:
-                self._results[task.client].append((task.client_task_id, item.status, item.frames))
-                if item.status == protocol.Status.ERROR:
-                    self._failures.note(task.id, task.fn_hash, item.frames)
-
-    def _on_items(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        for item in protocol.decode_items(body, payload):
-            task = self.state.stream_item(peer, item.task_id, item.n_values)
-            if task is not None:
-                self._items[task.client].append(item._replace(task_id=task.client_task_id))
-
-    def _on_ack(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        for client_task_id, consumed in protocol.decode_ack(body, payload):
-            task = self.state.running_task(peer, client_task_id)
-            if task is not None and task.worker is not None:
-                self._acks[task.worker].append((task.id, consumed))
-
-    def _on_cancel(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        for worker, task_ids in self.state.cancel(
-            peer, protocol.decode_cancel(body, payload)
-        ).items():
-            self._send(worker, protocol.encode_cancel(task_ids))
-
-    def _on_fn_body(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        fn_hash, fn_body = protocol.decode_fn_body(body, payload)
-        limit = self.state.limits.body_size
-        if len(fn_body) > limit:  # refused before it is copied or hashed
-            reason = (
-                f"the function's body is {len(fn_body)} bytes, over the router's limit of "
-                f"{limit} (--max-body-size): pass big data as arguments, not in closures"
-            )
-            self.state.refuse_body(peer, fn_hash, reason)
-            self._send(peer, protocol.encode_error(ErrorCode.REFUSED, reason))
-            return
-        fn_bytes = bytes(fn_body.buffer)
-        waiting, good = self.state.body_arrived(fn_hash, fn_bytes, peer)
-        for worker in waiting:
-            self._send(worker, protocol.encode_fn_body(fn_hash, fn_bytes if good else b""))
-
-    def _on_fn_fetch(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        fn_hash = protocol.decode_fn_fetch(body)
-        fn_body, ask = self.state.body_for(peer, fn_hash)
-        if fn_body is not None:
-            self._send(peer, protocol.encode_fn_body(fn_hash, fn_body))
-        elif ask is not None:
-            self._send(ask, protocol.encode_fn_fetch(fn_hash))
-        else:
-            log.warning("function body unavailable", fn_hash=fn_hash.hex())
-            self._send(peer, protocol.encode_fn_body(fn_hash, b""))
-
-    def _on_credit(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        capacity = protocol.decode_credit(body)
-        log.debug("worker credit", worker=peer.hex(), capacity=capacity)
-        self.state.set_capacity(peer, capacity)
-
-    def _on_heartbeat(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        beat = protocol.decode_heartbeat(body, payload)
-        on_behalf_of = beat.on_behalf_of
-        if on_behalf_of and self.keys is not None:
-            # A watchdog speaks only for a worker holding its own key.
-            if self._owners.get(on_behalf_of) != self._owners.get(peer):
-                return
-        if on_behalf_of:  # a worker's watchdog thread: its hub may be busy with a long task
-            self.state.seen(on_behalf_of)
-            taken = self.state.hub_report(on_behalf_of, beat.blocked_ms, beat.last_task)
-            if taken:  # sent while the hub was blocked, still unread: they run elsewhere
-                self._send(on_behalf_of, protocol.encode_cancel(taken))
-                log.warning(
-                    "worker hub blocked; its unread tasks go elsewhere",
-                    blocked_s=beat.blocked_ms / 1000,
-                    taken_back=len(taken),
-                )
-        elif peer not in self.state.workers and peer not in self.state.clients:
-            self._tell_unknown(peer)
-
-    def _on_timeout(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        worker, limit, task_ids = protocol.decode_timeout(body, payload)
-        if self.keys is not None and self._owners.get(worker) != self._owners.get(peer):
-            return
-        if worker in self.state.workers:
-            self.state.timed_out(worker, task_ids, limit)
-            log.warning(
-                "tasks blocked a worker past their hard time limit; it restarts",
-                tasks=len(task_ids),
-                limit=limit,
-            )
-
-    def _on_crashed(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        """A node says its worker process died on a signal while running ``culprits``."""
-        worker, culprits = protocol.decode_crashed(body, payload)
-        if self.keys is not None and self._owners.get(worker) != self._owners.get(peer):
-            return  # a node speaks only for a worker of its own key
-        known = worker in self.state.workers
-        affected = self.state.worker_crashed(worker, culprits)
-        log.warning(
-            "worker process crashed",
-            culprits=culprits or None,
-            requeued=len(affected) if known else None,
-            refunded=None if known else len(affected),
-        )
-
-    def _on_withdraw(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        """Drop tasks only if they have not started, and say which were dropped."""
-        requested = [task_id for task_id, _ in protocol.decode_withdraw(body, payload)]
-        answers = self.state.withdraw(peer, requested)
-        for chunk in _chunks(answers):
-            self._send(peer, protocol.encode_withdraw(chunk))
-
-    def _on_disconnect(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        if peer in self.state.workers:
-            requeued = self.state.remove_worker(peer, died=False)
-            log.info("worker left", handed_back=len(requeued), workers=len(self.state.workers))
-        elif peer in self.state.clients:
-            dropped = self.state.remove_client(peer)
-            log.info("client left", dropped_queued=dropped)
-
-    def _on_stats(self, peer: bytes, body: bytes, payload: list[Any]) -> None:
-        stats = self.state.stats()
-        stats["backlogged_peers"] = len(self._backlogs)
-        if self.keys is not None:
-            # Keys may only run or submit tasks: which processes run where, and how many
-            # clients there are, is no business of theirs.
-            for private in ("worker_pids", "clients"):
-                stats.pop(private, None)
-        self._send(peer, protocol.encode_stats(stats))
+        self.state.keys_reloaded()
 
     # -- sending ----------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
-        for worker, tasks in self.state.dispatch():
-            log.debug(
-                "tasks dispatched",
-                worker=worker.peer.hex(),
-                tasks=len(tasks),
-                first=tasks[0].id,
-                redelivered=sum(t.attempt > 0 for t in tasks),
-                free=worker.free,
-            )
-            for task in tasks:
-                self._started[task.client].append(task.client_task_id)
-            for chunk in _chunks(tasks):
-                items = [
-                    TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
-                    for t in chunk
-                ]
-                self._send(worker.peer, protocol.encode_task(items))
-
     def _flush(self) -> None:
-        """Send what the drain pass decided, as batches. Stream items go before results, so a
-        stream's last item never overtakes its end."""
-        for worker, task_ids in self.state.take_stops().items():
-            self._send(worker, protocol.encode_cancel(task_ids))
-        for client, client_task_id, status, frames in self.state.take_decided():
-            self._results[client].append((client_task_id, status, frames))
-        if self._items:
-            items, self._items = self._items, collections.defaultdict(list)
-            for peer, entries in items.items():
-                for item_chunk in _chunks(entries):
-                    self._send(peer, protocol.encode_items(item_chunk))
-        if self._results:
-            results, self._results = self._results, collections.defaultdict(list)
-            for peer, outcomes in results.items():
-                for result_chunk in _chunks(outcomes):
-                    self._send(peer, protocol.encode_result(result_chunk))
-        if self._started:
-            started, self._started = self._started, collections.defaultdict(list)
-            for peer, ids in started.items():
-                for id_chunk in _chunks(ids):
-                    self._send(peer, protocol.encode_started(id_chunk))
-        if self._acks:
-            acks, self._acks = self._acks, collections.defaultdict(list)
-            for peer, counts in acks.items():
-                for ack_chunk in _chunks(counts):
-                    self._send(peer, protocol.encode_ack(ack_chunk))
+        """Encode and send what the state decided, in its order. Sending can make it decide
+        more (a peer found gone, a backlog past its bound): that goes out in the same turn."""
+        state = self.state
+        while sends := state.take_sends():
+            for send in sends:
+                self._carry_out(send)
+
+    def _carry_out(self, send: Send) -> None:
+        if isinstance(send, SendTasks):
+            self._send_tasks(send.worker, send.tasks)
+        elif isinstance(send, SendResults):
+            for outcomes in _chunks(send.outcomes):
+                self._send(send.client, protocol.encode_result(outcomes))
+        elif isinstance(send, SendItems):
+            for items in _chunks(send.items):
+                self._send(send.client, protocol.encode_items(items))
+        elif isinstance(send, SendStarted):
+            for ids in _chunks(send.task_ids):
+                self._send(send.client, protocol.encode_started(ids))
+        elif isinstance(send, SendAcks):
+            for acks in _chunks(send.acks):
+                self._send(send.worker, protocol.encode_ack(acks))
+        elif isinstance(send, SendCancel):
+            for ids in _chunks(send.task_ids):
+                self._send(send.worker, protocol.encode_cancel(ids))
+        elif isinstance(send, TaskFailed):
+            self._failures.note(send.task_id, send.fn_hash, send.frames)
+        elif isinstance(send, Log):
+            getattr(log, send.level)(send.event, **send.fields)
+        elif isinstance(send, SendError):
+            self._send(send.peer, protocol.encode_error(send.code, send.text))
+        elif isinstance(send, SendWelcome):
+            welcome = protocol.encode_welcome(
+                self.config.heartbeat, send.workers, self.epoch, send.resumed
+            )
+            self._send(send.peer, welcome)
+        elif isinstance(send, SendBody):
+            self._send(send.peer, protocol.encode_fn_body(send.fn_hash, send.body))
+        elif isinstance(send, SendFetch):
+            self._send(send.peer, protocol.encode_fn_fetch(send.fn_hash))
+        elif isinstance(send, SendWithdrawn):
+            for answers in _chunks(send.answers):
+                self._send(send.client, protocol.encode_withdraw(answers))
+        elif isinstance(send, SendStats):
+            self._send(
+                send.peer,
+                protocol.encode_stats({**send.stats, "backlogged_peers": len(self._backlogs)}),
+            )
+        elif isinstance(send, SendHeartbeats):
+            beat = protocol.encode_heartbeat()
+            for peer in send.peers:
+                self._send(peer, beat)
+        elif isinstance(send, CutOff):
+            self._backlogs.pop(send.peer, None)
+            self._tell_cut_off(send.peer, send.reason)
+
+    def _send_tasks(self, worker: bytes, tasks: list[Task]) -> None:
+        known = self.state.workers.get(worker)
+        log.debug(
+            "tasks dispatched",
+            worker=worker.hex(),
+            tasks=len(tasks),
+            first=tasks[0].id,
+            redelivered=sum(t.attempt > 0 for t in tasks),
+            free=known.free if known is not None else 0,
+        )
+        for chunk in _chunks(tasks):
+            items = [
+                TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
+                for t in chunk
+            ]
+            self._send(worker, protocol.encode_task(items))
 
     def _send(self, peer: bytes, frames: list[Any]) -> None:
         backlog = self._backlogs.get(peer)
@@ -728,15 +408,16 @@ class RouterServer:
         backlog.add(frames)  # keep order: nothing overtakes what already waits for this peer
         config = self.config
         if len(backlog.messages) > config.max_backlog or backlog.bytes > config.max_backlog_bytes:
-            self._cut_off(
+            del self._backlogs[peer]
+            self.state.cut_off(
                 peer,
                 f"you read too slowly: {len(backlog.messages)} messages "
                 f"({backlog.bytes} bytes) waited for you",
             )
 
-    def _try_send(self, peer: bytes, frames: list[Any]) -> bool:
+    def _try_send(self, peer: bytes, frames: list[Any]) -> None:
         """Send now; on a full pipe keep the message in the peer's backlog; on a gone peer,
-        drop the peer."""
+        tell the state."""
         try:
             self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -744,13 +425,11 @@ class RouterServer:
             if backlog is None:
                 backlog = self._backlogs[peer] = _Backlog()
                 backlog.add(frames)
-            return False
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             self._backlogs.pop(peer, None)
-            self._peer_unreachable(peer)
-        return True
+            self.state.peer_unreachable(peer)
 
     def _retry_backlogs(self) -> None:
         """Send what waits, peer by peer: a full pipe stops only its own peer's messages."""
@@ -766,32 +445,12 @@ class RouterServer:
                     if exc.errno != zmq.EHOSTUNREACH:
                         raise
                     del self._backlogs[peer]
-                    self._peer_unreachable(peer)
+                    self.state.peer_unreachable(peer)
                     break
                 backlog.pop()
             else:
                 del self._backlogs[peer]
-
-    def _cut_off(self, peer: bytes, reason: str) -> None:
-        """Stop serving a peer (garbage, a revoked key, too slow a reader): its state and
-        backlog go, and its messages are dropped unread from now on (a ROUTER cannot hang up
-        on one peer). It is told why, so that a client fails its futures instead of hanging.
-        """
-        self._ignored[peer] = (reason, time.monotonic())
-        if len(self._ignored) > MAX_IGNORED:
-            self._ignored.popitem(last=False)
-        self._backlogs.pop(peer, None)
-        self.state.counters["peers_cut_off"] += 1
-        self._forget_peer(peer)
-        log.warning("peer cut off", peer=peer.hex(), reason=reason)
-        self._tell_cut_off(peer, reason)
-
-    def _remind_cut_off(self, peer: bytes) -> None:
-        reason, told = self._ignored[peer]
-        now = time.monotonic()
-        if now - told >= CUT_OFF_REMINDER:
-            self._ignored[peer] = (reason, now)
-            self._tell_cut_off(peer, reason)
+        self._flush()  # what a peer found gone made the state decide
 
     def _tell_cut_off(self, peer: bytes, reason: str) -> None:
         try:  # best effort, never into a backlog: the peer may be the one not reading
@@ -801,36 +460,10 @@ class RouterServer:
         except zmq.ZMQError:
             pass
 
-    def _forget_peer(self, peer: bytes) -> None:
-        if peer in self.state.workers:
-            self.state.remove_worker(peer)
-        elif peer in self.state.clients:
-            self.state.remove_client(peer)
-
-    def _peer_unreachable(self, peer: bytes) -> None:
-        if peer in self.state.workers:
-            requeued = self.state.remove_worker(peer)
-            log.warning("worker unreachable", requeued=len(requeued))
-        elif peer in self.state.clients:
-            self.state.remove_client(peer)
-            log.warning("client unreachable; its results are dropped")
-
     # -- timers -----------------------------------------------------------------------------
 
     def _on_beat(self) -> None:
-        beat = protocol.encode_heartbeat()
-        for peer in list(self.state.workers) + list(self.state.clients):
-            self._send(peer, beat)
-        for peer in self.state.expired_workers():
-            requeued = self.state.remove_worker(peer)
-            log.warning(
-                "worker silent past liveness window; declared dead",
-                liveness=self.config.liveness,
-                requeued=len(requeued),
-            )
-        for peer in self.state.expired_clients():
-            dropped = self.state.remove_client(peer)
-            log.warning("client silent; its queued tasks are dropped", dropped=dropped)
+        self.state.tick()
         parent = self.config.parent_pid
         if parent is not None and os.getppid() != parent:
             log.info("parent process gone; router exits", parent_pid=parent)

@@ -1,9 +1,11 @@
-"""The router's scheduling state: queues, credits, liveness and redelivery, with no sockets.
+"""The router's core: who may say what, queues, credits, liveness and redelivery, no sockets.
 
-``RouterState`` takes events (a peer said hello, tasks arrived, a result came back, time passed)
-and answers with decisions (send these tasks to that worker, this result goes to that client).
-``router.server`` does the socket work around it. Keeping decisions here means they are tested
-in microseconds, without processes, and the socket loop stays a thin translator.
+``RouterState`` takes messages as they arrived (:meth:`RouterState.handle`: the peer, its key's
+ZAP user id, the frames) and the passing of time (:meth:`RouterState.tick`), and answers with
+instructions (:mod:`squall.router.instructions`) in one outbox, in the order they must go out
+(:meth:`RouterState.take_sends`). ``router.server`` only encodes and sends them: membership,
+role rules, garbage counting and cut-offs, STARTED and ack translation and every counter are
+decided here, so they are tested in microseconds, without processes or sockets.
 
 Payload frames are carried as opaque objects; nothing here looks inside them.
 """
@@ -15,12 +17,44 @@ import dataclasses
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from squall.protocol import HASH_SIZE, FailureCode, Status, SubmitItem, failure_outcome
+from squall import protocol
+from squall.auth import CLIENT, WORKER
+from squall.errors import ProtocolError, VersionMismatch
+from squall.protocol import (
+    HASH_SIZE,
+    ErrorCode,
+    FailureCode,
+    MsgType,
+    Role,
+    Status,
+    StreamItem,
+    SubmitItem,
+    failure_outcome,
+)
 from squall.router.fairqueue import FairQueue
+from squall.router.instructions import (
+    CutOff,
+    Log,
+    Send,
+    SendAcks,
+    SendBody,
+    SendCancel,
+    SendError,
+    SendFetch,
+    SendHeartbeats,
+    SendItems,
+    SendResults,
+    SendStarted,
+    SendStats,
+    SendTasks,
+    SendWelcome,
+    SendWithdrawn,
+    TaskFailed,
+)
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: queue.remove() must be cheap
@@ -48,6 +82,8 @@ class Task:
     size: int = 0
     #: the worker group its client restricted it to; "" for any worker
     group: str = ""
+    #: waiting in ``RouterState.suspects`` (to run alone), not in a queue
+    suspect: bool = False
 
 
 @dataclass(slots=True)
@@ -162,6 +198,102 @@ _OUTCOME_COUNTERS: dict[int, str] = {
 ISOLATE_AFTER = 2
 #: a client is declared gone after this many liveness windows of silence
 CLIENT_LIVENESS = 5
+#: malformed messages one peer may send before it is cut off
+GARBAGE_LIMIT = 1000
+#: routing ids remembered with the key that first used them
+MAX_OWNERS = 65_536
+#: peers remembered as cut off (their messages dropped unread)
+MAX_IGNORED = 65_536
+#: seconds between two "you are cut off" replies to the same peer
+CUT_OFF_REMINDER = 5.0
+#: seconds between two "say HELLO again" replies to the same peer: a burst of stale messages
+#: gets one, so the peer registers once, not once per message
+UNKNOWN_PEER_REMINDER = 1.0
+
+#: messages only a worker's key may send, and only a client's
+_WORKER_ONLY = frozenset(
+    {
+        MsgType.RESULT,
+        MsgType.ITEM,
+        MsgType.FN_FETCH,
+        MsgType.CREDIT,
+        MsgType.TIMEOUT,
+        MsgType.CRASHED,
+    }
+)
+_CLIENT_ONLY = frozenset(
+    {MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL, MsgType.WITHDRAW}
+)
+
+
+def _no_body(body: bytes, payload: Sequence[Any]) -> None:
+    return None
+
+
+#: the thin decode step: message type -> what turns its header body and payload frames into
+#: the decoded message its ``_on_*`` handler takes (``squall.protocol`` does the reading)
+_DECODERS: dict[MsgType, Callable[[bytes, Sequence[Any]], Any]] = {
+    MsgType.HELLO: protocol.decode_hello,
+    MsgType.SUBMIT: protocol.decode_submit,
+    MsgType.RESULT: protocol.decode_result,
+    MsgType.FN_BODY: protocol.decode_fn_body,
+    MsgType.FN_FETCH: lambda body, _: protocol.decode_fn_fetch(body),
+    MsgType.CREDIT: lambda body, _: protocol.decode_credit(body),
+    MsgType.HEARTBEAT: protocol.decode_heartbeat,
+    MsgType.DISCONNECT: _no_body,
+    MsgType.STATS: _no_body,
+    MsgType.ITEM: protocol.decode_items,
+    MsgType.ACK: protocol.decode_ack,
+    MsgType.CANCEL: protocol.decode_cancel,
+    MsgType.TIMEOUT: protocol.decode_timeout,
+    MsgType.WITHDRAW: protocol.decode_withdraw,
+    MsgType.CRASHED: protocol.decode_crashed,
+}
+
+#: every counter ``stats()`` reports, all there from the start (one stable set of keys)
+COUNTERS = (
+    "submitted",
+    "cancelled",
+    "dispatched",
+    "completed",
+    "succeeded",
+    "failed",
+    "stopped",
+    "redelivered",
+    "worker_deaths",
+    "worker_lost",
+    "timed_out",
+    "refused_full",
+    "refused_bytes",
+    "refused_bodies",
+    "refused_dependencies",
+    "unknown_bodies",
+    "duplicate_submits",
+    "taken_back",
+    "deaths_refunded",
+    "refused",
+    "impostors",
+    "peers_cut_off",
+    "stale_results",
+    "bodies_received",
+    "bodies_sent",
+    "bad_bodies",
+    "protocol_errors",
+    "internal_errors",
+)
+
+
+class Authority(Protocol):
+    """What the core needs of the keys (``squall.auth.ServerKeys``): a key's role and group.
+
+    Authentication only maps a key to a role; which role may send what is decided here.
+    """
+
+    def role_of(self, user_id: str) -> str | None: ...
+
+    def group_of(self, user_id: str) -> str: ...
+
+    def has_group(self, name: str) -> bool: ...
 
 
 class RouterState:
@@ -177,6 +309,8 @@ class RouterState:
         limits: byte and count bounds on what the router holds.
         blocked_after: seconds a worker's hub may be reported blocked before it gets no new
             tasks and those sent to it but not yet read are taken back.
+        authority: the router's keys with authentication on (each message then comes with the
+            ZAP user id of its key); None without.
     """
 
     def __init__(
@@ -187,8 +321,10 @@ class RouterState:
         max_queued: int | None = None,
         limits: Limits | None = None,
         blocked_after: float = 2.0,
+        authority: Authority | None = None,
     ) -> None:
         self.liveness = liveness
+        self.authority = authority
         self.blocked_after = blocked_after
         self.clock = clock
         self.max_worker_deaths = max_worker_deaths
@@ -239,41 +375,449 @@ class RouterState:
         # Task ids start at random: a worker still running tasks from before a router restart
         # must not report them under ids this router has given to other tasks.
         self._next_id = int.from_bytes(os.urandom(6), "big") << 8
-        self.counters: collections.Counter[str] = collections.Counter(
-            {
-                name: 0
-                for name in (
-                    "submitted",
-                    "cancelled",
-                    "dispatched",
-                    "completed",
-                    "succeeded",
-                    "failed",
-                    "stopped",
-                    "redelivered",
-                    "worker_deaths",
-                    "worker_lost",
-                    "timed_out",
-                    "refused_full",
-                    "refused_bytes",
-                    "refused_bodies",
-                    "refused_dependencies",
-                    "unknown_bodies",
-                    "duplicate_submits",
-                    "taken_back",
-                    "deaths_refunded",
-                    "refused",
-                    "impostors",
-                    "peers_cut_off",
-                    "stale_results",
-                    "bodies_received",
-                    "bodies_sent",
-                    "bad_bodies",
-                    "protocol_errors",
-                    "internal_errors",
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # What the socket loop is to send, gathered per pass: replies in arrival order, then
+        # per peer (batched) cancels, tasks, stream items, results, STARTED and acks.
+        self._replies: list[Send] = []
+        self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
+        self._items: dict[bytes, list[StreamItem]] = collections.defaultdict(list)
+        self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
+        self._started: dict[bytes, list[int]] = collections.defaultdict(list)
+        #: routing id -> the ZAP user id ("client:<key>" / "worker:<key>") that first used it,
+        #: with authentication on; kept after the peer leaves, so nobody can claim its id
+        self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        self._last_impostor_log = -1.0
+        #: peers cut off (garbage, a revoked key, reading too slowly) -> (why, when last told):
+        #: everything they send is dropped unread
+        self._ignored: collections.OrderedDict[bytes, tuple[str, float]] = collections.OrderedDict()
+        self._garbage: collections.Counter[bytes] = collections.Counter()
+        #: peer -> when it was last told to say HELLO again
+        self._told_unknown: dict[bytes, float] = {}
+        self._handlers: dict[MsgType, Callable[[bytes, Any], None]] = {
+            MsgType.HELLO: self._on_hello,
+            MsgType.SUBMIT: self._on_submit,
+            MsgType.RESULT: self._on_result,
+            MsgType.FN_BODY: self._on_fn_body,
+            MsgType.FN_FETCH: self._on_fn_fetch,
+            MsgType.CREDIT: self._on_credit,
+            MsgType.HEARTBEAT: self._on_heartbeat,
+            MsgType.DISCONNECT: self._on_disconnect,
+            MsgType.STATS: self._on_stats,
+            MsgType.ITEM: self._on_items,
+            MsgType.ACK: self._on_ack,
+            MsgType.CANCEL: self._on_cancel,
+            MsgType.TIMEOUT: self._on_timeout,
+            MsgType.WITHDRAW: self._on_withdraw,
+            MsgType.CRASHED: self._on_crashed,
+        }
+
+    # -- messages in, instructions out ------------------------------------------------------
+
+    def handle(self, peer: bytes, frames: Sequence[Any], user: str | None = None) -> None:
+        """Take one message from ``peer`` (its frames after the routing id); what to send
+        because of it goes to the outbox (:meth:`take_sends`).
+
+        ``user``: the ZAP user id of the key it came under, with authentication on. A
+        malformed message is answered (BAD_MESSAGE) and counted, never raised: one peer's
+        garbage must not take the router down with every task in it.
+        """
+        if peer in self._ignored:
+            self._remind_cut_off(peer)
+            return
+        try:
+            if user is not None and not self._owned_by_sender(peer, user):
+                return
+            type_, body = protocol.parse_header(frames)
+            handler = self._handlers.get(type_)
+            if handler is None:
+                raise ProtocolError(f"{type_.name} is not a message for the router")
+            if type_ is MsgType.HELLO and not protocol.is_peer_id(peer):
+                self._refuse(
+                    peer,
+                    "connect with a routing id of 16 random bytes (squall.protocol."
+                    "new_peer_id); libzmq's own ids can be predicted and claimed",
                 )
-            }
+                return
+            if user is not None and not self._allowed(peer, user, type_, body):
+                return
+            self.seen(peer)
+            handler(peer, _DECODERS[type_](body, frames[1:]))
+        except VersionMismatch as exc:
+            self.counters["protocol_errors"] += 1
+            self._log(
+                "warning",
+                "peer speaks another protocol version",
+                peer=peer.hex(),
+                version=exc.version,
+            )
+            self._replies.append(SendError(peer, ErrorCode.VERSION, str(exc)))
+        except ProtocolError as exc:
+            self.counters["protocol_errors"] += 1
+            self._garbage[peer] += 1
+            if self._garbage[peer] > GARBAGE_LIMIT:
+                self.cut_off(peer, f"more than {GARBAGE_LIMIT} malformed messages")
+                return
+            self._log(
+                "warning",
+                "malformed message dropped",
+                peer=peer.hex(),
+                error=str(exc),
+                frames=len(frames),
+                head=bytes(memoryview(frames[0])[:32]).hex() if frames else "",
+            )
+            self._replies.append(SendError(peer, ErrorCode.BAD_MESSAGE, str(exc)))
+        except Exception as exc:  # a bug must not take the router down with every task in it
+            self.counters["internal_errors"] += 1
+            self._log("error", "error handling message", peer=peer.hex(), exc_info=exc)
+
+    def tick(self, now: float | None = None) -> None:
+        """A heartbeat interval passed: beat to every peer, declare the silent ones gone."""
+        self._replies.append(SendHeartbeats([*self.workers, *self.clients]))
+        for peer in self.expired_workers(now):
+            requeued = self.remove_worker(peer)
+            self._log(
+                "warning",
+                "worker silent past liveness window; declared dead",
+                liveness=self.liveness,
+                requeued=len(requeued),
+            )
+        for peer in self.expired_clients(now):
+            dropped = self.remove_client(peer)
+            self._log("warning", "client silent; its queued tasks are dropped", dropped=dropped)
+
+    def take_sends(self) -> list[Send]:
+        """Decide what goes to workers now (:meth:`dispatch`) and hand over everything to send,
+        in order: replies as they were made, then per peer CANCELs before TASKs (a worker
+        frees a slot before it is given another), stream ITEMs before RESULTs (a stream's last
+        item never overtakes its end), STARTED, ACKs."""
+        sends, self._replies = self._replies, []
+        for peer, task_ids in self.take_stops().items():
+            sends.append(SendCancel(peer, task_ids))
+        started = self._started
+        for worker, tasks in self.dispatch():
+            for task in tasks:
+                started[task.client].append(task.client_task_id)
+            sends.append(SendTasks(worker.peer, tasks))
+        if self._items:
+            items, self._items = self._items, collections.defaultdict(list)
+            sends.extend(SendItems(peer, entries) for peer, entries in items.items())
+        results = self._results
+        for client, client_task_id, status, frames in self.take_decided():
+            results[client].append((client_task_id, status, frames))
+        if results:
+            self._results = collections.defaultdict(list)
+            sends.extend(SendResults(peer, outcomes) for peer, outcomes in results.items())
+        if started:
+            self._started = collections.defaultdict(list)
+            sends.extend(SendStarted(peer, ids) for peer, ids in started.items())
+        if self._acks:
+            acks, self._acks = self._acks, collections.defaultdict(list)
+            sends.extend(SendAcks(peer, counts) for peer, counts in acks.items())
+        return sends
+
+    def cut_off(self, peer: bytes, reason: str) -> None:
+        """Stop serving a peer (garbage, a revoked key, too slow a reader): its state goes, its
+        messages are dropped unread from now on (a ROUTER cannot hang up on one peer), and it
+        is told why, so that a client fails its futures instead of hanging."""
+        self._ignored[peer] = (reason, self.clock())
+        if len(self._ignored) > MAX_IGNORED:
+            self._ignored.popitem(last=False)
+        self.counters["peers_cut_off"] += 1
+        self.forget_peer(peer)
+        self._log("warning", "peer cut off", peer=peer.hex(), reason=reason)
+        self._replies.append(CutOff(peer, reason))
+
+    def is_cut_off(self, peer: bytes) -> bool:
+        return peer in self._ignored
+
+    def forget_peer(self, peer: bytes) -> None:
+        if peer in self.workers:
+            self.remove_worker(peer)
+        elif peer in self.clients:
+            self.remove_client(peer)
+
+    def peer_unreachable(self, peer: bytes) -> None:
+        """A send found ``peer`` gone (ROUTER_MANDATORY): a worker's tasks run elsewhere."""
+        if peer in self.workers:
+            requeued = self.remove_worker(peer)
+            self._log("warning", "worker unreachable", requeued=len(requeued))
+        elif peer in self.clients:
+            self.remove_client(peer)
+            self._log("warning", "client unreachable; its results are dropped")
+
+    def keys_reloaded(self) -> None:
+        """The keys were read again: cut off the peers whose key is no longer listed."""
+        if self.authority is None:
+            return
+        for peer in [*self.workers, *self.clients]:
+            user = self._owners.get(peer)
+            if user is not None and self.authority.role_of(user) is None:
+                self.cut_off(peer, "your key was revoked")
+
+    def _log(self, level: str, event: str, **fields: Any) -> None:
+        self._replies.append(Log(level, event, fields))
+
+    def _refuse(self, peer: bytes, reason: str) -> None:
+        self.counters["refused"] += 1
+        self._replies.append(SendError(peer, ErrorCode.REFUSED, reason))
+
+    def _remind_cut_off(self, peer: bytes) -> None:
+        reason, told = self._ignored[peer]
+        now = self.clock()
+        if now - told >= CUT_OFF_REMINDER:
+            self._ignored[peer] = (reason, now)
+            self._replies.append(CutOff(peer, reason))
+
+    def _tell_unknown(self, peer: bytes) -> None:
+        """Ask a peer we do not know (we restarted, or declared it dead) to say HELLO again."""
+        now = self.clock()
+        if now - self._told_unknown.get(peer, -UNKNOWN_PEER_REMINDER) < UNKNOWN_PEER_REMINDER:
+            return
+        self._told_unknown[peer] = now
+        if len(self._told_unknown) > MAX_OWNERS:
+            self._told_unknown.clear()
+        self._replies.append(SendError(peer, ErrorCode.UNKNOWN_PEER, "say HELLO again"))
+
+    # -- authentication ---------------------------------------------------------------------
+
+    def _owned_by_sender(self, peer: bytes, user: str) -> bool:
+        """Whether the key that sent this message is the one that first used its routing id.
+
+        libzmq lets a new connection take over an id whose connection went away; bound to its
+        first key, an id taken over by another key gets nothing through, and the session of
+        the id's owner is ended here (its messages would now reach the impostor).
+        """
+        owner = self._owners.get(peer)
+        if owner is None:
+            self._owners[peer] = user
+            if len(self._owners) > MAX_OWNERS:
+                self._owners.popitem(last=False)
+            return True
+        self._owners.move_to_end(peer)
+        if owner == user:
+            return True
+        self.counters["impostors"] += 1
+        self.forget_peer(peer)
+        now = self.clock()
+        if now - self._last_impostor_log > 1.0:
+            self._last_impostor_log = now
+            self._log(
+                "warning",
+                "message dropped: its routing id belongs to another key",
+                peer=peer.hex(),
+                key=user,
+                owner=owner,
+            )
+        return False
+
+    def _allowed(self, peer: bytes, user: str, type_: MsgType, body: bytes) -> bool:
+        """Whether the sender's key (its role) may send this message; refuse it if not.
+
+        A client key cannot register as a worker nor report results; a worker key cannot
+        submit. A key revoked since it connected is cut off.
+        """
+        assert self.authority is not None
+        role = self.authority.role_of(self._owners.get(peer, user))
+        if role is None:  # revoked since it connected
+            self.cut_off(peer, "your key was revoked")
+            return False
+        if type_ is MsgType.HELLO:
+            allowed = (protocol.decode_hello(body).role is Role.WORKER) == (role == WORKER)
+        elif type_ in _WORKER_ONLY:
+            allowed = role == WORKER
+        elif type_ in _CLIENT_ONLY:
+            allowed = role == CLIENT
+        else:
+            allowed = True
+        if not allowed:
+            self._refuse(peer, f"{type_.name} is not allowed for your key")
+        return allowed
+
+    def _same_key(self, peer: bytes, other: bytes) -> bool:
+        """Whether two routing ids came under one key (always, without authentication): a
+        watchdog or a node speaks only for a worker of its own key."""
+        return self.authority is None or self._owners.get(peer) == self._owners.get(other)
+
+    # -- handlers: one per message type, each taking the decoded message ---------------------
+
+    def _on_hello(self, peer: bytes, hello: protocol.Hello) -> None:
+        owner = self._owners.get(peer) if self.authority is not None else None
+        self._told_unknown.pop(peer, None)
+        if hello.role is Role.WORKER:
+            known = self.workers.get(peer)
+            resumed = known is not None and known.pid == hello.pid
+            # A worker's group is its key's folder, never what it says of itself.
+            group = self.authority.group_of(owner) if self.authority is not None and owner else ""
+            self.add_worker(peer, hello.pid, hello.capacity, group)
+            self._log(
+                "info",
+                "worker joined",
+                worker_pid=hello.pid,
+                capacity=hello.capacity,
+                group=group or None,
+                workers=len(self.workers),
+            )
+        else:
+            refusal = self._group_refusal(hello.group)
+            if refusal is not None:
+                self._refuse(peer, refusal)
+                return
+            resumed = peer in self.clients
+            self.add_client(peer, hello.pid, owner, hello.group)
+            self._log(
+                "info", "client joined", client_pid=hello.pid, worker_group=hello.group or None
+            )
+        self._replies.append(SendWelcome(peer, len(self.workers), resumed))
+
+    def _group_refusal(self, group: str) -> str | None:
+        """Why a client cannot be restricted to ``group``; None if it can (or asks for none)."""
+        if not group:
+            return None
+        if self.authority is None:
+            return (
+                "worker groups need a router with --auth: without keys, nothing says who is in one"
+            )
+        if not self.authority.has_group(group):
+            return f"no worker group {group!r}: the router's auth directory has no workers/{group}/"
+        return None
+
+    def _on_submit(self, peer: bytes, items: list[SubmitItem]) -> None:
+        if peer in self.workers:
+            raise ProtocolError("a worker cannot submit tasks")
+        if peer not in self.clients:
+            # We restarted (or forgot it): it keeps every payload until the outcome arrives,
+            # and submits all its unfinished tasks again once it has said HELLO.
+            self._tell_unknown(peer)
+            return
+        self.submit(peer, items)
+
+    def _on_result(self, peer: bytes, items: list[protocol.ResultItem]) -> None:
+        if peer not in self.workers:
+            self._tell_unknown(peer)
+            self.counters["stale_results"] += len(items)
+            return
+        results = self._results
+        for item in items:
+            task = self.complete(peer, item.task_id, item.status, item.frames)
+            if task is not None:
+                results[task.client].append((task.client_task_id, item.status, item.frames))
+                if item.status == Status.ERROR:
+                    self._replies.append(TaskFailed(task.id, task.fn_hash, item.frames))
+
+    def _on_items(self, peer: bytes, items: list[StreamItem]) -> None:
+        for item in items:
+            task = self.stream_item(peer, item.task_id, item.n_values)
+            if task is not None:
+                self._items[task.client].append(item._replace(task_id=task.client_task_id))
+
+    def _on_ack(self, peer: bytes, acks: list[tuple[int, int]]) -> None:
+        for client_task_id, consumed in acks:
+            task = self.running_task(peer, client_task_id)
+            if task is not None and task.worker is not None:
+                self._acks[task.worker].append((task.id, consumed))
+
+    def _on_cancel(self, peer: bytes, client_task_ids: list[int]) -> None:
+        for worker, task_ids in self.cancel(peer, client_task_ids).items():
+            self._stop_on_worker.setdefault(worker, []).extend(task_ids)
+
+    def _on_fn_body(self, peer: bytes, message: tuple[bytes, Any]) -> None:
+        fn_hash, fn_body = message
+        limit = self.limits.body_size
+        if len(fn_body) > limit:  # refused before it is copied or hashed
+            reason = (
+                f"the function's body is {len(fn_body)} bytes, over the router's limit of "
+                f"{limit} (--max-body-size): pass big data as arguments, not in closures"
+            )
+            self.refuse_body(peer, fn_hash, reason)
+            self._replies.append(SendError(peer, ErrorCode.REFUSED, reason))
+            return
+        fn_bytes = bytes(memoryview(fn_body))
+        waiting, good = self.body_arrived(fn_hash, fn_bytes, peer)
+        for worker in waiting:
+            self._replies.append(SendBody(worker, fn_hash, fn_bytes if good else b""))
+
+    def _on_fn_fetch(self, peer: bytes, fn_hash: bytes) -> None:
+        fn_body, ask = self.body_for(peer, fn_hash)
+        if fn_body is not None:
+            self._replies.append(SendBody(peer, fn_hash, fn_body))
+        elif ask is not None:
+            self._replies.append(SendFetch(ask, fn_hash))
+        else:
+            self._log("warning", "function body unavailable", fn_hash=fn_hash.hex())
+            self._replies.append(SendBody(peer, fn_hash, b""))
+
+    def _on_credit(self, peer: bytes, capacity: int) -> None:
+        self.set_capacity(peer, capacity)
+
+    def _on_heartbeat(self, peer: bytes, beat: protocol.Heartbeat) -> None:
+        on_behalf_of = beat.on_behalf_of
+        if not on_behalf_of:
+            if peer not in self.workers and peer not in self.clients:
+                self._tell_unknown(peer)
+            return
+        # A worker's watchdog thread: its hub may be busy with a long task. It speaks only
+        # for a worker holding its own key.
+        if not self._same_key(on_behalf_of, peer):
+            return
+        self.seen(on_behalf_of)
+        taken = self.hub_report(on_behalf_of, beat.blocked_ms, beat.last_task)
+        if taken:  # sent while the hub was blocked, still unread: they run elsewhere
+            self._stop_on_worker.setdefault(on_behalf_of, []).extend(taken)
+            self._log(
+                "warning",
+                "worker hub blocked; its unread tasks go elsewhere",
+                blocked_s=beat.blocked_ms / 1000,
+                taken_back=len(taken),
+            )
+
+    def _on_timeout(self, peer: bytes, message: tuple[bytes, str, list[int]]) -> None:
+        worker, limit, task_ids = message
+        if not self._same_key(worker, peer) or worker not in self.workers:
+            return
+        self.timed_out(worker, task_ids, limit)
+        self._log(
+            "warning",
+            "tasks blocked a worker past their hard time limit; it restarts",
+            tasks=len(task_ids),
+            limit=limit,
         )
+
+    def _on_crashed(self, peer: bytes, message: tuple[bytes, list[int]]) -> None:
+        """A node says its worker process died on a signal while running ``culprits``."""
+        worker, culprits = message
+        if not self._same_key(worker, peer):
+            return  # a node speaks only for a worker of its own key
+        known = worker in self.workers
+        affected = self.worker_crashed(worker, culprits)
+        self._log(
+            "warning",
+            "worker process crashed",
+            culprits=culprits or None,
+            requeued=len(affected) if known else None,
+            refunded=None if known else len(affected),
+        )
+
+    def _on_withdraw(self, peer: bytes, requests: list[tuple[int, bool]]) -> None:
+        """Drop tasks only if they have not started, and say which were dropped."""
+        answers = self.withdraw(peer, [task_id for task_id, _ in requests])
+        self._replies.append(SendWithdrawn(peer, answers))
+
+    def _on_disconnect(self, peer: bytes, _: None) -> None:
+        if peer in self.workers:
+            requeued = self.remove_worker(peer, died=False)
+            self._log("info", "worker left", handed_back=len(requeued), workers=len(self.workers))
+        elif peer in self.clients:
+            dropped = self.remove_client(peer)
+            self._log("info", "client left", dropped_queued=dropped)
+
+    def _on_stats(self, peer: bytes, _: None) -> None:
+        stats = self.stats()
+        if self.authority is not None:
+            # Keys may only run or submit tasks: which processes run where, and how many
+            # clients there are, is no business of theirs.
+            for private in ("worker_pids", "clients"):
+                stats.pop(private, None)
+        self._replies.append(SendStats(peer, stats))
 
     # -- peers ------------------------------------------------------------------------------
 
@@ -367,6 +911,7 @@ class RouterState:
             self._queue_of(task).appendleft(task)
         for task in isolated:
             task.attempt += 1
+            task.suspect = True
             self.suspects.append(task)
         for task in requeued + isolated:
             self.queued_by_client[task.client] += 1
@@ -436,8 +981,9 @@ class RouterState:
                 continue
             task.deaths -= 1
             refunded.append(task)
-            if task.deaths < ISOLATE_AFTER and task.worker is None and task in self.suspects:
+            if task.deaths < ISOLATE_AFTER and task.worker is None and task.suspect:
                 self.suspects.remove(task)  # no longer a suspect: back to the normal queue
+                task.suspect = False
                 self._queue_of(task).appendleft(task)
         self.counters["deaths_refunded"] += len(refunded)
         return refunded
@@ -475,6 +1021,7 @@ class RouterState:
             self.queued_by_client[task.client] += 1
             if worker.isolating == task.id:
                 worker.isolating = None
+                task.suspect = True
                 self.suspects.appendleft(task)
             else:
                 self._queue_of(task).appendleft(task)
@@ -496,18 +1043,18 @@ class RouterState:
             answers.append((client_task_id, True))
         return answers
 
-    def expired_workers(self) -> list[bytes]:
+    def expired_workers(self, now: float | None = None) -> list[bytes]:
         """Workers silent for longer than the liveness window."""
-        deadline = self.clock() - self.liveness
+        deadline = (self.clock() if now is None else now) - self.liveness
         return [peer for peer, w in self.workers.items() if w.last_seen < deadline]
 
-    def expired_clients(self) -> list[bytes]:
+    def expired_clients(self, now: float | None = None) -> list[bytes]:
         """Clients silent for CLIENT_LIVENESS windows: gone (killed, or cut off) for good.
 
         A client's I/O thread competes for the GIL with the application, so it gets a longer
         window than a worker before its queued tasks are dropped.
         """
-        deadline = self.clock() - CLIENT_LIVENESS * self.liveness
+        deadline = (self.clock() if now is None else now) - CLIENT_LIVENESS * self.liveness
         return [peer for peer, c in self.clients.items() if c.last_seen < deadline]
 
     # -- tasks ------------------------------------------------------------------------------
@@ -664,6 +1211,9 @@ class RouterState:
         waiting: collections.deque[Task] = collections.deque()
         while self.suspects:
             task = self.suspects.popleft()
+            if task.cancelled:  # cancelled while it waited: dropped here, not searched for
+                task.suspect = False
+                continue
             idle = next(
                 (
                     w
@@ -679,6 +1229,7 @@ class RouterState:
             if idle is None:
                 waiting.append(task)
                 continue
+            task.suspect = False
             self._assign(idle, [task])
             idle.isolating = task.id
             plan.append((idle, [task]))
@@ -748,31 +1299,42 @@ class RouterState:
         return task
 
     def _settle(self, task: Task, status: int, frames: list[Any]) -> None:
-        """Forget a finished task; hand its outcome to the tasks waiting for it."""
+        """Forget a finished task; hand its outcome to the tasks waiting for it.
+
+        On the path of every outcome and every cancel: kept to a few dict operations.
+        """
         self._forget(task)
-        key = (task.client, task.client_task_id)
-        self.recent[key] = (status, frames)
-        self.recent_bytes += frames_size(frames)
+        recent = self.recent
+        recent[(task.client, task.client_task_id)] = (status, frames)
+        if frames:
+            self.recent_bytes += frames_size(frames)
         limits = self.limits
-        while self.recent and (
-            len(self.recent) > limits.recent_count or self.recent_bytes > limits.recent_bytes
-        ):
-            _, (_, old) = self.recent.popitem(last=False)
-            self.recent_bytes -= frames_size(old)
-        for dependent, index in task.dependents or ():
-            assert dependent.deps is not None
-            dependent.deps[index] = (status, frames)
-            dependent.waiting -= 1
-            if dependent.waiting == 0 and not dependent.cancelled:
-                self._queue_of(dependent).append(dependent)
+        if len(recent) > limits.recent_count or self.recent_bytes > limits.recent_bytes:
+            while recent and (
+                len(recent) > limits.recent_count or self.recent_bytes > limits.recent_bytes
+            ):
+                _, (_, old) = recent.popitem(last=False)
+                if old:
+                    self.recent_bytes -= frames_size(old)
+        if task.dependents:
+            for dependent, index in task.dependents:
+                assert dependent.deps is not None
+                dependent.deps[index] = (status, frames)
+                dependent.waiting -= 1
+                if dependent.waiting == 0 and not dependent.cancelled:
+                    self._queue_of(dependent).append(dependent)
 
     def _forget(self, task: Task) -> None:
+        client = task.client
         if self.tasks.pop(task.id, None) is not None:
-            self.bytes_by_client[task.client] -= task.size
-            if self.bytes_by_client[task.client] <= 0:
-                del self.bytes_by_client[task.client]
+            held = self.bytes_by_client
+            left = held[client] - task.size
+            if left > 0:
+                held[client] = left
+            else:
+                held.pop(client, None)
             self.held_bytes -= task.size
-        self.by_client.pop((task.client, task.client_task_id), None)
+        self.by_client.pop((client, task.client_task_id), None)
 
     def _fail(self, task: Task, code: FailureCode, message: str) -> None:
         """Fail a task with a squall error the router makes itself (no pickle involved)."""
@@ -820,10 +1382,10 @@ class RouterState:
             if task.worker is not None:
                 stop.setdefault(task.worker, []).append(task.id)
             else:
-                if task.deaths >= ISOLATE_AFTER and task in self.suspects:
-                    self.suspects.remove(task)
-                elif task.waiting == 0:
-                    self._queue_of(task).drop(task)  # skipped when its turn comes
+                # Marked, not searched for: a queued task (or suspect) is skipped when its
+                # turn comes, so each cancel is O(1) however long the queue.
+                if task.waiting == 0 and not task.suspect:
+                    self._queue_of(task).drop(task)
                 task.frames = []  # its arguments are freed now, not when its turn comes
                 self.queued_by_client[client] -= 1
                 self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
@@ -897,7 +1459,7 @@ class RouterState:
             "capacity": sum(w.capacity for w in self.workers.values()),
             "clients": len(self.clients),
             "queued": len(self.queue)
-            + len(self.suspects)
+            + sum(not t.cancelled for t in self.suspects)
             + sum(len(q) for q in self.group_queues.values()),
             "running": sum(len(w.running) for w in self.workers.values()),
             "bodies_cached": len(self.bodies),
