@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from squall.protocol import ErrorCode, StreamItem
 
 if TYPE_CHECKING:
-    from squall.router.state import Task
+    from squall.router.model import Task
 
 
 class SendTasks(NamedTuple):

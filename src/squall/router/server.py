@@ -1,10 +1,11 @@
-"""The router's socket loop: reads headers, feeds :class:`RouterState`, carries out its decisions.
+"""The router's socket loop: feeds each message to :class:`RouterState`, sends what it decided.
 
-One ROUTER socket serves clients and workers alike; a peer says which it is in its HELLO. The loop
-drains the socket in batches (a burst costs one poll, not one per message), then sends what the
-state decided: TASK batches to workers, RESULT batches to clients. Payload frames are received
-with ``copy=False`` and sent on as the same ``zmq.Frame`` objects, so a 50 MB array crosses the
-router without being copied or looked into.
+One ROUTER socket serves clients and workers alike. The loop drains the socket in batches (a
+burst costs one poll, not one per message), hands every message to the state, then encodes and
+sends the state's instructions in the order it gave them (:mod:`squall.router.instructions`).
+What to send, to whom, and who may say what are the state's decisions; this module decides only
+socket-level matters. Payload frames are received with ``copy=False`` and sent on as the same
+``zmq.Frame`` objects, so a 50 MB array crosses the router without being copied or looked into.
 
 ``ROUTER_MANDATORY`` is on: a send to a peer that is gone raises instead of vanishing, and the
 loop treats that peer as lost (a lost worker's tasks are redelivered). A send to a peer whose
@@ -12,8 +13,8 @@ pipe is full waits in that peer's own backlog, so one slow reader never delays a
 backlog past its bound cuts the peer off.
 
 Identity: clients and workers connect with random routing ids (:func:`protocol.new_peer_id`).
-With authentication each id is bound to the key that first used it, and a message under an id
-from another key is dropped: no key can take over another's session.
+With authentication the ZAP handler here admits listed keys, and each message goes to the state
+with the key it came under; the state binds each id to the key that first used it.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ import pickle
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, cast
 
 import zmq
 
 from squall import protocol
 from squall.auth import ServerKeys, ZapHandler
-from squall.config import RouterConfig, bind_router_socket, prepare_socket
+from squall.config import DRAIN_BATCH, RouterConfig, bind_router_socket, prepare_socket
 from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.memory import Trimmer
-from squall.protocol import ErrorCode, TaskItem
+from squall.protocol import MAX_ITEMS, ErrorCode, TaskItem
 from squall.router.instructions import (
     CutOff,
     Log,
@@ -56,19 +57,20 @@ from squall.router.instructions import (
     SendWithdrawn,
     TaskFailed,
 )
-from squall.router.state import Limits, RouterState, Task, frames_size
+from squall.router.model import Limits, Task, frames_size
+from squall.router.state import RouterState
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
-#: Messages read per poll wake-up, and items per TASK/RESULT message sent.
-DRAIN_BATCH = 2000
-MAX_ITEMS = 1000
-
-
-def _chunks(entries: list[T]) -> Iterator[list[T]]:
-    for start in range(0, len(entries), MAX_ITEMS):
-        yield entries[start : start + MAX_ITEMS]
+#: the instructions that are a peer and a list of entries, and what encodes a batch of them
+_BATCHES: dict[type, Callable[[Any], list[Any]]] = {
+    SendResults: protocol.encode_result,
+    SendItems: protocol.encode_items,
+    SendStarted: protocol.encode_started,
+    SendAcks: protocol.encode_ack,
+    SendCancel: protocol.encode_cancel,
+    SendWithdrawn: protocol.encode_withdraw,
+}
 
 
 def unpredictable_auto_ids() -> None:
@@ -335,23 +337,13 @@ class RouterServer:
                 self._carry_out(send)
 
     def _carry_out(self, send: Send) -> None:
-        if isinstance(send, SendTasks):
+        encode = _BATCHES.get(type(send))
+        if encode is not None:  # (peer, entries): as many messages as MAX_ITEMS makes
+            peer, entries = cast("tuple[bytes, list[Any]]", send)
+            for start in range(0, len(entries), MAX_ITEMS):
+                self._send(peer, encode(entries[start : start + MAX_ITEMS]))
+        elif isinstance(send, SendTasks):
             self._send_tasks(send.worker, send.tasks)
-        elif isinstance(send, SendResults):
-            for outcomes in _chunks(send.outcomes):
-                self._send(send.client, protocol.encode_result(outcomes))
-        elif isinstance(send, SendItems):
-            for items in _chunks(send.items):
-                self._send(send.client, protocol.encode_items(items))
-        elif isinstance(send, SendStarted):
-            for ids in _chunks(send.task_ids):
-                self._send(send.client, protocol.encode_started(ids))
-        elif isinstance(send, SendAcks):
-            for acks in _chunks(send.acks):
-                self._send(send.worker, protocol.encode_ack(acks))
-        elif isinstance(send, SendCancel):
-            for ids in _chunks(send.task_ids):
-                self._send(send.worker, protocol.encode_cancel(ids))
         elif isinstance(send, TaskFailed):
             self._failures.note(send.task_id, send.fn_hash, send.frames)
         elif isinstance(send, Log):
@@ -359,22 +351,16 @@ class RouterServer:
         elif isinstance(send, SendError):
             self._send(send.peer, protocol.encode_error(send.code, send.text))
         elif isinstance(send, SendWelcome):
-            welcome = protocol.encode_welcome(
-                self.config.heartbeat, send.workers, self.epoch, send.resumed
-            )
+            heartbeat = self.config.heartbeat
+            welcome = protocol.encode_welcome(heartbeat, send.workers, self.epoch, send.resumed)
             self._send(send.peer, welcome)
         elif isinstance(send, SendBody):
             self._send(send.peer, protocol.encode_fn_body(send.fn_hash, send.body))
         elif isinstance(send, SendFetch):
             self._send(send.peer, protocol.encode_fn_fetch(send.fn_hash))
-        elif isinstance(send, SendWithdrawn):
-            for answers in _chunks(send.answers):
-                self._send(send.client, protocol.encode_withdraw(answers))
         elif isinstance(send, SendStats):
-            self._send(
-                send.peer,
-                protocol.encode_stats({**send.stats, "backlogged_peers": len(self._backlogs)}),
-            )
+            stats = {**send.stats, "backlogged_peers": len(self._backlogs)}
+            self._send(send.peer, protocol.encode_stats(stats))
         elif isinstance(send, SendHeartbeats):
             beat = protocol.encode_heartbeat()
             for peer in send.peers:
@@ -393,10 +379,10 @@ class RouterServer:
             redelivered=sum(t.attempt > 0 for t in tasks),
             free=known.free if known is not None else 0,
         )
-        for chunk in _chunks(tasks):
+        for start in range(0, len(tasks), MAX_ITEMS):
             items = [
                 TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
-                for t in chunk
+                for t in tasks[start : start + MAX_ITEMS]
             ]
             self._send(worker, protocol.encode_task(items))
 
