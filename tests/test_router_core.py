@@ -447,3 +447,55 @@ def test_a_cancelled_suspect_is_skipped_not_searched_for() -> None:
     w = worker(state)
     assert tasks_sent(state.take_sends()) == {}
     assert not state.suspects and not state.workers[w].running
+
+
+def test_tasks_taken_back_from_a_blocked_hub_are_cancelled_there_before_they_go_elsewhere() -> None:
+    state, _ = core(blocked_after=2.0)
+    w1 = worker(state, capacity=3)
+    c = client(state)
+    submit(state, c, range(1, 4))
+    state.take_sends()
+    ids = [state.by_client[(c, i)].id for i in (1, 2, 3)]
+    w2 = worker(state, capacity=3)
+    state.take_sends()
+    # The watchdog: the hub has been blocked 2.5 s and has read only the first task.
+    state.handle(w1 + b"/watchdog", protocol.encode_heartbeat(w1, 2500, ids[0]))
+    sends = sends_of(state)
+    assert [type(s) for s in sends] == [SendCancel, SendTasks, SendStarted]
+    assert sends[0] == SendCancel(w1, ids[1:])
+    assert tasks_sent(sends) == {w2: [2, 3]}
+    assert state.counters["taken_back"] == 2
+
+
+def test_a_timeout_or_crash_report_counts_only_for_a_worker_of_the_senders_key() -> None:
+    keys = Keys({"worker:b": "worker", "worker:other": "worker", "client:a": "client"})
+    state, _ = core(keys)
+    w = worker(state, user="worker:b")
+    c = client(state, user="client:a")
+    submit(state, c, range(1, 2))
+    state.take_sends()
+    task_id = state.by_client[(c, 1)].id
+    stranger = protocol.new_peer_id()
+    state.handle(stranger, protocol.encode_timeout(w, "1s", [task_id]), "worker:other")
+    state.handle(stranger, protocol.encode_crashed(w, [task_id]), "worker:other")
+    assert w in state.workers and state.counters["timed_out"] == 0
+    node = w + b"/node"
+    state.handle(node, protocol.encode_timeout(w, "1s", [task_id]), "worker:b")
+    assert w not in state.workers and state.counters["timed_out"] == 1
+    ((result,),) = [s.outcomes for s in sends_of(state, SendResults)]
+    assert protocol.read_error_summary(result[2][0]).code is FailureCode.TASK_TIMEOUT
+
+
+def test_a_peer_cut_off_for_reading_too_slowly_loses_its_state_and_is_told_once() -> None:
+    state, _ = core()
+    w = worker(state)
+    c = client(state)
+    submit(state, c, range(1, 3))
+    state.take_sends()
+    state.cut_off(w, "you read too slowly")  # what the server's backlog bound decides
+    sends = sends_of(state)
+    assert sends[0] == CutOff(w, "you read too slowly")
+    assert w not in state.workers and state.counters["peers_cut_off"] == 1
+    assert state.stats()["queued"] == 2  # its tasks wait for another worker
+    state.handle(w, protocol.encode_result([(1, Status.OK, [])]))
+    assert sends_of(state) == []

@@ -816,7 +816,7 @@ class RouterState:
     def remove_client(self, peer: bytes) -> int:
         """Forget a client and drop its queued tasks; return how many were dropped.
 
-        Its running tasks are marked cancelled; :meth:`running_of_departed` tells the server
+        Its running tasks are marked cancelled; :meth:`take_stops` tells the server
         which workers must stop them (a paused stream would otherwise hold its slot forever).
         """
         for worker in self.workers.values():
@@ -1217,11 +1217,13 @@ class RouterState:
             self.decided.append((task.client, task.client_task_id, Status.ERROR, frames))
 
     def take_stops(self) -> dict[bytes, list[int]]:
-        """Running tasks of departed clients, per worker, to cancel there."""
+        """Running tasks to stop, per live worker (cancelled, of departed clients, taken back
+        from a blocked hub); :meth:`take_sends` turns them into CANCELs."""
         stops, self._stop_on_worker = self._stop_on_worker, {}
         return {w: ids for w, ids in stops.items() if w in self.workers}
 
     def take_decided(self) -> list[tuple[bytes, int, int, list[Any]]]:
+        """Outcomes the router made itself; :meth:`take_sends` adds them to the RESULTs."""
         decided, self.decided = self.decided, []
         return decided
 
