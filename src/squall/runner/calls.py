@@ -9,6 +9,9 @@ Kept apart from the socket code in ``runner.executor`` so each rule reads on its
   coroutines run beside thousands of plain greenlets;
 - a generator returned to ``submit`` is drained into a list (generators cannot be pickled);
   ``stream`` iterates it item by item instead.
+
+The task's options (timeout, retries) wrap all of this the same way for every kind of function:
+see ``WorkerProcess._run`` and :mod:`squall.options`.
 """
 
 from __future__ import annotations
@@ -97,8 +100,10 @@ class AsyncBridge:
         future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop)
         try:
             return future.result()
-        except gevent.GreenletExit:
-            future.cancel()  # the task was cancelled or timed out: stop the coroutine too
+        except BaseException:
+            # The greenlet was interrupted (cancelled: GreenletExit; past its timeout:
+            # gevent.Timeout): stop the coroutine too. Its own exception leaves it done.
+            future.cancel()
             raise
 
     def iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
@@ -172,11 +177,9 @@ def collect(result: Any, bridge: AsyncBridge) -> Any:
     return result
 
 
-def iterate(
-    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], bridge: AsyncBridge
-) -> Iterator[Any]:
-    """Call ``fn`` for ``stream``: an iterator over what it yields."""
-    result = fn(*args, **kwargs)
+def iterate(result: Any, fn: Any, bridge: AsyncBridge) -> Iterator[Any]:
+    """What ``stream`` iterates for the ``result`` of a call of ``fn``: a generator itself,
+    an async generator stepped on the loop, any other iterable's iterator."""
     if inspect.isawaitable(result):
         result = bridge.run(result)
     if inspect.isasyncgen(result):

@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gevent
@@ -44,10 +44,11 @@ import zmq.green as zmq
 from gevent import monkey
 from zmq.utils.monitor import recv_monitor_message
 
+from squall import options as task_options
 from squall import protocol, serialization
 from squall.auth import apply_client_keys
 from squall.config import WorkerConfig, prepare_socket
-from squall.errors import Refused, SerializationError, SquallError, TaskTimeout
+from squall.errors import Refused, SerializationError, SquallError
 from squall.log import get_logger
 from squall.options import TaskOptions
 from squall.protocol import ErrorCode, Kind, MsgType, Role, Status, TaskItem
@@ -56,7 +57,6 @@ from squall.runner.watchdog import REFUSED_EXIT_CODE, RESTART_EXIT_CODE, Watchdo
 
 log = get_logger(__name__)
 
-_NO_OPTIONS = TaskOptions()
 _STREAM = int(Kind.STREAM)  # plain ints on the hot path: enum attribute lookups are slow
 
 DRAIN_BATCH = 2000
@@ -115,6 +115,10 @@ class _StreamWindow:
         while self.sent - self.acked >= self.window:
             self._room.clear()
             self._room.wait()
+
+    def untouched(self) -> bool:
+        """Whether nothing was yielded yet: only then may a failed stream be run again."""
+        return self.sent == 0
 
     def ack(self, consumed: int) -> None:
         self.acked += consumed
@@ -264,7 +268,7 @@ class WorkerProcess:
         """The task the main thread is running now (called by the watchdog thread).
 
         Walks the main thread's stack down to the greenlet's first frame, where a task
-        greenlet runs :meth:`_run_call` or :meth:`_run_stream` with its ``item``; failing that,
+        greenlet runs :meth:`_run` with its ``item``; failing that,
         the coroutine the process's asyncio loop is stepping. Only called while the hub is
         blocked, so the task path pays nothing for it.
         """
@@ -453,113 +457,163 @@ class WorkerProcess:
             self._finish(task_id, Status.CANCELLED, [])
 
     def _start(self, item: TaskItem, fn: Any) -> None:
-        run = self._run_stream if item.kind == _STREAM else self._run_call
-        task = greenlet.greenlet(run, parent=self._hub)
+        task = greenlet.greenlet(self._run, parent=self._hub)
         self._tasks[item.task_id] = task
         self._hub.loop.run_callback(task.switch, item, fn)
 
-    def _run_call(self, item: TaskItem, fn: Any) -> None:
+    def _run(self, item: TaskItem, fn: Any) -> None:
+        """Run one task, a call or a stream, and send its outcome.
+
+        The one skeleton for every kind of task: unpickle the call, put in its dependencies'
+        values, make attempts under the task's options (:mod:`squall.options`: each attempt
+        timed, retried on ``retry_on`` errors; a stream only while nothing was yielded), and
+        turn what came of it into the outcome. An ``async def`` call is handed to the asyncio
+        loop instead, with the rest of its attempts (see :meth:`_hand_off`).
+        """
+        task_id = item.task_id
+        stream = None
+        if item.kind == _STREAM:
+            stream = self._streams[task_id] = _StreamWindow(max(1, item.window))
         status, frames = Status.CANCELLED, list[Any]()
         handed_off = False
         try:
             args, kwargs, options = serialization.loads(item.frames)
             args, kwargs = calls.resolve(args, kwargs, item.deps)
-            options = options or _NO_OPTIONS
-            retry = 0
-            while True:
-                try:
-                    result = self._call(item.task_id, fn, args, kwargs, options)
-                    break
-                except options.retry_on:
-                    if retry >= options.retries:
-                        raise
-                    retry += 1
-                    gevent.sleep(options.pause(retry))
-            if inspect.iscoroutine(result):  # async def: runs on the process's asyncio loop
-                done = functools.partial(self._coroutine_done, item.task_id, fn, options.timeout)
-                self.bridge.spawn(item.task_id, _with_timeout(result, options.timeout), done)
+            options = options or task_options.DEFAULT
+            if options.retries:
+                attempt = functools.partial(
+                    self._attempt, task_id, fn, args, kwargs, options, stream
+                )
+                veto = None if stream is None else stream.untouched
+                outcome = task_options.retrying(attempt, options, gevent.sleep, veto)
+            else:
+                outcome = self._attempt(task_id, fn, args, kwargs, options, stream)
+            if outcome is None:  # handed to the asyncio loop, which finishes it
                 handed_off = True
                 return
-            status, frames = self._pickled(calls.collect(result, self.bridge), fn)
+            status, frames = outcome
         except gevent.GreenletExit:
             pass
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its outcome
             status, frames = Status.ERROR, serialization.dumps_exception(exc, qualified_name(fn))
         finally:
-            self._forget_task(item.task_id)
+            if stream is not None:
+                self._move_chunk(task_id)
+                del self._streams[task_id]
+            self._forget_task(task_id)
             if not handed_off:
-                self._finish(item.task_id, status, frames)
+                self._finish(task_id, status, frames)
 
-    def _call(self, task_id: int, fn: Any, args: Any, kwargs: Any, options: TaskOptions) -> Any:
-        """One attempt, interrupted by TaskTimeout past ``options.timeout``."""
-        if options.timeout is None:
-            return _called(fn, args, kwargs)
-        self.deadlines[task_id] = time.monotonic() + options.timeout
-        timer = gevent.Timeout(options.timeout)  # a BaseException: user code cannot swallow it
+    def _attempt(
+        self,
+        task_id: int,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        options: TaskOptions,
+        stream: _StreamWindow | None,
+    ) -> tuple[Status, list[Any]] | None:
+        """One attempt, interrupted by TaskTimeout past ``options.timeout``: the call and all
+        it produces (a generator drained for submit, a stream's every value and pause)."""
+        timeout = options.timeout
+        if timeout is None:
+            return self._produce(task_id, fn, args, kwargs, options, stream)
+        self.deadlines[task_id] = time.monotonic() + timeout
+        timer = gevent.Timeout(timeout)  # a BaseException: user code cannot swallow it
         timer.start()
         try:
-            return _called(fn, args, kwargs)
+            return self._produce(task_id, fn, args, kwargs, options, stream)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
-            raise TaskTimeout(f"the task ran past its timeout of {options.timeout:g} s") from None
+            raise task_options.timed_out(timeout) from None
         finally:
             timer.close()
             self.deadlines.pop(task_id, None)  # not during a retry's backoff pause
 
-    def _coroutine_done(
-        self, task_id: int, fn: Any, timeout: float | None, task: asyncio.Task[Any]
+    def _produce(
+        self,
+        task_id: int,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        options: TaskOptions,
+        stream: _StreamWindow | None,
+    ) -> tuple[Status, list[Any]] | None:
+        """Call ``fn`` and make the outcome of what it returns: a stream's values sent as
+        they come, a coroutine handed to the asyncio loop (None), anything else collected
+        and pickled. In a forked child of the task, the end of the process instead."""
+        try:
+            result = fn(*args, **kwargs)
+            if stream is not None:
+                return self._pump(task_id, fn, calls.iterate(result, fn, self.bridge), stream)
+            if inspect.iscoroutine(result):  # async def: runs on the process's asyncio loop
+                self._hand_off(task_id, fn, args, kwargs, options, result)
+                return None
+            value = calls.collect(result, self.bridge)
+        except BaseException:
+            forks.leave_child(forks.CHILD_RAISED)
+            raise
+        forks.leave_child(forks.CHILD_RETURNED)
+        return self._pickled(value, fn)
+
+    def _hand_off(
+        self, task_id: int, fn: Any, args: Any, kwargs: Any, options: TaskOptions, coroutine: Any
     ) -> None:
+        """Run an ``async def`` task's coroutine as a task of the asyncio loop, its attempts
+        under the same options (:func:`squall.options.retrying_async`); no greenlet waits."""
+        work = coroutine
+        if options.timeout is not None or options.retries:
+            again = functools.partial(fn, *args, **kwargs)
+            mark = functools.partial(self._mark_deadline, task_id)
+            work = task_options.retrying_async(again, options, mark, first=coroutine)
+        self.bridge.spawn(task_id, work, functools.partial(self._coroutine_done, task_id, fn))
+
+    def _mark_deadline(self, task_id: int, deadline: float | None) -> None:
+        """Tell the watchdog a coroutine attempt's deadline (None: the attempt is over)."""
+        if deadline is None:
+            self.deadlines.pop(task_id, None)
+        else:
+            self.deadlines[task_id] = deadline
+
+    def _coroutine_done(self, task_id: int, fn: Any, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             self._finish(task_id, Status.CANCELLED, [])
             return
         error = task.exception()
-        if isinstance(error, asyncio.TimeoutError) and timeout is not None:
-            error = TaskTimeout(f"the task ran past its timeout of {timeout:g} s")
         if error is not None:
             summary = serialization.dumps_exception(error, qualified_name(fn))
             self._finish(task_id, Status.ERROR, summary)
         else:
             self._finish(task_id, *self._pickled(task.result(), fn))
 
-    def _run_stream(self, item: TaskItem, fn: Any) -> None:
-        """Send each yielded value as it comes; pause while ``window`` items are unread."""
-        stream = _StreamWindow(max(1, item.window))
-        self._streams[item.task_id] = stream
-        status, frames = Status.CANCELLED, list[Any]()
-        iterator = None
+    def _pump(
+        self, task_id: int, fn: Any, iterator: Iterator[Any], stream: _StreamWindow
+    ) -> tuple[Status, list[Any]]:
+        """Send each value a stream's generator yields as it comes, pausing while ``window``
+        values are unread; the outcome is the stream's end (or the value that would not
+        pickle). The generator is closed however this ends: its finally blocks run, even
+        when the reader left early."""
         try:
-            args, kwargs, _ = serialization.loads(item.frames)
-            args, kwargs = calls.resolve(args, kwargs, item.deps)
-            iterator = calls.iterate(fn, args, kwargs, self.bridge)
             for value in iterator:
                 status, frames = self._pickled(value, fn)
                 if status != Status.OK:
-                    break
+                    return status, frames
                 if len(frames) == 1 and len(frames[0]) < PACK_LIMIT:
                     stream.chunk.append(frames[0])  # packed with its neighbours at flush
-                    self._chunked[item.task_id] = stream
+                    self._chunked[task_id] = stream
                 else:
-                    self._move_chunk(item.task_id)  # keep order: what came before goes first
-                    self._items.append(protocol.StreamItem(item.task_id, 1, False, frames))
+                    self._move_chunk(task_id)  # keep order: what came before goes first
+                    self._items.append(protocol.StreamItem(task_id, 1, False, frames))
                 self._wake_sender.set()
                 stream.sent += 1
                 forks.leave_child(forks.CHILD_RETURNED)  # a fork in the generator: not here
                 stream.wait_for_room()
-            else:
-                status, frames = self._pickled(None, fn)
-        except gevent.GreenletExit:
-            pass
-        except BaseException as exc:
-            status, frames = Status.ERROR, serialization.dumps_exception(exc, qualified_name(fn))
+            return self._pickled(None, fn)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
-                close()  # the generator's finally blocks run, even when the reader left early
-            self._move_chunk(item.task_id)
-            del self._streams[item.task_id]
-            self._forget_task(item.task_id)
-            self._finish(item.task_id, status, frames)
+                close()
 
     def _forget_task(self, task_id: int) -> None:
         # Only our own entry: the id may already name another task (a router restart).
@@ -638,23 +692,6 @@ class WorkerProcess:
             self._wake_sender.set()
 
 
-async def _with_timeout(coroutine: Any, timeout: float | None) -> Any:
-    if timeout is None:
-        return await coroutine
-    return await asyncio.wait_for(coroutine, timeout)
-
-
-def _called(fn: Any, args: Any, kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``; in a forked child of the task, the end of the process."""
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException:
-        forks.leave_child(forks.CHILD_RAISED)
-        raise
-    forks.leave_child(forks.CHILD_RETURNED)
-    return result
-
-
 def qualified_name(fn: Any) -> str:
     """``module.qualname`` of a task's function, for the error summary the router logs."""
     name = getattr(fn, "__qualname__", None)
@@ -688,4 +725,4 @@ def resident_bytes() -> int | None:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-_TASK_CODES = (WorkerProcess._run_call.__code__, WorkerProcess._run_stream.__code__)
+_TASK_CODES = (WorkerProcess._run.__code__,)
