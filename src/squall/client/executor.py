@@ -23,6 +23,7 @@ from squall.client.embedded import LocalCluster
 from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
+from squall.client.view import UNSET, ExecutorView, RetryOn, _Unset, merged
 from squall.config import check_client_policy, validate_address
 from squall.errors import (
     DependencyFailed,
@@ -32,6 +33,7 @@ from squall.errors import (
     WorkerLost,
 )
 from squall.log import get_logger
+from squall.options import TaskOptions
 from squall.protocol import Kind
 from squall.serialization import DependencyRef
 
@@ -336,11 +338,12 @@ class Executor(concurrent.futures.Executor):
         collected into a list (use :meth:`stream` to receive them as they are yielded); an
         ``async def`` function is awaited on the worker.
 
-        squall keeps four keywords for itself (pass same-named arguments to ``fn`` with
-        ``functools.partial``): ``timeout`` (seconds; past it the task is interrupted and
-        raises ``squall.TaskTimeout``), ``retries`` and ``retry_on`` (run again on these
-        exception types, default any Exception; never on others), ``backoff`` (first pause
-        between attempts, doubling with jitter). Typed as the standard library types
+        squall keeps four keywords for itself: ``timeout`` (seconds; past it the task is
+        interrupted and raises ``squall.TaskTimeout``), ``retries`` and ``retry_on`` (run again
+        on these exception types, default any Exception; never on others), ``backoff`` (first
+        pause between attempts, doubling with jitter). For a function with arguments of those
+        names, give the options with :meth:`options` instead: ``ex.options(timeout=5).submit(
+        fn, timeout=1)`` passes ``timeout=1`` to ``fn``. Typed as the standard library types
         ``Executor.submit`` (``ParamSpec``), so a type checker checks ``args`` and ``kwargs``
         against ``fn``: it flags these four unless ``fn`` takes them too (they are taken at
         run time all the same; ``# type: ignore[call-arg]`` on such a call).
@@ -349,9 +352,20 @@ class Executor(concurrent.futures.Executor):
             SerializationError: ``fn`` or an argument cannot be pickled (named in the message);
                 nothing was sent.
             ExecutorShutdown: the executor was shut down.
+            TypeError, ValueError: a bad option (see :meth:`options`).
         """
+        return self._submit_with(fn, args, kwargs, task_options.from_kwargs(kwargs))
+
+    def _submit_with(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions | None,
+    ) -> Future[T]:
+        """``submit`` with the task's options apart from ``fn``'s keyword arguments."""
         self._check_open()
-        options = task_options.from_kwargs(kwargs)
+        options = task_options.to_send(options)
         fn_hash, body = serialization.dumps_function(fn)
         future: Future[T] = self._new_future()
         linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
@@ -372,13 +386,28 @@ class Executor(concurrent.futures.Executor):
         ``close()`` or dropping the stream closes the remote generator. The generator's
         exception is raised where it happened, after the values yielded before it.
 
+        Options as for :meth:`submit`: ``timeout`` bounds the whole generator run, from the
+        call to its end, pauses for unread values included (past it the stream raises
+        ``squall.TaskTimeout`` after the values yielded before); ``retries`` runs the
+        generator again only if it failed before yielding anything, so no value is repeated.
+
         Raises:
             SerializationError: as for :meth:`submit`.
         """
+        return self._stream_with(fn, args, kwargs, task_options.from_kwargs(kwargs))
+
+    def _stream_with(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions | None,
+    ) -> Stream[Any]:
+        """``stream`` with the task's options apart from ``fn``'s keyword arguments."""
         self._check_open()
-        options = task_options.from_kwargs(kwargs)
+        options = task_options.to_send(options)
         fn_hash, body = serialization.dumps_function(fn)
-        stream: Stream[T] = Stream(self.stream_window, self._driver.send)
+        stream: Stream[Any] = Stream(self.stream_window, self._driver.send)
         stream.canceller = self._session.cancel_remote
         linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
@@ -404,8 +433,13 @@ class Executor(concurrent.futures.Executor):
         If the iterator is closed, dropped, or raises (a task's exception, or the
         ``TimeoutError``), the calls not started yet are withdrawn: they never run.
 
+        Task options (a time limit for each task, retries) come from a view:
+        ``ex.options(timeout=5, retries=2).map(fn, items)``. ``timeout`` here is the
+        ``concurrent.futures`` one, for the whole map; the option's is for each task.
+
         Args:
-            timeout: seconds from now until every result must have arrived.
+            timeout: seconds from now until every result must have arrived (else
+                ``TimeoutError``); not a time limit for each task (see above).
             chunksize: calls per task (fewer, larger tasks).
             buffersize: at most this many tasks submitted and not yet yielded (Python 3.14's
                 ``map`` option): the iterables are read as the results are, so an endless
@@ -417,6 +451,30 @@ class Executor(concurrent.futures.Executor):
             TypeError: ``buffersize`` is neither an integer nor None.
             ValueError: ``chunksize`` or ``buffersize`` is below 1.
         """
+        return self._map_with(
+            fn,
+            iterables,
+            None,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            ordered=ordered,
+            progress=progress,
+        )
+
+    def _map_with(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        options: TaskOptions | None,
+        *,
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        ordered: bool,
+        progress: bool,
+    ) -> Iterator[T]:
+        """``map`` with task ``options`` for each task (each chunk with ``chunksize``)."""
         if buffersize is not None and not isinstance(buffersize, int):
             raise TypeError("buffersize must be an integer or None")
         if buffersize is not None and buffersize < 1:
@@ -425,10 +483,12 @@ class Executor(concurrent.futures.Executor):
             raise ValueError("chunksize must be >= 1.")
         if chunksize > 1:
             chunks = _chunks(zip(*iterables, strict=False), chunksize)
-            nested = self.map(
+            nested = self._map_with(
                 functools.partial(_apply_chunk, fn),
-                chunks,
+                (chunks,),
+                options,
                 timeout=timeout,
+                chunksize=1,
                 buffersize=buffersize,
                 ordered=ordered,
                 progress=progress,
@@ -437,11 +497,12 @@ class Executor(concurrent.futures.Executor):
         end = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables, strict=False)
         if buffersize is None:
-            futures = collections.deque(self._submit_calls(fn, calls))
+            futures = collections.deque(self._submit_calls(fn, calls, options))
             more = None
         else:
-            futures = collections.deque(self._submit_calls(fn, itertools.islice(calls, buffersize)))
-            more = _Refill(self, fn, calls)
+            first = itertools.islice(calls, buffersize)
+            futures = collections.deque(self._submit_calls(fn, first, options))
+            more = _Refill(self, fn, calls, options)
         if ordered:
             results = _in_order(futures, end, more, self._session)
         else:
@@ -451,16 +512,24 @@ class Executor(concurrent.futures.Executor):
         return results
 
     def _submit_many(
-        self, fn: Callable[..., T], iterables: tuple[Iterable[Any], ...]
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        options: TaskOptions | None = None,
     ) -> list[Future[T]]:
         """Submit ``fn`` over zipped iterables, pickling the function once."""
-        return self._submit_calls(fn, zip(*iterables, strict=False))
+        return self._submit_calls(fn, zip(*iterables, strict=False), options)
 
     def _submit_calls(
-        self, fn: Callable[..., T], calls: Iterable[tuple[Any, ...]]
+        self,
+        fn: Callable[..., T],
+        calls: Iterable[tuple[Any, ...]],
+        options: TaskOptions | None = None,
     ) -> list[Future[T]]:
-        """Submit ``fn(*args)`` for each ``args`` of ``calls``, pickling the function once."""
+        """Submit ``fn(*args)`` for each ``args`` of ``calls``, pickling the function once;
+        each task with ``options``."""
         self._check_open()
+        options = task_options.to_send(options)
         fn_hash, body = serialization.dumps_function(fn)
         futures: list[Future[T]] = []
         batch: list[Call] = []
@@ -471,7 +540,7 @@ class Executor(concurrent.futures.Executor):
             if failed is not None:
                 future.set_exception(failed)
                 continue
-            batch.append(Call(serialization.dumps_call(args, {}), future, deps=deps))
+            batch.append(Call(serialization.dumps_call(args, {}, options), future, deps=deps))
             if len(batch) >= MAP_BATCH:
                 self._enqueue(fn_hash, body, batch)
                 batch = []
@@ -587,6 +656,34 @@ class Executor(concurrent.futures.Executor):
 
     # -- squall extras ----------------------------------------------------------------------
 
+    def options(
+        self,
+        *,
+        timeout: float | None | _Unset = UNSET,
+        retries: int | _Unset = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
+        backoff: float | _Unset = UNSET,
+    ) -> ExecutorView[Executor]:
+        """A view of this executor whose ``submit``, ``map`` and ``stream`` give each task
+        these options, and pass every keyword argument to the function untouched (the way for
+        functions that take a ``timeout`` or ``retries`` of their own). Views chain:
+        ``ex.options(timeout=1).options(retries=2)`` has both.
+
+        Args:
+            timeout: seconds each attempt may run (a stream: its whole run); past it the task
+                is interrupted and fails with ``squall.TaskTimeout``. None: no limit.
+            retries: times to run a failed task again (a stream: only if it failed before
+                yielding anything).
+            retry_on: the ``Exception`` classes worth a retry (default: any ``Exception``).
+            backoff: seconds before the first retry; doubling, with jitter, up to 30 s.
+
+        Raises:
+            TypeError: a value of the wrong type (``retries`` not an int, ``retry_on`` not
+                exception classes...), at this call.
+            ValueError: a timeout that is not positive, negative retries or backoff.
+        """
+        return ExecutorView(self, merged(TaskOptions(), timeout, retries, retry_on, backoff))
+
     def stats(self) -> dict[str, Any]:
         """The router's counters and this client's, for monitoring and tests."""
         stats = self._driver.stats()
@@ -631,17 +728,24 @@ class _Refill(Generic[T]):
     finishing the work it took), no more calls are submitted and the results end.
     """
 
-    def __init__(self, executor: Executor, fn: Callable[..., T], calls: Iterator[tuple[Any, ...]]):
+    def __init__(
+        self,
+        executor: Executor,
+        fn: Callable[..., T],
+        calls: Iterator[tuple[Any, ...]],
+        options: TaskOptions | None = None,
+    ):
         self._executor = weakref.ref(executor)
         self._fn = fn
         self._calls = calls
+        self._options = options
 
     def __call__(self) -> Future[T] | None:
         executor = self._executor()
         if executor is None:
             return None
         args = next(self._calls, None)
-        return None if args is None else executor._submit_calls(self._fn, [args])[0]
+        return None if args is None else executor._submit_calls(self._fn, [args], self._options)[0]
 
 
 def _remaining(end: float | None) -> float | None:
