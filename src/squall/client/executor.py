@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from squall import options as task_options
 from squall import protocol, serialization
-from squall.client._core import Call, ClientCore
+from squall.client._core import Call, ClientCore, Driver
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
@@ -100,7 +100,7 @@ class _Session:
     def __init__(self, core: ClientCore, cluster: LocalCluster | None) -> None:
         self.core = core
         self.cluster = cluster
-        self.driver: ThreadDriver | None = None
+        self.driver: Driver | None = None
         #: guards ``ended`` against sends: nothing is sent once the driver may be closing
         self._lock = threading.Lock()
         self.ended = False
@@ -140,7 +140,15 @@ class _Session:
             self.core.wait_for(request)
 
     def withdraw_future(self, future: Future[Any]) -> bool:
-        """``Future.cancel()`` for a pending future: True only if the router dropped it."""
+        """``Future.cancel()`` for a pending future: True only if the router dropped it.
+
+        Where the caller may not wait (the I/O thread, an event loop) the answer is False at
+        once, even if the router's answer happens to be in already: the future is cancelled
+        when it is handled, and the caller must not be told sometimes one, sometimes the other.
+        """
+        if not self.core.caller_may_wait():
+            self.withdraw([future], wait=False)
+            return False
         self.withdraw([future], wait=True)
         return future.cancelled()
 
@@ -148,7 +156,7 @@ class _Session:
         """``shutdown(cancel_futures=True)``: withdraw every pending future at once (one
         message, one wait) and close every stream."""
         targets = self.core.targets()
-        for stream in [t for t in targets if not isinstance(t, Future)]:
+        for stream in [t for t in targets if isinstance(t, Stream)]:
             stream.close()
         self.withdraw([t for t in targets if isinstance(t, Future)], wait=True)
 

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 from squall import serialization
 from squall.errors import SerializationError
-from squall.protocol import Frame, Status
+from squall.protocol import Frame, Status, StreamItem
 
 T = TypeVar("T")
 
@@ -179,6 +179,13 @@ class Future(concurrent.futures.Future[T]):
         except concurrent.futures.InvalidStateError:
             pass
 
+    def _squall_item(self, item: StreamItem) -> None:
+        """A call streams nothing: values for it would be the router's mistake, and dropped."""
+
+    def _squall_rerunnable(self) -> bool:
+        """A call may run again from the start (the router that had it restarted)."""
+        return True
+
     def __repr__(self) -> str:
         text = super().__repr__().replace("<Future", f"<squall.Future task={self.task_id}", 1)
         for placeholder in (_Undecoded, _UndecodedError):  # repr unpickles nothing either
@@ -203,11 +210,19 @@ class _LoopInbox:
         with self._lock:
             self._done.append((target, source))
             first = len(self._done) == 1
-        if first:
-            try:
+        if not first:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        try:
+            if running is self.loop:  # resolved in the loop itself (the asyncio driver)
+                self.loop.call_soon(self._drain)
+            else:
                 self.loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
 
     def _drain(self) -> None:
         with self._lock:

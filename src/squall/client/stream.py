@@ -86,6 +86,16 @@ class Stream(Generic[T]):
     def _squall_fail(self, exc: BaseException) -> None:
         self._finish(_Failed(exc))
 
+    def _squall_started(self) -> None:
+        """A stream has no running state to enter."""
+
+    def _squall_withdrawn(self) -> None:
+        """Streams are closed, not withdrawn: nothing asks the router to drop one."""
+
+    def _squall_rerunnable(self) -> bool:
+        """Only a stream that delivered nothing may run again: a rerun would repeat values."""
+        return self.received == 0
+
     def _finish(self, end: object) -> None:
         with self._lock:
             self._end = end
