@@ -329,3 +329,27 @@ def test_bad_options_fail_at_submit_on_a_real_executor(remote: squall.Executor) 
     with pytest.raises(TypeError, match="retries must be an int"):
         remote.stream(ticking, 3, 0.0, retries="3")  # type: ignore[call-arg]
     assert remote.options(timeout=5).submit(abs, -1).result(timeout=30) == 1
+
+
+async def async_spin(seconds: float) -> int:
+    """An ``async def`` that never awaits: it blocks the worker's asyncio loop, and the hub."""
+    end = time.monotonic() + seconds
+    laps = 0
+    while time.monotonic() < end:
+        laps += 1
+    return laps
+
+
+def test_an_async_def_blocking_past_its_timeout_is_stopped(cluster) -> None:
+    """Its deadline reaches the watchdog like a plain task's: past it (+1 s) the process is
+    restarted and that task alone fails with TaskTimeout (no --block-limit here)."""
+    cluster.start_router()
+    cluster.start_workers(1, 20, "--block-limit", "0")
+    with cluster.executor() as ex:
+        started = time.monotonic()
+        with pytest.raises(squall.TaskTimeout, match="blocked its worker past its timeout"):
+            ex.options(timeout=1.0).submit(async_spin, 300.0).result(timeout=60)
+        assert time.monotonic() - started < 30
+        assert ex.submit(abs, -3).result(timeout=30) == 3
+        stats = cluster.stats()
+    assert stats["timed_out"] == 1 and stats["worker_deaths"] == 0

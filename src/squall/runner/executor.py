@@ -47,11 +47,11 @@ from zmq.utils.monitor import recv_monitor_message
 from squall import options as task_options
 from squall import protocol, serialization
 from squall.auth import apply_client_keys
-from squall.config import WorkerConfig, prepare_socket
+from squall.config import DRAIN_BATCH, WorkerConfig, prepare_socket
 from squall.errors import Refused, SerializationError, SquallError
 from squall.log import get_logger
 from squall.options import TaskOptions
-from squall.protocol import ErrorCode, Kind, MsgType, Role, Status, TaskItem
+from squall.protocol import MAX_ITEMS, ErrorCode, Kind, MsgType, Role, Status, TaskItem
 from squall.runner import calls, forks
 from squall.runner.watchdog import REFUSED_EXIT_CODE, RESTART_EXIT_CODE, Watchdog
 
@@ -59,8 +59,6 @@ log = get_logger(__name__)
 
 _STREAM = int(Kind.STREAM)  # plain ints on the hot path: enum attribute lookups are slow
 
-DRAIN_BATCH = 2000
-MAX_ITEMS = 1000
 FUNCTION_CACHE_SIZE = 1024
 #: stream values whose pickle is smaller than this are packed together into one frame
 PACK_LIMIT = 16 * 1024
