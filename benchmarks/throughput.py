@@ -15,8 +15,9 @@ min and max of the measured runs next to the target:
    batches here, so it shows the fixed cost of one hop through every process and every wake-up,
    which is what an interactive caller waiting on one result feels.
 4. **asyncio no-op throughput**: ``[x async for x in ex.map(echo, range(20_000))]`` on
-   ``squall.AsyncExecutor()``, run right after figure 1, and its ratio to figure 1's median:
-   the same per-task path plus what asyncio adds (handing results to the event loop).
+   ``squall.AsyncExecutor()``, run right after figure 1, and its ratio to figure 1's median.
+   The same per-task path, driven by the event loop itself (zmq.asyncio, no I/O thread): the
+   target is at least the threaded executor's throughput.
 5. **stream throughput**: ``for x in ex.stream(count_up, 100_000)`` on ``squall.Executor()``,
    where the generator yields small ints; items per second through the router with the default
    ``stream_window`` (the table names it), and again with ``stream_window=1024`` (no target) to
@@ -215,7 +216,7 @@ def bench_async_noop(runs: int, tasks: int, threaded: Figure) -> tuple[Figure, F
         values: list[float] = []
         expected = list(range(tasks))
         async with squall.AsyncExecutor() as ex:
-            processes = ex.executor.stats()["workers"]
+            processes = (await ex.stats())["workers"]
             for run in range(runs + 1):  # run 0 is the warm-up
                 _settle()
                 t0 = time.perf_counter()
@@ -242,7 +243,7 @@ def bench_async_noop(runs: int, tasks: int, threaded: Figure) -> tuple[Figure, F
         # One value per asyncio run, each against the threaded median: the median of these is
         # the ratio of the two medians.
         values=[value / threaded.median for value in values],
-        target=0.8,
+        target=1.0,
         higher_is_better=True,
         extra={**extra, "threaded_median": threaded.median, "threaded_tasks": threaded.extra},
     )

@@ -1,25 +1,33 @@
-"""``squall.AsyncExecutor``: the same client, shaped for code that lives in asyncio.
+"""``squall.AsyncExecutor``: the same client, driven by the running asyncio event loop.
 
-It wraps an :class:`Executor` rather than re-implementing one: the core, the I/O driver and the
-futures are shared, and squall futures are awaitable already. What this adds is an asyncio
-surface: ``async with``, an async-iterator ``map`` and ``await aclose()``, with the blocking
-parts (starting the embedded router and workers, waiting for tasks at shutdown) run in a
-thread so the event loop never stalls.
+Its executor is an :class:`Executor` (same core, pickling, futures, dependencies and streams)
+whose I/O driver is :class:`~squall.client.asyncio_driver.AsyncioDriver`: the socket lives on
+the event loop, so nothing here starts a thread, and outcomes are handed to futures in the
+loop's own thread. What blocks in an :class:`Executor` is awaited here instead: the start
+(the router's WELCOME, the embedded workers), ``stats()``, ``cancel()`` and ``aclose()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
-from squall.client.executor import Executor
+from squall.client._core import WITHDRAW_TIMEOUT, Withdrawal
+from squall.client.asyncio_driver import AsyncioDriver
+from squall.client.executor import MAP_BATCH, ROUTER_GONE_AFTER, SLOW_SHUTDOWN_NOTICE, Executor
 from squall.client.future import Future, as_completed
 from squall.client.stream import Stream
+from squall.errors import StartupError, WorkerLost
+from squall.log import get_logger
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+log = get_logger(__name__)
 
 
 class AsyncExecutor:
@@ -37,6 +45,9 @@ class AsyncExecutor:
                 ...
             async for item in ex.stream(generate, 10):
                 ...
+
+    ``submit`` never waits for room (``max_pending``) here: it runs in the loop, which alone
+    would make room.
     """
 
     def __init__(self, address: str | None = None, **options: Any) -> None:
@@ -47,7 +58,14 @@ class AsyncExecutor:
     async def start(self) -> AsyncExecutor:
         """Connect (or start the embedded default) without blocking the event loop."""
         if self._executor is None:
-            self._executor = await asyncio.to_thread(Executor, self._address, **self._options)
+            from squall.client import inline
+
+            if inline.wanted(self._options.get("inline")):  # no sockets, nothing to await
+                self._executor = Executor(self._address, **self._options)
+            else:
+                executor = LoopExecutor(self._address, **self._options)
+                await executor.started()
+                self._executor = executor
         return self
 
     @property
@@ -77,30 +95,224 @@ class AsyncExecutor:
         """Submit every call now; ``async for`` over the results (in input order, or as they
         complete with ``ordered=False``); ``progress`` draws a bar as :meth:`Executor.map`
         does."""
-        futures = self.executor._submit_many(fn, iterables)
-        results = _results(futures, timeout, ordered, self.executor._session.withdraw)
+        executor = self.executor
+        if isinstance(executor, LoopExecutor):
+            futures = executor.submit_all(fn, iterables)
+        else:
+            futures = [executor.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        results = _results(futures, timeout, ordered, self._withdraw)
         return _with_progress(results, len(futures)) if progress else results
 
+    def _withdraw(self, futures: list[Future[Any]]) -> None:
+        if isinstance(self._executor, LoopExecutor):
+            self._executor.withdraw(futures)
+
     async def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
-        """As :meth:`Executor.cancel`, awaited: the router's answer is waited for off the
-        event loop. True means the task never ran, or with ``interrupt`` that it was stopped
-        on its worker (its ``finally`` runs; the future raises ``CancelledError``)."""
-        return await asyncio.to_thread(self.executor.cancel, future, interrupt)
+        """As :meth:`Executor.cancel`, awaited: the router's answer is awaited, not waited
+        for. True means the task never ran, or with ``interrupt`` that it was stopped on its
+        worker (its ``finally`` runs; the future raises ``CancelledError``)."""
+        executor = self.executor
+        if isinstance(executor, LoopExecutor):
+            return await executor.acancel(future, interrupt)
+        return executor.cancel(future, interrupt)
 
     async def stats(self) -> dict[str, Any]:
         """The router's counters and this client's (as :meth:`Executor.stats`), awaited."""
-        return await asyncio.to_thread(self.executor.stats)
+        executor = self.executor
+        if isinstance(executor, LoopExecutor):
+            return await executor.astats()
+        return executor.stats()
 
     async def aclose(self, cancel_futures: bool = False) -> None:
-        """Wait for pending tasks (unless cancelled) and stop, off the event loop."""
-        if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=cancel_futures)
+        """Wait for pending tasks (unless cancelled) and stop, without blocking the loop."""
+        executor = self._executor
+        if isinstance(executor, LoopExecutor):
+            await executor.aclose(cancel_futures)
+        elif executor is not None:
+            executor.shutdown(True, cancel_futures=cancel_futures)
 
     async def __aenter__(self) -> AsyncExecutor:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class LoopExecutor(Executor):
+    """An :class:`Executor` whose I/O driver runs on the event loop that made it.
+
+    Its ``submit``, ``stream``, ``map``'s submits and ``cancel`` work as an Executor's (none
+    waits in the loop); what would wait is awaited with the ``a``-methods instead.
+    """
+
+    def _connect(
+        self, auth: str | None, key: str, group: str, deadline: float, timeout: float
+    ) -> None:
+        """Connect on the running loop and say HELLO; :meth:`started` awaits the rest."""
+        driver = AsyncioDriver(self.address, self._core, auth, key, group)
+        self._driver = self._session.driver = self._aio = driver
+        self._deadline, self._timeout = deadline, timeout
+        driver.start()
+
+    async def started(self) -> None:
+        """Await the router's WELCOME and the embedded workers, within ``connect_timeout``.
+
+        Raises:
+            StartupError: as :class:`Executor` does.
+        """
+        try:
+            await self._aio.ready(max(0.1, self._deadline - time.monotonic()))
+            if self._cluster is not None:
+                await self._workers_ready(self._cluster.processes)
+        except BaseException:
+            self._closed = True
+            self._finalizer.detach()
+            await self._close_now()
+            raise
+
+    async def _workers_ready(self, count: int) -> None:
+        while True:
+            assert self._cluster is not None
+            self._cluster.check()
+            left = self._deadline - time.monotonic()
+            try:
+                if (await self._aio.astats(max(0.1, min(left, 5.0))))["workers"] >= count:
+                    return
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() > self._deadline:
+                raise StartupError(
+                    f"{count} embedded worker processes not ready in {self._timeout:g} s"
+                )
+            await asyncio.sleep(0.05)
+
+    def submit_all(
+        self, fn: Callable[..., T], iterables: tuple[Iterable[Any], ...]
+    ) -> list[Future[T]]:
+        """``fn`` over the zipped ``iterables``, the function pickled once; each batch of
+        calls is sent before the next is pickled (the loop, busy here, would send nothing
+        before the last), so the first tasks run while the rest are being pickled."""
+        calls = zip(*iterables, strict=False)
+        futures: list[Future[T]] = []
+        while batch := list(itertools.islice(calls, MAP_BATCH)):
+            futures += self._submit_calls(fn, batch)
+            self._aio.send_now()
+        return futures
+
+    def withdraw(self, futures: list[Future[Any]]) -> Withdrawal | None:
+        """Ask the router to drop those of ``futures`` no worker has yet (one message); the
+        answer cancels them when it comes."""
+        return self._session.withdraw(futures, wait=False)
+
+    async def acancel(self, future: Future[Any], interrupt: bool = False) -> bool:
+        """:meth:`Executor.cancel`, the router's answer awaited (at most WITHDRAW_TIMEOUT)."""
+        request = self.withdraw([future])
+        if request is not None and not request.answered.is_set():
+            loop = asyncio.get_running_loop()
+            answered = loop.create_future()
+            request.on_answer = lambda: loop.call_soon_threadsafe(_resolve, answered)
+            try:
+                await asyncio.wait_for(answered, WITHDRAW_TIMEOUT)
+            except asyncio.TimeoutError:
+                self._core.abandon(request)
+        if future.cancelled():
+            return True
+        return self.cancel(future, interrupt)  # False, or the interrupt (no waiting left)
+
+    async def astats(self) -> dict[str, Any]:
+        """:meth:`Executor.stats`, awaited."""
+        stats = await self._aio.astats()
+        stats["client_bodies_sent"] = self._core.bodies_sent
+        stats["client_pending"] = len(self._core.pending)
+        if self._cluster is not None:
+            stats["embedded_pids"] = self._cluster.pids
+        return stats
+
+    async def aclose(self, cancel_futures: bool = False) -> None:
+        """:meth:`Executor.shutdown`, awaited: pending tasks still finish (unless
+        ``cancel_futures`` withdraws those not started), then the socket and the embedded
+        processes close."""
+        self._stop_taking(cancel_futures)
+        told = False
+        while futures := [t for t in self._core.targets() if isinstance(t, Future)]:
+            if await _all_done(futures, SLOW_SHUTDOWN_NOTICE):
+                continue
+            silent = self._aio.silent_for()
+            if silent > ROUTER_GONE_AFTER:  # nobody can finish them
+                self._core.fail_all(
+                    WorkerLost(
+                        f"the router has not answered for {silent:.0f} s; the executor closed "
+                        "without the outcomes of these tasks"
+                    )
+                )
+                break
+            if not told:
+                told = True
+                log.warning(
+                    "waiting for pending tasks before closing the executor; "
+                    "aclose(cancel_futures=True) drops those not started",
+                    pending=len(futures),
+                )
+        await self._close_now()
+
+    def _stop_taking(self, cancel_futures: bool) -> None:
+        with self._lock:
+            first, self._closed = not self._closed, True
+        if first:
+            self._finalizer.detach()
+            if cancel_futures:
+                self._session.cancel_all()  # in the loop: the answers cancel them as they come
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """In the event loop nothing may wait (the loop alone reads the answers): new work is
+        refused at once, and the executor closes in a task once its pending tasks are done,
+        as :meth:`aclose` does."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().shutdown(wait, cancel_futures=cancel_futures)
+            return
+        self._stop_taking(cancel_futures)
+        self._closing_task = loop.create_task(self.aclose())
+
+    async def _close_now(self) -> None:
+        """Close the session (its driver; what is still pending fails), then stop the embedded
+        processes, awaited."""
+        cluster, self._session.cluster = self._session.cluster, None
+        self._session.close()
+        if cluster is not None:
+            await cluster.astop()
+
+
+async def _all_done(futures: list[Future[Any]], timeout: float) -> bool:
+    """Wait until every one of ``futures`` is done (True), or ``timeout`` seconds (False)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    lock = threading.Lock()
+    left = [len(futures)]
+
+    def one_done(_: object) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            try:
+                loop.call_soon_threadsafe(_resolve, done)
+            except RuntimeError:  # the loop closed: nobody waits
+                pass
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    try:
+        await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _with_progress(results: AsyncIterator[T], total: int) -> AsyncIterator[T]:
@@ -117,7 +329,7 @@ async def _results(
     futures: list[Future[T]],
     timeout: float | None,
     ordered: bool,
-    withdraw: Callable[[list[Future[T]], bool], None],
+    withdraw: Callable[[list[Future[Any]]], None],
 ) -> AsyncIterator[T]:
     """The results; if the caller stops early, what has not started is withdrawn in one
     message, not waited for (this is the event loop's thread)."""
@@ -134,4 +346,4 @@ async def _results(
             async for future in as_completed(futures, timeout):
                 yield future.result()
     finally:
-        withdraw([f for f in futures if not f.done()], False)
+        withdraw([f for f in futures if not f.done()])

@@ -8,6 +8,7 @@ their own when it disappears, so even a SIGKILLed caller leaves no orphans; a no
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -16,12 +17,11 @@ import sys
 import tempfile
 import time
 
+from squall.config import STOP_GRACE
 from squall.errors import StartupError
 from squall.log import get_logger
 
 log = get_logger(__name__)
-
-STOP_GRACE = 5.0
 
 
 class LocalCluster:
@@ -91,3 +91,18 @@ class LocalCluster:
                 child.wait()
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    async def astop(self) -> None:
+        """:meth:`stop`, awaited: the event loop runs on while the children stop."""
+        live = [c for c in self.children.values() if c.poll() is None]
+        for child in live:
+            child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        while any(c.poll() is None for c in live) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for child in live:
+            if child.poll() is None:
+                log.warning("embedded process did not stop; killing it", pid=child.pid)
+                child.kill()
+                child.wait()
+        self.stop()  # nothing left running: only the directory to remove

@@ -18,7 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from squall import options as task_options
 from squall import protocol, serialization
-from squall.client._core import Call, ClientCore, Driver
+from squall.client._core import Call, ClientCore, Driver, Withdrawal
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
@@ -123,21 +123,22 @@ class _Session:
         self.core.forget(task_id)
         self.send(protocol.encode_cancel([task_id]))
 
-    def withdraw(self, futures: Iterable[Future[Any]], wait: bool) -> None:
+    def withdraw(self, futures: Iterable[Future[Any]], wait: bool) -> Withdrawal | None:
         """Ask the router to drop these tasks if no worker has them yet, in one message.
 
         With ``wait``, wait for its answer (when this thread may block: see
         :meth:`ClientCore.caller_may_wait`); without, the answer cancels the futures of the
-        dropped tasks when it comes.
+        dropped tasks when it comes. Returns the request (None: nothing to ask).
         """
         with self._lock:
             if self.ended or self.driver is None:  # closed: every future has its outcome
-                return
+                return None
             request, wake = self.core.withdraw(futures)
             if wake:
                 self.driver.wake()
         if request is not None and wait and self.core.caller_may_wait():
             self.core.wait_for(request)
+        return request
 
     def withdraw_future(self, future: Future[Any]) -> bool:
         """``Future.cancel()`` for a pending future: True only if the router dropped it.
@@ -310,16 +311,24 @@ class Executor(concurrent.futures.Executor):
                 address = self._cluster.start()
             assert address is not None
             self.address = validate_address(address)
-            self._driver = ThreadDriver(self.address, self._core, auth, key, worker_group or "")
-            self._session.driver = self._driver
-            self._driver.start(max(0.1, deadline - time.monotonic()))
-            if self._cluster is not None:
-                self._wait_for_workers(self._cluster.processes, deadline, connect_timeout)
+            self._connect(auth, key, worker_group or "", deadline, connect_timeout)
         except BaseException:
             self._closed = True
             self._finalizer.detach()
             self._session.close()
             raise
+
+    def _connect(
+        self, auth: str | None, key: str, group: str, deadline: float, timeout: float
+    ) -> None:
+        """Start the I/O driver and wait for the router (and the embedded workers) until
+        ``deadline``. (AsyncExecutor's executor brings its asyncio driver, and awaits.)"""
+        driver = ThreadDriver(self.address, self._core, auth, key, group)
+        self._driver: Driver = driver
+        self._session.driver = driver
+        driver.start(max(0.1, deadline - time.monotonic()))
+        if self._cluster is not None:
+            self._wait_for_workers(self._cluster.processes, deadline, timeout)
 
     def _wait_for_workers(self, count: int, deadline: float, timeout: float) -> None:
         while True:
