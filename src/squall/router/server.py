@@ -301,19 +301,17 @@ class RouterServer:
         self._running = False
 
     def _drain(self) -> None:
+        state, keys = self.state, self.keys
         for _ in range(DRAIN_BATCH):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames: list[Any] = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._handle(frames)
-
-    def _handle(self, frames: list[Any]) -> None:
-        message = frames[1:]
-        # With authentication, the key each message came under (ZAP's User-Id): the state
-        # binds routing ids to keys and applies the role rules.
-        user = message[0].get("User-Id") if self.keys is not None and message else None
-        self.state.handle(frames[0].bytes, message, user)
+            message = frames[1:]
+            # With authentication, the key it came under (ZAP's User-Id): the state binds
+            # routing ids to keys and applies the role rules.
+            user = message[0].get("User-Id") if keys is not None and message else None
+            state.handle(frames[0].bytes, message, user)
 
     def _reload(self) -> None:
         """SIGHUP: read the key directories again; cut off peers whose key was removed."""
