@@ -202,7 +202,7 @@ class ThreadDriver:
     def _carry_out(self, step: Step) -> None:
         self._unsent.extend(step.send)
         step.deliver()
-        if self.core.settled:
+        if not self._settled.is_set() and self.core.settled:
             self._settled.set()
 
     def _read_monitor(self) -> None:
