@@ -21,14 +21,15 @@ def counter(n: int):
     yield from range(n)
 
 
-async def _max_timer_lag(stop: asyncio.Event, period: float = 0.005) -> float:
-    """How late a periodic timer on the loop ever ran: the loop's worst stall."""
-    worst = 0.0
+async def _timer_lateness(stop: asyncio.Event, period: float = 0.005) -> list[float]:
+    """How late each tick of a periodic timer on the loop ran: the loop's stalls, one sample
+    per tick."""
+    late: list[float] = []
     while not stop.is_set():
         expected = time.perf_counter() + period
         await asyncio.sleep(period)
-        worst = max(worst, time.perf_counter() - expected)
-    return worst
+        late.append(time.perf_counter() - expected)
+    return late
 
 
 def test_ten_thousand_awaited_submits_never_block_the_loop(cluster) -> None:
@@ -37,29 +38,33 @@ def test_ten_thousand_awaited_submits_never_block_the_loop(cluster) -> None:
     cluster.start_workers(processes=1, concurrency=1000)
     remote = cluster.executor()
 
-    async def main() -> tuple[list[int], list[int], float]:
+    async def main() -> tuple[list[int], list[int], list[float]]:
         stop = asyncio.Event()
-        timer = asyncio.create_task(_max_timer_lag(stop))
+        timer = asyncio.create_task(_timer_lateness(stop))
         await asyncio.sleep(0.05)
-        # Gathered 500 at a time: asyncio alone needs ~50 ms on this machine to create 10,000
-        # tasks in one gather call, which would measure asyncio, not squall.
+        # Gathered 50 at a time: pickling 50 calls takes the loop's thread ~3 ms, so the loop
+        # itself never has a reason to stall for 50 ms; a submit that waited for the router
+        # (50 round trips per gather) would stall it past 50 ms at every gather.
         results: list[int] = []
-        for start in range(0, 10_000, 500):
+        for start in range(0, 10_000, 50):
             results += await asyncio.gather(
-                *(remote.submit(double, i) for i in range(start, start + 500))
+                *(remote.submit(double, i) for i in range(start, start + 50))
             )
         streamed = [item async for item in remote.stream(counter, 1000)]
         stop.set()
         return results, streamed, await timer
 
     with remote:
-        results, streamed, lag = asyncio.run(main())
+        results, streamed, late = asyncio.run(main())
     assert results == [2 * i for i in range(10_000)]
     assert streamed == list(range(1000))
-    # Each gather of 500 pickles 500 calls in the loop's thread (~25 ms here), and a 2-core
-    # machine shared with router and worker adds scheduling noise: a loop blocked by waiting
-    # on the router would stall for seconds, not for 300 ms.
-    assert lag < 0.3, f"the event loop stalled for {lag * 1000:.0f} ms"
+    # Measured robustly: the 99th percentile of the ticks, so that the odd preemption of this
+    # process on a loaded 2-core machine (router and worker beside it) is not counted as the
+    # loop's stall, while a loop that blocks on squall at every gather fails by far.
+    late.sort()
+    p99 = late[int(len(late) * 0.99)]
+    assert len(late) > 200, "the timer hardly ran"
+    assert p99 < 0.05, f"the loop stalled: p99 {p99 * 1000:.0f} ms, worst {late[-1] * 1000:.0f} ms"
 
 
 def test_async_executor(cluster) -> None:
