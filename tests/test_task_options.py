@@ -353,3 +353,29 @@ def test_an_async_def_blocking_past_its_timeout_is_stopped(cluster) -> None:
         assert ex.submit(abs, -3).result(timeout=30) == 3
         stats = cluster.stats()
     assert stats["timed_out"] == 1 and stats["worker_deaths"] == 0
+
+
+def test_async_executor_options_apply_to_submit_map_and_stream(cluster, tmp_path: Path) -> None:
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=50)
+
+    async def main() -> None:
+        async with squall.AsyncExecutor(cluster.address) as ex:
+            view = ex.options(retries=2, backoff=0.01)
+            assert await view.submit(flaky_async, str(tmp_path / "a"), 2) == 3
+            mapped = view.map(flaky, [str(tmp_path / f"m{i}") for i in range(3)], [1, 1, 1])
+            assert [x async for x in mapped] == [2, 2, 2]
+            with pytest.raises(squall.TaskTimeout):
+                await ex.options(timeout=0.3).submit(slow_first_time, str(tmp_path / "t"))
+            values: list[int] = []
+            with pytest.raises(squall.TaskTimeout):
+                async for value in ex.options(timeout=0.5).stream(ticking, 100, 0.1):
+                    values.append(value)
+            assert 0 < len(values) < 100
+            # The view passes the function's own keywords through untouched.
+            echoed = await ex.options().submit(async_options_echo, 1, timeout=7, retries=8)
+            assert echoed[1:] == (7, 8)
+            with pytest.raises(ValueError, match="timeout"):
+                ex.options(timeout=-1)
+
+    asyncio.run(main())

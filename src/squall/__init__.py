@@ -36,9 +36,10 @@ from squall.errors import (
 
 if TYPE_CHECKING:
     from squall.client.aio import AsyncExecutor
-    from squall.client.executor import Executor
+    from squall.client.executor import Executor, ExecutorForked
     from squall.client.future import Future, as_completed
     from squall.client.stream import Stream
+    from squall.client.view import AsyncExecutorView, ExecutorView
 
 __all__ = [
     "__version__",
@@ -48,6 +49,8 @@ __all__ = [
     "Future",
     "Stream",
     "as_completed",
+    "ExecutorView",
+    "AsyncExecutorView",
     # errors: the task's own outcome
     "SquallError",
     "TaskError",
@@ -68,6 +71,7 @@ __all__ = [
     "UnknownDependency",
     "UnknownFunction",
     "ExecutorShutdown",
+    "ExecutorForked",
     # errors: the peer itself
     "Refused",
     "ProtocolError",
@@ -81,6 +85,9 @@ _CLIENT = {
     "Future": "squall.client.future",
     "Stream": "squall.client.stream",
     "as_completed": "squall.client.future",
+    "ExecutorView": "squall.client.view",
+    "AsyncExecutorView": "squall.client.view",
+    "ExecutorForked": "squall.client.executor",
 }
 
 

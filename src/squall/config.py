@@ -24,6 +24,9 @@ BEATS_PER_LIVENESS = 3
 #: a client is declared gone after this many liveness windows of silence: it may be busy
 #: unpickling a large result, and it loses its queued tasks when declared gone
 CLIENT_LIVENESS_WINDOWS = 5
+#: a client takes the router for lost (and says HELLO again) after this many of its
+#: heartbeat intervals of silence
+ROUTER_SILENCE_BEATS = 5
 #: messages read per poll wake-up before the loop turns to its other work
 DRAIN_BATCH = 2000
 #: seconds a stopping process gives its children (worker processes, an embedded router and

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
 from squall import protocol
-from squall.config import BEATS_PER_LIVENESS
+from squall.config import BEATS_PER_LIVENESS, ROUTER_SILENCE_BEATS
 from squall.errors import ProtocolError, Refused, SerializationError, SquallError, WorkerLost
 from squall.log import get_logger
 from squall.protocol import ErrorCode, Frame, Kind, MsgType, ResultItem, Role, StreamItem
@@ -348,7 +348,7 @@ class ClientCore:
     def _welcome(self, welcome: protocol.Welcome, step: Step) -> None:
         # Five windows, not three: a router busy with a burst of a million tasks can be late
         # with a heartbeat without being gone.
-        self.liveness = max(1.0, 5 * welcome.heartbeat_interval)
+        self.liveness = max(1.0, ROUTER_SILENCE_BEATS * welcome.heartbeat_interval)
         self.connected = True
         if not self.lost:
             return

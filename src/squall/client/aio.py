@@ -21,8 +21,10 @@ from squall.client.asyncio_driver import AsyncioDriver
 from squall.client.executor import MAP_BATCH, ROUTER_GONE_AFTER, SLOW_SHUTDOWN_NOTICE, Executor
 from squall.client.future import Future, as_completed
 from squall.client.stream import Stream
+from squall.client.view import UNSET, AsyncExecutorView, RetryOn, _Unset, merged
 from squall.errors import StartupError, WorkerLost
 from squall.log import get_logger
+from squall.options import TaskOptions
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -94,12 +96,59 @@ class AsyncExecutor:
     ) -> AsyncIterator[T]:
         """Submit every call now; ``async for`` over the results (in input order, or as they
         complete with ``ordered=False``); ``progress`` draws a bar as :meth:`Executor.map`
-        does."""
+        does. ``timeout`` is the whole map's deadline (task options: :meth:`options`)."""
+        return self._map_with(
+            fn, iterables, None, timeout=timeout, ordered=ordered, progress=progress
+        )
+
+    def options(
+        self,
+        *,
+        timeout: float | None | _Unset = UNSET,
+        retries: int | _Unset = UNSET,
+        retry_on: RetryOn | _Unset = UNSET,
+        backoff: float | _Unset = UNSET,
+    ) -> AsyncExecutorView[AsyncExecutor]:
+        """As :meth:`Executor.options`: a view whose ``submit``, ``map`` and ``stream`` give
+        each task these options and pass every keyword argument to the function untouched.
+        Checked here: a bad value raises ``TypeError`` or ``ValueError`` at this call."""
+        return AsyncExecutorView(self, merged(TaskOptions(), timeout, retries, retry_on, backoff))
+
+    # -- what the options view calls ------------------------------------------------------
+
+    def _submit_with(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions | None,
+    ) -> Future[T]:
+        return self.executor._submit_with(fn, args, kwargs, options)
+
+    def _stream_with(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions | None,
+    ) -> Stream[Any]:
+        return self.executor._stream_with(fn, args, kwargs, options)
+
+    def _map_with(
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        options: TaskOptions | None,
+        *,
+        timeout: float | None,
+        ordered: bool,
+        progress: bool,
+    ) -> AsyncIterator[T]:
         executor = self.executor
         if isinstance(executor, LoopExecutor):
-            futures = executor.submit_all(fn, iterables)
+            futures = executor.submit_all(fn, iterables, options)
         else:
-            futures = [executor.submit(fn, *args) for args in zip(*iterables, strict=False)]
+            futures = executor._submit_calls(fn, zip(*iterables, strict=False), options)
         results = _results(futures, timeout, ordered, self._withdraw)
         return _with_progress(results, len(futures)) if progress else results
 
@@ -187,7 +236,10 @@ class LoopExecutor(Executor):
             await asyncio.sleep(0.05)
 
     def submit_all(
-        self, fn: Callable[..., T], iterables: tuple[Iterable[Any], ...]
+        self,
+        fn: Callable[..., T],
+        iterables: tuple[Iterable[Any], ...],
+        options: TaskOptions | None = None,
     ) -> list[Future[T]]:
         """``fn`` over the zipped ``iterables``, the function pickled once; each batch of
         calls is sent before the next is pickled (the loop, busy here, would send nothing
@@ -195,7 +247,7 @@ class LoopExecutor(Executor):
         calls = zip(*iterables, strict=False)
         futures: list[Future[T]] = []
         while batch := list(itertools.islice(calls, MAP_BATCH)):
-            futures += self._submit_calls(fn, batch)
+            futures += self._submit_calls(fn, batch, options)
             self._aio.send_now()
         return futures
 

@@ -28,8 +28,8 @@ from squall.config import check_client_policy, validate_address
 from squall.errors import (
     DependencyFailed,
     ExecutorShutdown,
-    SquallError,
     StartupError,
+    UsageError,
     WorkerLost,
 )
 from squall.log import get_logger
@@ -61,7 +61,7 @@ _WALKED = (list, tuple, dict)
 _sessions: set[_Session] = set()
 
 
-class ExecutorForked(SquallError):
+class ExecutorForked(UsageError):
     """An Executor was used in a process forked after it was made.
 
     Its sockets, I/O thread and embedded processes belong to the parent: in the child they
