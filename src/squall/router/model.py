@@ -1,6 +1,7 @@
 """What the router's core keeps per task, worker and client, its limits, and the body cache.
 
-Plain data with no decisions in it: :mod:`squall.router.state` decides.
+Plain data with no decisions in it, shared by the core's three layers, which decide:
+:mod:`squall.router.state`, :mod:`squall.router.peers` and :mod:`squall.router.scheduler`.
 """
 
 from __future__ import annotations

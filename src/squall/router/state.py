@@ -1,11 +1,28 @@
-"""The router's core: who may say what, queues, credits, liveness and redelivery, no sockets.
+"""The router's core as the socket loop drives it: messages in, instructions out, no sockets.
 
 ``RouterState`` takes messages as they arrived (:meth:`RouterState.handle`: the peer, its key's
 ZAP user id, the frames) and the passing of time (:meth:`RouterState.tick`), and answers with
 instructions (:mod:`squall.router.instructions`) in one outbox, in the order they must go out
-(:meth:`RouterState.take_sends`). ``router.server`` only encodes and sends them: membership,
-role rules, garbage counting and cut-offs, STARTED and ack translation and every counter are
-decided here, so they are tested in microseconds, without processes or sockets.
+(:meth:`RouterState.take_sends`). ``router.server`` only encodes and sends them, so every
+decision is tested in microseconds, without processes or sockets.
+
+The core is one object in three layers, each only calling the one below:
+
+- this module, the message layer: decoding each message (``squall.protocol`` reads it), one
+  handler per message type, who may say what (membership, a key's role, a routing id bound to
+  the key that first used it, a watchdog or node speaking only for its own key's worker),
+  garbage counting and cut-offs, UNKNOWN_PEER reminders, and the outbox: STARTED and ack
+  translation, batching per peer, the order of sends;
+- :mod:`squall.router.peers`: workers and clients joining, liveness, leaving, and what a
+  death, a crash, a timeout or a blocked hub does to their tasks;
+- :mod:`squall.router.scheduler`: tasks, queues, dispatch, completion, cancel, function
+  bodies, counters.
+
+Layers, not separate objects, so the per-task path (submit, dispatch, complete) stays a
+method call on ``self`` with no hop through another object. The data they share is in
+:mod:`squall.router.model`, their policy numbers in :mod:`squall.router.policy`. The names
+tests and the server import from here (``Limits``, ``Task``, ``BodyCache``, ``COUNTERS``,
+the policy numbers) are re-exported.
 
 Payload frames are carried as opaque objects; nothing here looks inside them.
 """
@@ -14,26 +31,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from squall import protocol
 from squall.auth import CLIENT, WORKER
-from squall.config import CLIENT_LIVENESS_WINDOWS
 from squall.errors import ProtocolError, VersionMismatch
-from squall.protocol import (
-    ErrorCode,
-    FailureCode,
-    MsgType,
-    Role,
-    Status,
-    StreamItem,
-    SubmitItem,
-    failure_outcome,
-)
-from squall.router.fairqueue import FairQueue
+from squall.protocol import ErrorCode, MsgType, Role, Status, StreamItem, SubmitItem
 from squall.router.instructions import (
     CutOff,
     Log,
@@ -53,35 +58,40 @@ from squall.router.instructions import (
     SendWithdrawn,
     TaskFailed,
 )
-from squall.router.model import BodyCache as BodyCache  # (re-exported: the state's vocabulary)
-from squall.router.model import Client, Worker, frames_size
-from squall.router.model import Limits as Limits
-from squall.router.model import Task as Task
+from squall.router.model import BodyCache, Client, Limits, Task, Worker
+from squall.router.peers import Peers
+from squall.router.policy import (
+    CLIENT_LIVENESS,
+    CUT_OFF_REMINDER,
+    GARBAGE_LIMIT,
+    IMPOSTOR_LOG_INTERVAL,
+    ISOLATE_AFTER,
+    MAX_IGNORED,
+    MAX_OWNERS,
+    UNKNOWN_PEER_REMINDER,
+)
+from squall.router.scheduler import COUNTERS, Scheduler
 
-#: what each worker-reported outcome counts as in ``stats()`` (a router-made failure, such as
-#: a lost worker or a timeout, has a counter of its own)
-_OUTCOME_COUNTERS: dict[int, str] = {
-    Status.OK: "succeeded",
-    Status.ERROR: "failed",
-    Status.CANCELLED: "stopped",
-}
-
-#: a task whose worker died this often runs alone on a worker from then on, so that a task
-#: that kills its worker is told apart from the tasks that merely shared the process with it
-ISOLATE_AFTER = 2
-#: a client is declared gone after this many liveness windows of silence
-CLIENT_LIVENESS = CLIENT_LIVENESS_WINDOWS
-#: malformed messages one peer may send before it is cut off
-GARBAGE_LIMIT = 1000
-#: routing ids remembered with the key that first used them
-MAX_OWNERS = 65_536
-#: peers remembered as cut off (their messages dropped unread)
-MAX_IGNORED = 65_536
-#: seconds between two "you are cut off" replies to the same peer
-CUT_OFF_REMINDER = 5.0
-#: seconds between two "say HELLO again" replies to the same peer: a burst of stale messages
-#: gets one, so the peer registers once, not once per message
-UNKNOWN_PEER_REMINDER = 1.0
+__all__ = [
+    "CLIENT_LIVENESS",
+    "COUNTERS",
+    "CUT_OFF_REMINDER",
+    "GARBAGE_LIMIT",
+    "IMPOSTOR_LOG_INTERVAL",
+    "ISOLATE_AFTER",
+    "MAX_IGNORED",
+    "MAX_OWNERS",
+    "UNKNOWN_PEER_REMINDER",
+    "Authority",
+    "BodyCache",
+    "Client",
+    "Limits",
+    "Peers",
+    "RouterState",
+    "Scheduler",
+    "Task",
+    "Worker",
+]
 
 #: messages only a worker's key may send, and only a client's
 _WORKER_ONLY = frozenset(
@@ -123,38 +133,6 @@ _DECODERS: dict[MsgType, Callable[[bytes, Sequence[Any]], Any]] = {
     MsgType.CRASHED: protocol.decode_crashed,
 }
 
-#: every counter ``stats()`` reports, all there from the start (one stable set of keys)
-COUNTERS = (
-    "submitted",
-    "cancelled",
-    "dispatched",
-    "completed",
-    "succeeded",
-    "failed",
-    "stopped",
-    "redelivered",
-    "worker_deaths",
-    "worker_lost",
-    "timed_out",
-    "refused_full",
-    "refused_bytes",
-    "refused_bodies",
-    "refused_dependencies",
-    "unknown_bodies",
-    "duplicate_submits",
-    "taken_back",
-    "deaths_refunded",
-    "refused",
-    "impostors",
-    "peers_cut_off",
-    "stale_results",
-    "bodies_received",
-    "bodies_sent",
-    "bad_bodies",
-    "protocol_errors",
-    "internal_errors",
-)
-
 
 class Authority(Protocol):
     """What the core needs of the keys (``squall.auth.ServerKeys``): a key's role and group.
@@ -169,8 +147,8 @@ class Authority(Protocol):
     def has_group(self, name: str) -> bool: ...
 
 
-class RouterState:
-    """Everything the router knows and decides.
+class RouterState(Peers):
+    """Everything the router knows and decides, driven by the messages its peers send.
 
     Args:
         liveness: seconds of silence after which a worker is declared dead.
@@ -196,59 +174,17 @@ class RouterState:
         blocked_after: float = 2.0,
         authority: Authority | None = None,
     ) -> None:
-        self.liveness = liveness
-        self.authority = authority
-        self.blocked_after = blocked_after
-        self.clock = clock
-        self.max_worker_deaths = max_worker_deaths
         limits = limits or Limits()
         if max_queued is not None:
             limits = dataclasses.replace(limits, max_queued=max_queued)
-        self.limits = limits
-        self.max_queued = limits.max_queued
-        #: argument bytes held, per client and in all
-        self.bytes_by_client: collections.Counter[bytes] = collections.Counter()
-        self.held_bytes = 0
-        #: bytes of the outcomes in ``recent``
-        self.recent_bytes = 0
-        #: scope -> function hashes it uploaded itself: a task may only name a body its own
-        #: scope sent, so knowing another client's hash grants nothing
-        self.uploaded: dict[str, collections.OrderedDict[bytes, None]] = {}
-        #: (scope, hash) -> why its body was refused, to fail its tasks with the reason
-        self.refused_bodies: collections.OrderedDict[tuple[str, bytes], str] = (
-            collections.OrderedDict()
+        super().__init__(
+            liveness=liveness,
+            clock=clock,
+            max_worker_deaths=max_worker_deaths,
+            limits=limits,
+            blocked_after=blocked_after,
         )
-        #: tasks that run alone (see ISOLATE_AFTER), FIFO, dispatched before the queue
-        self.suspects: collections.deque[Task] = collections.deque()
-        self.queued_by_client: collections.Counter[bytes] = collections.Counter()
-        self.workers: dict[bytes, Worker] = {}
-        self.clients: dict[bytes, Client] = {}
-        #: tasks any worker may run, FIFO per client, clients in turn
-        self.queue: FairQueue[Task] = FairQueue()
-        #: group -> tasks only that group's workers may run
-        self.group_queues: dict[str, FairQueue[Task]] = {}
-        self.tasks: dict[int, Task] = {}
-        #: (client, client task id) -> task, for acks, cancels and dependencies
-        self.by_client: dict[tuple[bytes, int], Task] = {}
-        #: outcomes of recently finished tasks, for a dependent submitted while the outcome was
-        #: on its way to the client
-        self.recent: collections.OrderedDict[tuple[bytes, int], tuple[int, list[Any]]] = (
-            collections.OrderedDict()
-        )
-        #: outcomes the router decided itself (refusals, lost dependencies, a worker that died
-        #: mid-stream, a finished task submitted again): (client, client task id, status, frames)
-        self.decided: list[tuple[bytes, int, int, list[Any]]] = []
-        #: a dead worker -> the tasks charged a death for it, until its node names the culprits
-        self._charged: dict[bytes, list[Task]] = {}
-        #: worker -> running task ids to stop because their client is gone
-        self._stop_on_worker: dict[bytes, list[int]] = {}
-        self.bodies = BodyCache()
-        #: fn hash -> workers waiting for its body
-        self.body_waiters: dict[bytes, set[bytes]] = {}
-        # Task ids start at random: a worker still running tasks from before a router restart
-        # must not report them under ids this router has given to other tasks.
-        self._next_id = int.from_bytes(os.urandom(6), "big") << 8
-        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.authority = authority
         # What the socket loop is to send, gathered per pass: replies in arrival order, then
         # per peer (batched) cancels, tasks, stream items, results, STARTED and acks.
         self._replies: list[Send] = []
@@ -403,12 +339,6 @@ class RouterState:
     def is_cut_off(self, peer: bytes) -> bool:
         return peer in self._ignored
 
-    def forget_peer(self, peer: bytes) -> None:
-        if peer in self.workers:
-            self.remove_worker(peer)
-        elif peer in self.clients:
-            self.remove_client(peer)
-
     def peer_unreachable(self, peer: bytes) -> None:
         """A send found ``peer`` gone (ROUTER_MANDATORY): a worker's tasks run elsewhere."""
         if peer in self.workers:
@@ -472,7 +402,7 @@ class RouterState:
         self.counters["impostors"] += 1
         self.forget_peer(peer)
         now = self.clock()
-        if now - self._last_impostor_log > 1.0:
+        if now - self._last_impostor_log > IMPOSTOR_LOG_INTERVAL:
             self._last_impostor_log = now
             self._log(
                 "warning",
@@ -691,658 +621,3 @@ class RouterState:
             for private in ("worker_pids", "clients"):
                 stats.pop(private, None)
         self._replies.append(SendStats(peer, stats))
-
-    # -- peers ------------------------------------------------------------------------------
-
-    def add_client(self, peer: bytes, pid: int, scope: str | None = None, group: str = "") -> None:
-        """Register a client. ``scope``: who it uploads bodies as (its key's user id with
-        authentication); by default the peer itself, so no two clients share bodies.
-        ``group``: only workers of that group run its tasks."""
-        self.clients[peer] = Client(peer, pid, self.clock(), scope or _peer_scope(peer), group)
-
-    def add_worker(self, peer: bytes, pid: int, capacity: int, group: str = "") -> None:
-        """Register a worker; a known one saying HELLO again keeps what it runs (it only
-        thought we had forgotten it) and updates its capacity."""
-        capacity = min(capacity, self.limits.max_capacity)
-        known = self.workers.get(peer)
-        if known is not None and known.pid == pid:
-            known.capacity = capacity
-            known.last_seen = self.clock()
-            return
-        if known is not None:  # same address, new process: the old one died
-            self.remove_worker(peer, died=True)
-        self.workers[peer] = Worker(peer, pid, capacity, self.clock(), group=group)
-
-    def set_capacity(self, peer: bytes, capacity: int) -> None:
-        worker = self.workers.get(peer)
-        if worker is not None:
-            worker.capacity = min(max(0, capacity), self.limits.max_capacity)
-
-    def seen(self, peer: bytes) -> None:
-        """Any message from a peer is a sign of life."""
-        now = self.clock()
-        worker = self.workers.get(peer)
-        if worker is not None:
-            worker.last_seen = now
-            worker.blocked = False  # (the watchdog's report of a blocked hub comes after this)
-            return
-        client = self.clients.get(peer)
-        if client is not None:
-            client.last_seen = now
-
-    def remove_worker(
-        self, peer: bytes, died: bool = True, culprits: Iterable[int] = ()
-    ) -> list[Task]:
-        """Forget a worker; its running tasks go back to the front of the queue.
-
-        ``died``: the worker vanished (silence, crash) rather than handing its tasks back in a
-        graceful drain. Each task it held then counts one death, or only the ``culprits`` when
-        its node could tell which tasks were running as it crashed; at ``max_worker_deaths`` a
-        task fails with WorkerLost, and from ISOLATE_AFTER on it runs alone. Returns the tasks
-        that will run again.
-        """
-        worker = self.workers.pop(peer, None)
-        if worker is None:
-            return []
-        blamed = set(culprits)
-        if died:
-            self.counters["worker_deaths"] += 1
-            if not blamed:  # remembered, in case its node names the culprits a moment later
-                self._charged[peer] = list(worker.running.values())
-                while len(self._charged) > 64:
-                    del self._charged[next(iter(self._charged))]
-        requeued, isolated = [], []
-        for task in worker.running.values():
-            task.worker = None
-            if died and (not blamed or task.id in blamed):
-                task.deaths += 1
-            if task.cancelled:
-                self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
-            elif task.client not in self.clients:
-                self._forget(task)  # nobody is waiting for it: do not run it again
-            elif task.items_sent:
-                # Running it again would repeat items the reader already has.
-                self._fail(
-                    task,
-                    FailureCode.WORKER_LOST,
-                    f"the worker died after the stream yielded {task.items_sent} items",
-                )
-            elif task.deaths >= self.max_worker_deaths:
-                self.counters["worker_lost"] += 1
-                self._fail(
-                    task,
-                    FailureCode.WORKER_LOST,
-                    f"the worker running this task died {task.deaths} times "
-                    f"(attempts 1 to {task.attempt + 1}); not trying again",
-                )
-            elif task.deaths >= ISOLATE_AFTER:
-                isolated.append(task)
-            else:
-                requeued.append(task)
-        for task in reversed(requeued):
-            task.attempt += 1
-            self._queue_of(task).appendleft(task)
-        for task in isolated:
-            task.attempt += 1
-            task.suspect = True
-            self.suspects.append(task)
-        for task in requeued + isolated:
-            self.queued_by_client[task.client] += 1
-        self.counters["redelivered"] += len(requeued) + len(isolated)
-        for waiting in self.body_waiters.values():
-            waiting.discard(peer)
-        return requeued + isolated
-
-    def timed_out(self, worker_peer: bytes, task_ids: Iterable[int], limit: str) -> None:
-        """A worker reports tasks that blocked its hub past their time limit; it restarts.
-
-        Those tasks fail with TaskTimeout; the worker's other tasks are handed back without
-        counting a death against them: they did nothing wrong.
-        """
-        worker = self.workers.get(worker_peer)
-        if worker is None:
-            return
-        for task_id in task_ids:
-            task = worker.running.pop(task_id, None)
-            if task is not None:
-                self.counters["timed_out"] += 1
-                self._fail(
-                    task,
-                    FailureCode.TASK_TIMEOUT,
-                    f"the task blocked its worker past {limit}; the worker process was restarted",
-                )
-        self.remove_worker(worker_peer, died=False)
-
-    def remove_client(self, peer: bytes) -> int:
-        """Forget a client and drop its queued tasks; return how many were dropped.
-
-        Its running tasks are marked cancelled; :meth:`take_stops` tells the server
-        which workers must stop them (a paused stream would otherwise hold its slot forever).
-        """
-        for worker in self.workers.values():
-            for task in worker.running.values():
-                if task.client == peer and not task.cancelled:
-                    task.cancelled = True
-                    self._stop_on_worker.setdefault(worker.peer, []).append(task.id)
-        self.clients.pop(peer, None)
-        dropped = self.queue.drop_client(peer)
-        for group, queue in list(self.group_queues.items()):
-            dropped += queue.drop_client(peer)
-            if not queue:
-                del self.group_queues[group]
-        self.suspects = collections.deque(t for t in self.suspects if t.client != peer)
-        self.queued_by_client.pop(peer, None)
-        for task in [t for t in self.tasks.values() if t.client == peer and t.worker is None]:
-            self._forget(task)  # queued, or waiting for dependencies
-        for key in [k for k in self.recent if k[0] == peer]:
-            self.recent_bytes -= frames_size(self.recent.pop(key)[1])
-        self.uploaded.pop(_peer_scope(peer), None)
-        return dropped
-
-    def worker_crashed(self, peer: bytes, culprits: list[int]) -> list[Task]:
-        """A worker's node says it died on a fatal signal running ``culprits``: only they are
-        charged a death, the rest of its tasks run again as if it had drained. If the router
-        had already declared it dead (charging everyone), the others' deaths are refunded."""
-        if peer in self.workers:
-            return self.remove_worker(peer, died=True, culprits=culprits)
-        charged = self._charged.pop(peer, None)
-        if not charged or not culprits:
-            return []
-        refunded = []
-        for task in charged:
-            if task.id in culprits or task.id not in self.tasks or task.deaths == 0:
-                continue
-            task.deaths -= 1
-            refunded.append(task)
-            if task.deaths < ISOLATE_AFTER and task.worker is None and task.suspect:
-                self.suspects.remove(task)  # no longer a suspect: back to the normal queue
-                task.suspect = False
-                self._queue_of(task).appendleft(task)
-        self.counters["deaths_refunded"] += len(refunded)
-        return refunded
-
-    def forgive_silence(self) -> None:
-        """The router itself did not run for a while (paused, swapped out): its peers' silence
-        is its own, so every peer gets a fresh lease instead of being declared dead."""
-        now = self.clock()
-        for worker in self.workers.values():
-            worker.last_seen = now
-        for client in self.clients.values():
-            client.last_seen = now
-
-    def hub_report(self, worker_peer: bytes, blocked_ms: int, last_task: int) -> list[int]:
-        """A worker's watchdog says its hub has been blocked ``blocked_ms`` and has received
-        tasks up to id ``last_task``.
-
-        Past ``blocked_after`` the worker gets no new tasks, and the tasks sent to it after
-        ``last_task`` (still unread in its socket) go back to the queue, with no attempt or
-        death counted. Returns their ids: the worker must be told to drop them unstarted.
-        """
-        worker = self.workers.get(worker_peer)
-        if worker is None:
-            return []
-        worker.blocked = blocked_ms >= self.blocked_after * 1000
-        if not worker.blocked:
-            return []
-        unread = sorted(
-            (t for task_id, t in worker.running.items() if task_id > last_task),
-            key=lambda t: t.id,
-        )
-        for task in reversed(unread):
-            del worker.running[task.id]
-            task.worker = None
-            self.queued_by_client[task.client] += 1
-            if worker.isolating == task.id:
-                worker.isolating = None
-                task.suspect = True
-                self.suspects.appendleft(task)
-            else:
-                self._queue_of(task).appendleft(task)
-        self.counters["taken_back"] += len(unread)
-        return [t.id for t in unread]
-
-    def withdraw(self, client: bytes, client_task_ids: Iterable[int]) -> list[tuple[int, bool]]:
-        """Drop each task only if no worker has it yet; say, per task, whether it was dropped.
-
-        True means it never ran and never will, which is what ``Future.cancel()`` promises.
-        """
-        answers = []
-        for client_task_id in client_task_ids:
-            task = self.by_client.get((client, client_task_id))
-            if task is None or task.cancelled or task.worker is not None:
-                answers.append((client_task_id, False))
-                continue
-            self.cancel(client, (client_task_id,))
-            answers.append((client_task_id, True))
-        return answers
-
-    def expired_workers(self, now: float | None = None) -> list[bytes]:
-        """Workers silent for longer than the liveness window."""
-        deadline = (self.clock() if now is None else now) - self.liveness
-        return [peer for peer, w in self.workers.items() if w.last_seen < deadline]
-
-    def expired_clients(self, now: float | None = None) -> list[bytes]:
-        """Clients silent for CLIENT_LIVENESS windows: gone (killed, or cut off) for good.
-
-        A client's I/O thread competes for the GIL with the application, so it gets a longer
-        window than a worker before its queued tasks are dropped.
-        """
-        deadline = (self.clock() if now is None else now) - CLIENT_LIVENESS * self.liveness
-        return [peer for peer, c in self.clients.items() if c.last_seen < deadline]
-
-    # -- tasks ------------------------------------------------------------------------------
-
-    def submit(self, client: bytes, items: Iterable[SubmitItem]) -> int:
-        """Queue tasks from ``client`` (FIFO); return how many.
-
-        A task is refused (failed at once, with the reason) when its client's queue or the
-        router's byte limits are full, when it names a function body its client did not
-        upload, or when it depends on itself or on a task submitted after it.
-        """
-        n = 0
-        known = self.clients.get(client)
-        uploads = self.uploaded.get(known.scope) if known is not None else None
-        for item in items:
-            key = (client, item.task_id)
-            if key in self.by_client:
-                self.counters["duplicate_submits"] += 1  # resent after a false alarm: known
-                continue
-            if key in self.recent:  # finished already: its outcome again, not a second run
-                self.counters["duplicate_submits"] += 1
-                status, frames = self.recent[key]
-                self.decided.append((client, item.task_id, status, frames))
-                continue
-            size = frames_size(item.frames)
-            refusal = self._refusal(client, item, size, uploads)
-            if refusal is not None:
-                outcome = failure_outcome(*refusal)
-                self.decided.append((client, item.task_id, Status.ERROR, outcome))
-                continue
-            self.queued_by_client[client] += 1
-            self.bytes_by_client[client] += size
-            self.held_bytes += size
-            self._next_id += 1
-            task = Task(
-                self._next_id,
-                client,
-                item.task_id,
-                item.fn_hash,
-                item.kind,
-                item.frames,
-                window=item.window,
-                size=size,
-                group=known.group if known is not None else "",
-            )
-            self.tasks[task.id] = task
-            self.by_client[(client, item.task_id)] = task
-            if item.deps:
-                self._wire_dependencies(task, item.deps)
-            if task.waiting == 0:
-                self._queue_of(task).append(task)
-            n += 1
-        self.counters["submitted"] += n
-        return n
-
-    def _refusal(
-        self,
-        client: bytes,
-        item: SubmitItem,
-        size: int,
-        uploads: collections.OrderedDict[bytes, None] | None,
-    ) -> tuple[FailureCode, str] | None:
-        """Why the router will not take ``item`` (the code the caller's error gets, and the
-        message); None when it will."""
-        limits = self.limits
-        if self.queued_by_client[client] >= self.max_queued:
-            self.counters["refused_full"] += 1
-            return FailureCode.QUEUE_FULL, (
-                f"the router's queue for this client is full ({self.max_queued} tasks); "
-                "submit more slowly"
-            )
-        if size > limits.client_bytes:
-            self.counters["refused_bytes"] += 1
-            return FailureCode.TASK_TOO_LARGE, (
-                f"the task's arguments are {size} bytes, more than the router takes from one "
-                f"client ({limits.client_bytes}, --max-client-bytes): pass big data another way"
-            )
-        if self.bytes_by_client[client] + size > limits.client_bytes:
-            self.counters["refused_bytes"] += 1
-            return FailureCode.QUEUE_FULL, (
-                f"the router holds {self.bytes_by_client[client]} bytes of this client's "
-                f"arguments; {size} more would pass its limit of {limits.client_bytes} "
-                "(--max-client-bytes): submit more slowly or pass big data another way"
-            )
-        if self.held_bytes + size > limits.held_bytes:
-            self.counters["refused_bytes"] += 1
-            return FailureCode.QUEUE_FULL, (
-                f"the router holds {self.held_bytes} bytes of arguments; {size} more would "
-                f"pass its limit of {limits.held_bytes} (--max-held-bytes)"
-            )
-        if uploads is None or item.fn_hash not in uploads:
-            self.counters["unknown_bodies"] += 1
-            scope = self.clients[client].scope if client in self.clients else ""
-            reason = self.refused_bodies.get((scope, item.fn_hash))
-            return FailureCode.UNKNOWN_FUNCTION, reason or (
-                f"function {item.fn_hash.hex()} was never uploaded by this client: each "
-                "client sends the bodies of the functions it submits"
-            )
-        if any(dep >= item.task_id for dep in item.deps):
-            self.counters["refused_dependencies"] += 1
-            return FailureCode.UNKNOWN_DEPENDENCY, (
-                "a task can only depend on tasks submitted before it (not on itself)"
-            )
-        return None
-
-    def _wire_dependencies(self, task: Task, deps: tuple[int, ...]) -> None:
-        """Hold ``task`` until the tasks it takes as arguments have outcomes.
-
-        The outcome frames never go back to the client and out again: they are handed to the
-        dependent task as they came from the worker.
-        """
-        task.deps = [None] * len(deps)
-        for index, dep_id in enumerate(deps):
-            key = (task.client, dep_id)
-            dep = self.by_client.get(key)
-            if dep is not None:
-                if dep.dependents is None:
-                    dep.dependents = []
-                dep.dependents.append((task, index))
-                task.waiting += 1
-            elif key in self.recent:
-                task.deps[index] = self.recent[key]
-            else:
-                task.deps[index] = (
-                    Status.ERROR,
-                    failure_outcome(
-                        FailureCode.UNKNOWN_DEPENDENCY,
-                        f"dependency task {dep_id} is unknown to the router (finished long ago, or "
-                        "never submitted): pass its value instead",
-                    ),
-                )
-
-    def dispatch(self) -> list[tuple[Worker, list[Task]]]:
-        """Decide which queued tasks go to which worker now.
-
-        Only workers with free capacity get tasks. When there are fewer tasks than free slots,
-        each worker gets a share in proportion to its free capacity (largest first), so load
-        spreads across processes instead of piling onto the first one.
-        """
-        plan: list[tuple[Worker, list[Task]]] = []
-        if self.suspects:
-            self._dispatch_suspects(plan)
-        for group, queue in list(self.group_queues.items()):
-            # A group's tasks first: they can run nowhere else.
-            self._spread(queue, [w for w in self.workers.values() if w.group == group], plan)
-            if not queue:
-                del self.group_queues[group]
-        if self.queue:
-            self._spread(self.queue, self.workers.values(), plan)
-        return plan
-
-    def _dispatch_suspects(self, plan: list[tuple[Worker, list[Task]]]) -> None:
-        """Each suspect runs alone on an idle worker (of its group), in FIFO order."""
-        waiting: collections.deque[Task] = collections.deque()
-        while self.suspects:
-            task = self.suspects.popleft()
-            if task.cancelled:  # cancelled while it waited: dropped here, not searched for
-                task.suspect = False
-                continue
-            idle = next(
-                (
-                    w
-                    for w in self.workers.values()
-                    if not w.running
-                    and w.capacity > 0
-                    and w.isolating is None
-                    and not w.blocked
-                    and (not task.group or w.group == task.group)
-                ),
-                None,
-            )
-            if idle is None:
-                waiting.append(task)
-                continue
-            task.suspect = False
-            self._assign(idle, [task])
-            idle.isolating = task.id
-            plan.append((idle, [task]))
-        self.suspects = waiting
-
-    def _spread(
-        self,
-        queue: FairQueue[Task],
-        workers: Iterable[Worker],
-        plan: list[tuple[Worker, list[Task]]],
-    ) -> None:
-        """Hand queued tasks to ``workers`` with free slots, in proportion to their room."""
-        ready = sorted((w for w in workers if w.free > 0), key=lambda w: -w.free)
-        total_free = sum(w.free for w in ready)
-        n = min(len(queue), total_free)
-        left = n
-        for worker in ready:
-            if left == 0:
-                break
-            share = worker.free if n == total_free else -(-n * worker.free // total_free)
-            share = min(share, left)
-            batch = [queue.popleft() for _ in range(share)]
-            self._assign(worker, batch)
-            left -= share
-            plan.append((worker, batch))
-
-    def _queue_of(self, task: Task) -> FairQueue[Task]:
-        if not task.group:
-            return self.queue
-        queue = self.group_queues.get(task.group)
-        if queue is None:
-            queue = self.group_queues[task.group] = FairQueue()
-        return queue
-
-    def _assign(self, worker: Worker, tasks: list[Task]) -> None:
-        for task in tasks:
-            task.worker = worker.peer
-            worker.running[task.id] = task
-            self.queued_by_client[task.client] -= 1
-        self.counters["dispatched"] += len(tasks)
-
-    def complete(
-        self,
-        worker_peer: bytes,
-        task_id: int,
-        status: int = Status.OK,
-        frames: list[Any] | None = None,
-    ) -> Task | None:
-        """A worker reports an outcome; return the task if the outcome should reach its client.
-
-        None means the outcome is stale (the task was taken away from this worker, e.g. after
-        it was declared dead), cancelled, or its client is gone: it is dropped so each task
-        resolves once.
-        """
-        worker = self.workers.get(worker_peer)
-        task = worker.running.pop(task_id, None) if worker is not None else None
-        if task is None:
-            self.counters["stale_results"] += 1
-            return None
-        if worker is not None and worker.isolating == task_id:
-            worker.isolating = None
-        self.counters["completed"] += 1
-        self.counters[_OUTCOME_COUNTERS.get(status, "failed")] += 1
-        self._settle(task, status, frames or [])
-        if task.client not in self.clients or task.cancelled or status == Status.CANCELLED:
-            return None
-        return task
-
-    def _settle(self, task: Task, status: int, frames: list[Any]) -> None:
-        """Forget a finished task; hand its outcome to the tasks waiting for it.
-
-        On the path of every outcome and every cancel: kept to a few dict operations.
-        """
-        self._forget(task)
-        recent = self.recent
-        recent[(task.client, task.client_task_id)] = (status, frames)
-        if frames:
-            self.recent_bytes += frames_size(frames)
-        limits = self.limits
-        if len(recent) > limits.recent_count or self.recent_bytes > limits.recent_bytes:
-            while recent and (
-                len(recent) > limits.recent_count or self.recent_bytes > limits.recent_bytes
-            ):
-                _, (_, old) = recent.popitem(last=False)
-                if old:
-                    self.recent_bytes -= frames_size(old)
-        if task.dependents:
-            for dependent, index in task.dependents:
-                assert dependent.deps is not None
-                dependent.deps[index] = (status, frames)
-                dependent.waiting -= 1
-                if dependent.waiting == 0 and not dependent.cancelled:
-                    self._queue_of(dependent).append(dependent)
-
-    def _forget(self, task: Task) -> None:
-        client = task.client
-        if self.tasks.pop(task.id, None) is not None:
-            held = self.bytes_by_client
-            left = held[client] - task.size
-            if left > 0:
-                held[client] = left
-            else:
-                held.pop(client, None)
-            self.held_bytes -= task.size
-        self.by_client.pop((client, task.client_task_id), None)
-
-    def _fail(self, task: Task, code: FailureCode, message: str) -> None:
-        """Fail a task with a squall error the router makes itself (no pickle involved)."""
-        frames = failure_outcome(code, message)
-        self._settle(task, Status.ERROR, frames)
-        if task.client in self.clients and not task.cancelled:
-            self.decided.append((task.client, task.client_task_id, Status.ERROR, frames))
-
-    def take_stops(self) -> dict[bytes, list[int]]:
-        """Running tasks to stop, per live worker (cancelled, of departed clients, taken back
-        from a blocked hub); :meth:`take_sends` turns them into CANCELs."""
-        stops, self._stop_on_worker = self._stop_on_worker, {}
-        return {w: ids for w, ids in stops.items() if w in self.workers}
-
-    def take_decided(self) -> list[tuple[bytes, int, int, list[Any]]]:
-        """Outcomes the router made itself; :meth:`take_sends` adds them to the RESULTs."""
-        decided, self.decided = self.decided, []
-        return decided
-
-    # -- streams and cancellation -----------------------------------------------------------
-
-    def stream_item(self, worker_peer: bytes, task_id: int, count: int = 1) -> Task | None:
-        """A running stream yielded ``count`` values: return its task if they should reach the
-        client."""
-        worker = self.workers.get(worker_peer)
-        task = worker.running.get(task_id) if worker is not None else None
-        if task is None or task.cancelled or task.client not in self.clients:
-            return None
-        task.items_sent += count
-        return task
-
-    def running_task(self, client: bytes, client_task_id: int) -> Task | None:
-        """The task a client means, if it is running on a worker now (for acks)."""
-        task = self.by_client.get((client, client_task_id))
-        return task if task is not None and task.worker is not None else None
-
-    def cancel(self, client: bytes, client_task_ids: Iterable[int]) -> dict[bytes, list[int]]:
-        """Cancel tasks: queued or held ones are dropped here; return, per worker, the ids of
-        running ones it must stop. Their outcomes, when they come, reach no one."""
-        stop: dict[bytes, list[int]] = {}
-        for client_task_id in client_task_ids:
-            task = self.by_client.get((client, client_task_id))
-            if task is None or task.cancelled:
-                continue
-            task.cancelled = True
-            self.counters["cancelled"] += 1
-            if task.worker is not None:
-                stop.setdefault(task.worker, []).append(task.id)
-            else:
-                # Marked, not searched for: a queued task (or suspect) is skipped when its
-                # turn comes, so each cancel is O(1) however long the queue.
-                if task.waiting == 0 and not task.suspect:
-                    self._queue_of(task).drop(task)
-                task.frames = []  # its arguments are freed now, not when its turn comes
-                self.queued_by_client[client] -= 1
-                self._settle(task, Status.CANCELLED, [])  # its dependents learn it will not run
-        return stop
-
-    # -- function bodies --------------------------------------------------------------------
-
-    def body_for(self, worker_peer: bytes, fn_hash: bytes) -> tuple[bytes | None, bytes | None]:
-        """A worker misses a function body: return ``(body, None)`` when the cache has it,
-        else ``(None, client)`` naming a client to ask (``(None, None)`` if none can answer).
-        """
-        body = self.bodies.get(fn_hash)
-        if body is not None:
-            self.counters["bodies_sent"] += 1
-            return body, None
-        worker = self.workers.get(worker_peer)
-        owner = None
-        if worker is not None:
-            owner = next((t.client for t in worker.running.values() if t.fn_hash == fn_hash), None)
-        if owner is None or owner not in self.clients:
-            return None, None
-        self.body_waiters.setdefault(fn_hash, set()).add(worker_peer)
-        return None, owner
-
-    def body_arrived(
-        self, fn_hash: bytes, body: bytes, client: bytes | None = None
-    ) -> tuple[list[bytes], bool]:
-        """A client sent a body: cache it and note that its scope uploaded it.
-
-        Returns the workers waiting for it and whether it was good. A bad body (empty, or not
-        hashing to ``fn_hash``) still goes back to the waiting workers as empty, so that they
-        fail its tasks instead of waiting for it forever.
-        """
-        waiting = [w for w in self.body_waiters.pop(fn_hash, ()) if w in self.workers]
-        if not self.bodies.put(fn_hash, body):
-            self.counters["bad_bodies"] += 1
-            return waiting, False
-        self.counters["bodies_received"] += 1
-        if client is not None:
-            self.note_upload(client, fn_hash)
-        self.counters["bodies_sent"] += len(waiting)
-        return waiting, True
-
-    def note_upload(self, client: bytes, fn_hash: bytes) -> None:
-        """``client``'s scope sent the body of ``fn_hash``: its tasks may name that hash."""
-        known = self.clients.get(client)
-        if known is None:
-            return  # bodies come after HELLO; a stranger's is not remembered
-        uploads = self.uploaded.setdefault(known.scope, collections.OrderedDict())
-        uploads[fn_hash] = None
-        uploads.move_to_end(fn_hash)
-        if len(uploads) > self.limits.uploads_per_scope:
-            uploads.popitem(last=False)
-
-    def refuse_body(self, client: bytes, fn_hash: bytes, reason: str) -> None:
-        """A body was too big to take: its tasks fail with ``reason``."""
-        known = self.clients.get(client)
-        if known is None:
-            return
-        self.counters["refused_bodies"] += 1
-        self.refused_bodies[(known.scope, fn_hash)] = reason
-        if len(self.refused_bodies) > 1024:
-            self.refused_bodies.popitem(last=False)
-
-    # -- reporting --------------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "workers": len(self.workers),
-            "worker_pids": sorted(w.pid for w in self.workers.values()),
-            "capacity": sum(w.capacity for w in self.workers.values()),
-            "clients": len(self.clients),
-            "queued": len(self.queue)
-            + sum(not t.cancelled for t in self.suspects)
-            + sum(len(q) for q in self.group_queues.values()),
-            "running": sum(len(w.running) for w in self.workers.values()),
-            "bodies_cached": len(self.bodies),
-            "held_bytes": self.held_bytes,
-            "recent_bytes": self.recent_bytes,
-            **self.counters,
-        }
-
-
-def _peer_scope(peer: bytes) -> str:
-    return "peer:" + peer.hex()
