@@ -217,26 +217,36 @@ def test_recent_outcomes_are_bounded_in_bytes(cluster: Cluster) -> None:
     assert growth < 64 + 80, f"router peak RSS grew by {growth:.0f} MB"
 
 
-def test_queued_arguments_are_bounded_in_bytes(cluster: Cluster) -> None:
+def wait_for_file(path: str, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_queued_arguments_are_bounded_in_bytes(cluster: Cluster, tmp_path: Path) -> None:
     """50 MB arguments queued behind a busy worker: the old router kept every one (20 of them
     added 1 GB); now it holds at most --max-client-bytes and refuses the rest."""
     router = cluster.start_router("--max-client-bytes", "128MiB")
     cluster.start_workers(processes=1, concurrency=1)
     blob = b"a" * (50 << 20)
+    release = tmp_path / "release"
     with cluster.executor() as ex:
-        blocker = ex.submit(time.sleep, 3)
+        # Busy until told: a fixed sleep could end (on a loaded machine) before the 20 uploads
+        # do, and the queue would drain under the test.
+        blocker = ex.submit(wait_for_file, str(release), 60)
         before = peak_rss(router.pid)
         held, refused = [], 0
         for _ in range(20):  # one at a time: what grows is what the router keeps
             fut = ex.submit(len, blob)
             try:
                 fut.result(timeout=0.5)
-            except squall.SquallError as exc:
+            except squall.QueueFull as exc:  # retry later: the limit is on what is held
                 assert "--max-client-bytes" in str(exc)
                 refused += 1
             except concurrent.futures.TimeoutError:
                 held.append(fut)  # queued behind the blocker
         growth = (peak_rss(router.pid) - before) / 2**20
+        release.touch()
         blocker.result(timeout=30)
         assert [f.result(timeout=60) for f in held] == [50 << 20] * len(held)
     assert len(held) == 2 and refused == 18

@@ -7,12 +7,11 @@ Plain data with no decisions in it, shared by the core's three layers, which dec
 from __future__ import annotations
 
 import collections
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squall.protocol import HASH_SIZE
+from squall.protocol import function_hash
 
 
 @dataclass(slots=True, eq=False)  # compared by identity, never field by field
@@ -131,7 +130,7 @@ class BodyCache:
 
         Checking the hash stops one client from planting a body under another's hash.
         """
-        if hashlib.blake2b(body, digest_size=HASH_SIZE).digest() != fn_hash:
+        if function_hash(body) != fn_hash:
             return False
         if fn_hash in self._bodies or len(body) > self.max_bytes:
             return True
