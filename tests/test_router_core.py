@@ -130,6 +130,32 @@ def test_dispatch_sends_tasks_then_started_with_the_clients_own_ids() -> None:
     assert sends_of(state) == []  # taken once
 
 
+def test_started_waits_its_delay_and_is_never_sent_for_a_task_that_finished_first() -> None:
+    state, clock = core(started_delay=0.002)
+    w = worker(state)
+    c = client(state)
+    state.take_sends()
+    assert state.started_due() == float("inf")  # nothing to announce: no reason to wake
+    submit(state, c, range(1, 4))
+    assert [type(s) for s in sends_of(state)] == [SendTasks]  # no STARTED yet
+    assert state.started_due() == clock.now + 0.002
+    # Task 1 finishes within the delay: its RESULT says it started; no STARTED for it, ever.
+    task1 = state.by_client[(c, 1)]
+    clock.now += 0.001
+    state.handle(w, protocol.encode_result([(task1.id, Status.OK, [b"r"])]))
+    assert [type(s) for s in sends_of(state)] == [SendResults]
+    clock.now += 0.001
+    assert sends_of(state) == [SendStarted(c, [2, 3])]  # due: the ones still running
+    assert state.started_due() == float("inf")
+    # A task that finishes within the delay, alone: no STARTED at all.
+    submit(state, c, range(4, 5))
+    state.take_sends()
+    state.handle(w, protocol.encode_result([(state.by_client[(c, 4)].id, Status.OK, [b"r"])]))
+    state.take_sends()
+    clock.now += 0.01
+    assert sends_of(state, SendStarted) == []
+
+
 def test_cancels_go_before_tasks_and_items_before_results_and_acks_are_translated() -> None:
     state, _ = core()
     w = worker(state, capacity=2)

@@ -41,3 +41,10 @@ CUT_OFF_REMINDER = 5.0
 UNKNOWN_PEER_REMINDER = 1.0
 #: seconds between two log lines about messages dropped for coming under another key's id
 IMPOSTOR_LOG_INTERVAL = 1.0
+
+# -- messages ------------------------------------------------------------------------------
+
+#: seconds a STARTED waits before it goes to the client (the server's default; a bare
+#: RouterState announces at once): a task that finishes sooner is never announced, its RESULT
+#: says it all, which spares one message and one client wake-up per short task
+STARTED_DELAY = 0.02

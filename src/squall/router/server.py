@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import math
 import os
 import pickle
 import signal
@@ -58,6 +59,7 @@ from squall.router.instructions import (
     TaskFailed,
 )
 from squall.router.model import Limits, Task, frames_size
+from squall.router.policy import STARTED_DELAY
 from squall.router.state import RouterState
 
 log = get_logger(__name__)
@@ -194,6 +196,7 @@ class RouterServer:
                 body_size=config.max_body_size,
             ),
             authority=self.keys,
+            started_delay=STARTED_DELAY,
         )
         self.endpoint = ""
         #: peer -> messages its full pipe could not take yet
@@ -252,8 +255,9 @@ class RouterServer:
         last_cpu = time.process_time()
         try:
             while self._running:
-                wait = 0.01 if self._backlogs else max(0.0, next_beat - time.monotonic())
-                events = dict(poller.poll(int(wait * 1000)))
+                due = min(next_beat, self.state.started_due())
+                wait = 0.01 if self._backlogs else max(0.0, due - time.monotonic())
+                events = dict(poller.poll(math.ceil(wait * 1000)))  # never a busy 0 ms
                 now = time.monotonic()
                 if now - last_turn > wait + self.config.liveness / 2:
                     self._stalled(now - last_turn - wait, time.process_time() - last_cpu)

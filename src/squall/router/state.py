@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -173,6 +174,7 @@ class RouterState(Peers):
         limits: Limits | None = None,
         blocked_after: float = 2.0,
         authority: Authority | None = None,
+        started_delay: float = 0.0,
     ) -> None:
         limits = limits or Limits()
         if max_queued is not None:
@@ -191,7 +193,11 @@ class RouterState(Peers):
         self._results: dict[bytes, list[tuple[int, int, list[Any]]]] = collections.defaultdict(list)
         self._items: dict[bytes, list[StreamItem]] = collections.defaultdict(list)
         self._acks: dict[bytes, list[tuple[int, int]]] = collections.defaultdict(list)
-        self._started: dict[bytes, list[int]] = collections.defaultdict(list)
+        #: client -> its task ids dispatched but not yet announced (STARTED), oldest first; a
+        #: task whose result comes first is dropped from it (see policy.STARTED_DELAY)
+        self._started: dict[bytes, dict[int, None]] = collections.defaultdict(dict)
+        self._started_since: float | None = None
+        self.started_delay = started_delay
         #: routing id -> the ZAP user id ("client:<key>" / "worker:<key>") that first used it,
         #: with authentication on; kept after the peer leaves, so nobody can claim its id
         self._owners: collections.OrderedDict[bytes, str] = collections.OrderedDict()
@@ -304,8 +310,10 @@ class RouterState(Peers):
             sends.append(SendCancel(peer, task_ids))
         started = self._started
         for worker, tasks in self.dispatch():
+            if self._started_since is None:
+                self._started_since = self.clock()
             for task in tasks:
-                started[task.client].append(task.client_task_id)
+                started[task.client][task.client_task_id] = None
             sends.append(SendTasks(worker.peer, tasks))
         if self._items:
             items, self._items = self._items, collections.defaultdict(list)
@@ -313,16 +321,30 @@ class RouterState(Peers):
         results = self._results
         for client, client_task_id, status, frames in self.take_decided():
             results[client].append((client_task_id, status, frames))
+            unannounced = started.get(client)
+            if unannounced is not None:
+                unannounced.pop(client_task_id, None)  # its result says it started
+                if not unannounced:
+                    del started[client]
         if results:
             self._results = collections.defaultdict(list)
             sends.extend(SendResults(peer, outcomes) for peer, outcomes in results.items())
-        if started:
-            self._started = collections.defaultdict(list)
-            sends.extend(SendStarted(peer, ids) for peer, ids in started.items())
+        if not started:
+            self._started_since = None
+        elif self.clock() >= self.started_due():
+            self._started, self._started_since = collections.defaultdict(dict), None
+            sends.extend(SendStarted(peer, list(ids)) for peer, ids in started.items() if ids)
         if self._acks:
             acks, self._acks = self._acks, collections.defaultdict(list)
             sends.extend(SendAcks(peer, counts) for peer, counts in acks.items())
         return sends
+
+    def started_due(self) -> float:
+        """When the STARTED messages gathered so far are due (inf: none gathered); the socket
+        loop wakes by then to take them."""
+        if self._started_since is None:
+            return math.inf
+        return self._started_since + self.started_delay
 
     def cut_off(self, peer: bytes, reason: str) -> None:
         """Stop serving a peer (garbage, a revoked key, too slow a reader): its state goes, its
@@ -499,11 +521,18 @@ class RouterState(Peers):
             self._tell_unknown(peer)
             self.counters["stale_results"] += len(items)
             return
-        results = self._results
+        results, started = self._results, self._started
         for item in items:
             task = self.complete(peer, item.task_id, item.status, item.frames)
             if task is not None:
                 results[task.client].append((task.client_task_id, item.status, item.frames))
+                unannounced = started.get(task.client)
+                if unannounced is not None:
+                    unannounced.pop(task.client_task_id, None)  # its result says it started
+                    if not unannounced:
+                        del started[task.client]
+                        if not started:
+                            self._started_since = None  # nothing left: no wake-up for it
                 if item.status == Status.ERROR:
                     self._replies.append(TaskFailed(task.id, task.fn_hash, item.frames))
 
