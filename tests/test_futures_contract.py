@@ -391,7 +391,9 @@ def test_cancel_true_means_the_call_never_ran(cluster: Cluster, tmp_path: Path) 
     # be a call that never ran; every False a call that runs (exactly once).
     ex = start(cluster, 20)
     path = tmp_path / "ran"
-    futures = [ex.submit(mark, str(path), i) for i in range(2000)]
+    # 20 ms each, 20 at a time: about 2 s of work, so that cancels meet tasks still queued (at
+    # once, 2,000 no-ops can all be done before the first cancel).
+    futures = [ex.submit(mark, str(path), i, 0.02) for i in range(2000)]
     wait_for(lambda: len(ran(path)) >= 100, 30, "tasks flowing")
     answers = [f.cancel() for f in futures]
     ex.shutdown(wait=True)
