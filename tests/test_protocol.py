@@ -1376,3 +1376,11 @@ def test_crashed_roundtrip() -> None:
     assert protocol.decode_crashed(body, payload) == (b"w" * 16, [5, 9])
     with pytest.raises(ProtocolError):
         protocol.decode_crashed(body, [])
+
+
+def test_batches_split_at_max_items_in_order() -> None:
+    items = list(range(2 * protocol.MAX_ITEMS + 1))
+    parts = list(protocol.batches(items))
+    assert [len(p) for p in parts] == [protocol.MAX_ITEMS, protocol.MAX_ITEMS, 1]
+    assert [x for p in parts for x in p] == items
+    assert list(protocol.batches([])) == []

@@ -31,10 +31,12 @@ import hashlib
 import json
 import secrets
 import struct
-from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from squall.errors import ProtocolError, VersionMismatch
+
+_T = TypeVar("_T")
 
 MAGIC = b"SQ"
 #: 2: WELCOME carries the router's epoch and whether it kept the peer's session; watchdog
@@ -125,6 +127,12 @@ class Kind(enum.IntEnum):
 HASH_SIZE = 16
 #: items (tasks, results, stream values) per message at most: senders split longer batches
 MAX_ITEMS = 1000
+
+
+def batches(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """``items`` in slices of at most MAX_ITEMS: one slice per message."""
+    for start in range(0, len(items), MAX_ITEMS):
+        yield items[start : start + MAX_ITEMS]
 
 
 def function_hash(body: bytes | memoryview) -> bytes:

@@ -39,8 +39,6 @@ from squall.protocol import ErrorCode, Frame, Kind, MsgType, ResultItem, Role, S
 
 log = get_logger(__name__)
 
-#: Items per SUBMIT message.
-MAX_ITEMS = protocol.MAX_ITEMS
 #: Function bodies kept after their last task ended, for the router to fetch again.
 RECENT_BODIES = 1024
 #: Seconds ``Future.cancel()`` waits for the router to say whether it dropped the task; past
@@ -451,8 +449,7 @@ class ClientCore:
             self._wake_pending = False
         messages = [protocol.encode_fn_body(h, b) for h, b in bodies]
         self.bodies_sent += len(bodies)
-        for start in range(0, len(outbox), MAX_ITEMS):
-            messages.append(protocol.encode_submit(outbox[start : start + MAX_ITEMS]))
+        messages += map(protocol.encode_submit, protocol.batches(outbox))
         messages += after
         control = self._control
         while control:

@@ -38,7 +38,7 @@ from squall.config import DRAIN_BATCH, RouterConfig, bind_router_socket, prepare
 from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.memory import Trimmer
-from squall.protocol import MAX_ITEMS, ErrorCode, TaskItem
+from squall.protocol import ErrorCode, TaskItem
 from squall.router.instructions import (
     CutOff,
     Log,
@@ -342,8 +342,8 @@ class RouterServer:
         encode = _BATCHES.get(type(send))
         if encode is not None:  # (peer, entries): as many messages as MAX_ITEMS makes
             peer, entries = cast("tuple[bytes, list[Any]]", send)
-            for start in range(0, len(entries), MAX_ITEMS):
-                self._send(peer, encode(entries[start : start + MAX_ITEMS]))
+            for batch in protocol.batches(entries):
+                self._send(peer, encode(batch))
         elif isinstance(send, SendTasks):
             self._send_tasks(send.worker, send.tasks)
         elif isinstance(send, TaskFailed):
@@ -381,10 +381,10 @@ class RouterServer:
             redelivered=sum(t.attempt > 0 for t in tasks),
             free=known.free if known is not None else 0,
         )
-        for start in range(0, len(tasks), MAX_ITEMS):
+        for batch in protocol.batches(tasks):
             items = [
                 TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
-                for t in tasks[start : start + MAX_ITEMS]
+                for t in batch
             ]
             self._send(worker, protocol.encode_task(items))
 
