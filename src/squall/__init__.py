@@ -24,6 +24,7 @@ from squall.errors import (
     TaskError,
     TaskExpired,
     TaskFailed,
+    TaskNotFound,
     TaskTimeout,
     TaskTooLarge,
     Unavailable,
@@ -36,6 +37,7 @@ from squall.errors import (
 
 if TYPE_CHECKING:
     from squall.client.aio import AsyncExecutor
+    from squall.client.background import TaskInfo
     from squall.client.executor import Executor, ExecutorForked
     from squall.client.future import Future, as_completed
     from squall.client.stream import Stream
@@ -49,6 +51,7 @@ __all__ = [
     "Future",
     "Stream",
     "as_completed",
+    "TaskInfo",
     "ExecutorView",
     "AsyncExecutorView",
     # errors: the task's own outcome
@@ -70,6 +73,7 @@ __all__ = [
     "TaskTooLarge",
     "UnknownDependency",
     "UnknownFunction",
+    "TaskNotFound",
     "ExecutorShutdown",
     "ExecutorForked",
     # errors: the peer itself
@@ -88,6 +92,7 @@ _CLIENT = {
     "ExecutorView": "squall.client.view",
     "AsyncExecutorView": "squall.client.view",
     "ExecutorForked": "squall.client.executor",
+    "TaskInfo": "squall.client.background",
 }
 
 

@@ -210,6 +210,35 @@ def _parser() -> argparse.ArgumentParser:
         help="CurveZMQ: DIR/router.key_secret, allowed keys in DIR/clients and DIR/workers "
         "(SIGHUP reloads them)",
     )
+    router.add_argument(
+        "--data",
+        metavar="DIR",
+        help="keep background tasks (ex.enqueue) and their outcomes in DIR/squall.db, so that "
+        "they survive a restart of the router (default: in memory only)",
+    )
+    router.add_argument(
+        "--fsync",
+        choices=("full", "normal", "off"),
+        default="full",
+        help="with --data: full (default) syncs to disk before confirming an enqueue, so "
+        "nothing confirmed is lost even on power loss; normal and off survive a router crash "
+        "but an OS crash or power loss may lose the last confirmed tasks",
+    )
+    router.add_argument(
+        "--result-ttl",
+        type=seconds,
+        metavar="S",
+        default=86_400.0,
+        help="seconds a finished background task's outcome is kept (default 86400: 1 day; a "
+        "task's own keep= wins)",
+    )
+    router.add_argument(
+        "--max-kept-bytes",
+        type=positive_byte_size,
+        metavar="BYTES",
+        help="bytes of background tasks and outcomes kept; past it the oldest finished "
+        "outcomes expire first (default 1GiB)",
+    )
     router.add_argument("--parent-pid", type=count, help=argparse.SUPPRESS)
     _log_flags(router)
 
@@ -431,6 +460,10 @@ def _router_config(address: str, args: argparse.Namespace) -> RouterConfig:
             max_backlog=args.max_backlog,
             max_backlog_bytes=args.max_backlog_bytes,
             auth=args.auth,
+            data=args.data,
+            fsync=args.fsync,
+            result_ttl=args.result_ttl,
+            max_kept_bytes=args.max_kept_bytes,
         )
     except SquallError as exc:
         raise _BadUsage(str(exc)) from None

@@ -74,6 +74,12 @@ class RouterConfig:
         max_backlog: messages that may wait for one peer that reads too slowly; past it (or
             past ``max_backlog_bytes``) the peer is cut off.
         max_backlog_bytes: bytes that may wait for one peer.
+        data: directory where background tasks are kept (SQLite); None: in memory only.
+        fsync: how durable a commit of ``data`` is: "full", "normal" or "off" (see
+            ``squall.router.store``).
+        result_ttl: seconds a finished background task's outcome is kept by default.
+        max_kept_bytes: bytes of kept background tasks and outcomes; past it the oldest
+            finished outcomes go first.
     """
 
     bind: str
@@ -92,6 +98,10 @@ class RouterConfig:
     max_body_size: int = 16 << 20
     max_backlog: int = 10_000
     max_backlog_bytes: int = 64 << 20
+    data: str | None = None
+    fsync: str = "full"
+    result_ttl: float = 86_400.0
+    max_kept_bytes: int = 1 << 30
 
     @classmethod
     def from_env(cls, bind: str, **overrides: object) -> RouterConfig:

@@ -18,6 +18,7 @@
     │   ├── TaskTooLarge         one task bigger than the router takes
     │   ├── UnknownDependency    a task id the router does not know
     │   ├── UnknownFunction      a function body the router never got
+    │   ├── TaskNotFound         no kept task has this id (never enqueued, or expired)
     │   └── ExecutorShutdown     the executor takes no new work (also a RuntimeError)
     ├── Refused              the router will not serve this peer (key refused, cut off)
     └── ProtocolError        a message squall cannot read
@@ -134,6 +135,11 @@ class UnknownFunction(UsageError):
     """A task names a function body this client never uploaded to the router."""
 
 
+class TaskNotFound(UsageError, LookupError):
+    """No kept task has this id: it was never enqueued, or its outcome expired (the message
+    says which). Also a LookupError, as a missing key is."""
+
+
 class ExecutorShutdown(UsageError, RuntimeError):
     """The executor was shut down; it takes no new work.
 
@@ -195,6 +201,7 @@ FAILURE_CLASSES: dict[str, type[BaseException]] = {
     "DEPENDENCY_FAILED": DependencyFailed,
     "CANCELLED": concurrent.futures.CancelledError,
     "TASK_EXPIRED": TaskExpired,
+    "TASK_NOT_FOUND": TaskNotFound,
 }
 
 

@@ -6,6 +6,11 @@ other process (an application using the client) squall's events go to the standa
 :mod:`logging` module, as records of the ``squall.*`` loggers, so the application's logging
 configuration decides where they go and at what level; with no configuration at all, Python
 prints warnings and errors to stderr.
+
+structlog itself is imported on the first event that is not dropped: a worker process of the
+embedded default (level ``warning``) may never log, and structlog with what it imports (asyncio
+among them) is some 3 MB of its idle RSS. Below the level, a method is a no-op without it, as
+structlog's own filtering logger is.
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
 LEVEL_ENV = "SQUALL_LOG_LEVEL"
 JSON_ENV = "SQUALL_LOG_JSON"
 #: the level names ``--log-level`` and ``SQUALL_LOG_LEVEL`` accept
@@ -25,6 +28,22 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 #: whether :func:`configure` ran in this process (squall's own processes only)
 _configured = False
+#: the minimum level :func:`configure` set (an int), below which events are dropped unseen
+_min_level: Any = logging.INFO
+#: structlog's configuration, until the first event that is not dropped applies it
+_pending: dict[str, Any] | None = None
+#: structlog's method names by level, as its filtering logger has them (``err`` is no level)
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 def configure(*, json: bool | None = None, level: str | None = None, process: str = "") -> None:
@@ -36,16 +55,43 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
         process: a tag bound to every event (``router``, ``worker``...), so the lines of
             several processes sharing a terminal can be told apart.
     """
-    global _configured
+    global _configured, _min_level, _pending
     if json is None:
         json = os.environ.get(JSON_ENV, "") not in ("", "0")
     level_name = (level or os.environ.get(LEVEL_ENV) or "info").upper()
+    # Everything read from the process now, as when structlog was configured here: the pid
+    # (a task's fork() child that logs first is another pid), whether stderr is a terminal.
+    _min_level = getattr(logging, level_name, logging.INFO)
+    _pending = {
+        "json": json,
+        "level": _min_level,
+        "colors": sys.stderr.isatty(),
+        "tags": {"process": process, "pid": os.getpid()} if process else {},
+    }
+    _configured = True
+
+
+def _structlog() -> Any:
+    """structlog, configured as :func:`configure` asked, on the first call after it."""
+    global _pending
+    import structlog
+
+    pending = _pending
+    if pending is not None:
+        _apply(structlog, **pending)
+        # Cleared only now: another thread's first event meanwhile applies the same
+        # configuration again rather than reach structlog unconfigured.
+        if _pending is pending:
+            _pending = None
+    return structlog
+
+
+def _apply(structlog: Any, json: bool, level: Any, colors: bool, tags: dict[str, Any]) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        else structlog.dev.ConsoleRenderer(colors=colors)
     )
-    tags = {"process": process, "pid": os.getpid()} if process else {}
 
     def add_process_tags(_: Any, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         # Static tags rather than contextvars: gevent starts each greenlet with an empty context.
@@ -63,13 +109,14 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
             else structlog.processors.StackInfoRenderer(),
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            getattr(logging, level_name, logging.INFO)
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_line_writer,
         cache_logger_on_first_use=True,
     )
-    _configured = True
+
+
+def _drop(*_: Any, **__: Any) -> None:
+    """An event below the configured level."""
 
 
 class LineWriter:
@@ -154,8 +201,12 @@ class _Logger:
 
     def __getattr__(self, method: str) -> Any:
         if _configured:
-            return getattr(structlog.get_logger(module=self._name), method)
+            level = _METHOD_LEVELS.get(method)
+            if level is not None and isinstance(_min_level, int) and level < _min_level:
+                return _drop
+            return getattr(_structlog().get_logger(module=self._name), method)
         if self._stdlib is None:
+            structlog = _structlog()
             self._stdlib = structlog.wrap_logger(
                 logging.getLogger(self._name),
                 processors=[structlog.stdlib.filter_by_level, _to_record],

@@ -41,7 +41,8 @@ _T = TypeVar("_T")
 MAGIC = b"SQ"
 #: 2: WELCOME carries the router's epoch and whether it kept the peer's session; watchdog
 #: heartbeats say how long the hub has been blocked; WITHDRAW.
-VERSION = 3
+#: 4: background tasks (ENQUEUE, ENQUEUED, QUERY, ANSWER); TASK items carry flags.
+VERSION = 4
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
 Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
@@ -69,6 +70,10 @@ class MsgType(enum.IntEnum):
     STARTED = 17  # router -> client: these tasks went to a worker (their futures are running)
     WITHDRAW = 18  # client -> router: drop these if not started; router -> client: which were
     CRASHED = 19  # worker node -> router: this worker process died on a signal, running these
+    ENQUEUE = 20  # client -> router: background tasks to keep (or ids to attach to)
+    ENQUEUED = 21  # router -> client: these background tasks are held (committed, with --data)
+    QUERY = 22  # client -> router: a JSON request about kept tasks (info, cancel)
+    ANSWER = 23  # router -> client: the JSON answer to a QUERY, under its request number
 
 
 class Role(enum.IntEnum):
@@ -115,6 +120,22 @@ class FailureCode(enum.IntEnum):
     DEPENDENCY_FAILED = 7  # a task it depends on failed or was cancelled
     CANCELLED = 8  # cancelled before it could finish
     TASK_EXPIRED = 9  # its deadline passed before it could start
+    TASK_NOT_FOUND = 10  # attached to an id no kept task has (never enqueued, or expired)
+
+
+class TaskFlag(enum.IntFlag):
+    """Bits of a TASK item's flags."""
+
+    #: a background task, kept by the router: a worker that finished it while the router was
+    #: away sends its result again to the restarted router, so that it is not run twice
+    KEPT = 1
+
+
+class EnqueueFlag(enum.IntFlag):
+    """Bits of an ENQUEUE item's flags."""
+
+    #: only attach to the task with this id (no payload): its outcome, or TASK_NOT_FOUND
+    ATTACH = 1
 
 
 class Kind(enum.IntEnum):
@@ -125,6 +146,8 @@ class Kind(enum.IntEnum):
 
 
 HASH_SIZE = 16
+#: bytes of a task id (``squall.ids``: 48-bit milliseconds, 80 random bits)
+ID_SIZE = 16
 #: items (tasks, results, stream values) per message at most: senders split longer batches
 MAX_ITEMS = 1000
 
@@ -173,7 +196,11 @@ _HASH = struct.Struct(f"!{HASH_SIZE}s")
 _CREDIT = struct.Struct("!I")
 # Per-item layouts of the batch messages.
 _SUBMIT_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBIHH")  # id, hash, kind, window, n deps, n frames
-_TASK_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBHIHH")  # ... attempt, window, n deps, n own frames
+# ... flags, attempt, window, n deps, n own frames
+_TASK_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBBHIHH")
+#: ENQUEUE: client task id, task id, hash, kind, flags, window, keep (s), name bytes, n frames
+_ENQUEUE_ITEM = struct.Struct(f"!Q{ID_SIZE}s{HASH_SIZE}sBBIdHH")
+_REQUEST = struct.Struct("!Q")  # QUERY and ANSWER: the request number
 _DEP = struct.Struct("!BH")  # a dependency's outcome in a TASK: status, n frames
 _RESULT_ITEM = struct.Struct("!QBH")  # task id, status, n frames
 _ITEM_ITEM = struct.Struct("!QIBH")  # task id, n values, packed, n frames
@@ -492,6 +519,14 @@ class SubmitItem(NamedTuple):
     window: int  # streams: items in flight before the generator pauses
     deps: tuple[int, ...]  # client task ids whose results this task takes as arguments
     frames: list[Frame]
+    #: a background task's id (ID_SIZE bytes); empty for a task tied to its client (SUBMIT)
+    key: bytes = b""
+    #: background tasks: seconds to keep the outcome (0: the router's --result-ttl)
+    keep: float = 0.0
+    #: background tasks: the function's name, for people (task_info, logs)
+    name: str = ""
+    #: EnqueueFlag bits
+    flags: int = 0
 
 
 class TaskItem(NamedTuple):
@@ -502,6 +537,7 @@ class TaskItem(NamedTuple):
     window: int
     deps: list[tuple[int, list[Frame]]]  # (status, frames) of each dependency's outcome
     frames: list[Frame]
+    flags: int = 0  # TaskFlag bits
 
 
 class ResultItem(NamedTuple):
@@ -566,6 +602,7 @@ def encode_task(items: Sequence[TaskItem]) -> list[Frame]:
                 item.task_id,
                 item.fn_hash,
                 item.kind,
+                item.flags,
                 item.attempt,
                 item.window,
                 len(item.deps),
@@ -581,13 +618,13 @@ def encode_task(items: Sequence[TaskItem]) -> list[Frame]:
 
 def decode_task(body: bytes, payload: Sequence[Frame]) -> list[TaskItem]:
     rows, extra = _decode_rows(body, _TASK_ITEM, "TASK")
-    n_deps = sum(row[5] for row in rows)
+    n_deps = sum(row[6] for row in rows)
     if len(extra) != _DEP.size * n_deps:
         raise ProtocolError(f"TASK: {n_deps} dependencies need {_DEP.size * n_deps} bytes")
     dep_rows = list(_DEP.iter_unpack(extra))
-    _check_frames("TASK", sum(row[6] for row in rows) + sum(d[1] for d in dep_rows), payload)
+    _check_frames("TASK", sum(row[7] for row in rows) + sum(d[1] for d in dep_rows), payload)
     items, at, dep_at = [], 0, 0
-    for task_id, fn_hash, kind, attempt, window, n_dep, n in rows:
+    for task_id, fn_hash, kind, flags, attempt, window, n_dep, n in rows:
         frames = list(payload[at : at + n])
         at += n
         deps = []
@@ -595,7 +632,7 @@ def decode_task(body: bytes, payload: Sequence[Frame]) -> list[TaskItem]:
             deps.append((status, list(payload[at : at + n_frames])))
             at += n_frames
         dep_at += n_dep
-        items.append(TaskItem(task_id, fn_hash, kind, attempt, window, deps, frames))
+        items.append(TaskItem(task_id, fn_hash, kind, attempt, window, deps, frames, flags))
     return items
 
 
@@ -755,3 +792,105 @@ def decode_withdraw(body: bytes, payload: Sequence[Frame]) -> list[tuple[int, bo
     _check_no_extra("WITHDRAW", extra)
     _check_frames("WITHDRAW", 0, payload)
     return [(task_id, bool(withdrawn)) for task_id, withdrawn in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Background tasks
+
+
+#: longest function name an ENQUEUE item carries, in UTF-8 bytes (longer names are cut)
+MAX_NAME = 255
+
+
+def encode_enqueue(items: Sequence[SubmitItem]) -> list[Frame]:
+    """ENQUEUE: background tasks for the router to keep (``key`` set on each item), or, with
+    the ATTACH flag and no frames, ids of kept tasks whose outcome the client wants."""
+    rows: list[tuple[Any, ...]] = []
+    payload: list[Frame] = []
+    names: list[bytes] = []
+    for item in items:
+        name = item.name.encode()[:MAX_NAME]
+        names.append(name)
+        rows.append(
+            (
+                item.task_id,
+                item.key,
+                item.fn_hash,
+                item.kind,
+                item.flags,
+                item.window,
+                item.keep,
+                len(name),
+                len(item.frames),
+            )
+        )
+        payload.extend(item.frames)
+    return _encode_batch(MsgType.ENQUEUE, _ENQUEUE_ITEM, rows, payload, b"".join(names))
+
+
+def decode_enqueue(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
+    rows, extra = _decode_rows(body, _ENQUEUE_ITEM, "ENQUEUE")
+    if len(extra) != sum(row[7] for row in rows):
+        raise ProtocolError("ENQUEUE: the names section does not match the items")
+    _check_frames("ENQUEUE", sum(row[8] for row in rows), payload)
+    items, at, name_at = [], 0, 0
+    for task_id, key, fn_hash, kind, flags, window, keep, name_len, n in rows:
+        if not keep >= 0:  # also refuses NaN
+            raise ProtocolError("ENQUEUE: keep must be a number of seconds >= 0")
+        try:
+            name = extra[name_at : name_at + name_len].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError("ENQUEUE: a function name is not UTF-8") from None
+        name_at += name_len
+        items.append(
+            SubmitItem(
+                task_id,
+                fn_hash,
+                kind,
+                window,
+                (),
+                list(payload[at : at + n]),
+                key,
+                keep,
+                name,
+                flags,
+            )
+        )
+        at += n
+    return items
+
+
+def encode_enqueued(client_task_ids: Sequence[int]) -> list[Frame]:
+    """ENQUEUED: the router holds these background tasks (with --data: on disk)."""
+    return _encode_batch(MsgType.ENQUEUED, _CANCEL_ITEM, [(t,) for t in client_task_ids], [])
+
+
+def decode_enqueued(body: bytes, payload: Sequence[Frame]) -> list[int]:
+    rows, extra = _decode_rows(body, _CANCEL_ITEM, "ENQUEUED")
+    _check_no_extra("ENQUEUED", extra)
+    _check_frames("ENQUEUED", 0, payload)
+    return [row[0] for row in rows]
+
+
+def encode_query(request: int, query: dict[str, Any]) -> list[Frame]:
+    """QUERY: a JSON request about kept tasks, e.g. ``{"op": "info", "ids": [...]}``."""
+    return [_HEADERS[MsgType.QUERY] + _REQUEST.pack(request), json.dumps(query).encode()]
+
+
+def encode_answer(request: int, answer: Any) -> list[Frame]:
+    """ANSWER: the JSON answer to the QUERY numbered ``request``."""
+    return [_HEADERS[MsgType.ANSWER] + _REQUEST.pack(request), json.dumps(answer).encode()]
+
+
+def decode_query(body: bytes, payload: Sequence[Frame]) -> tuple[int, Any]:
+    """A QUERY or an ANSWER: (request number, the JSON value)."""
+    (request,) = _fixed(body, _REQUEST, "QUERY")
+    if len(payload) != 1:
+        raise ProtocolError("QUERY: expected one JSON frame")
+    try:
+        return request, json.loads(bytes(payload[0]))
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"QUERY: bad JSON: {exc}"[:200]) from None
+
+
+decode_answer = decode_query

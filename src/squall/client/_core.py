@@ -72,6 +72,9 @@ class Receiver(Protocol):
     def _squall_rerunnable(self) -> bool:
         """Whether the task may run again from the start (the router lost it)."""
 
+    def _squall_held(self) -> None:
+        """The router holds the task (a background task: committed, with --data)."""
+
 
 class StatsWaiter(Protocol):
     """A future waiting for the router's counters (concurrent.futures or asyncio)."""
@@ -118,6 +121,11 @@ class Call(NamedTuple):
     kind: int = Kind.CALL
     window: int = 0
     deps: tuple[int, ...] = ()
+    #: a background task's id (``squall.ids``); empty for a task tied to this client
+    key: bytes = b""
+    keep: float = 0.0
+    name: str = ""
+    flags: int = 0  # protocol.EnqueueFlag
 
 
 class Pending:
@@ -166,7 +174,17 @@ class Withdrawal:
 class Step:
     """What the driver does after an event: send ``send`` (in order), then :meth:`deliver`."""
 
-    __slots__ = ("send", "results", "items", "started", "cancelled", "failed", "answered", "stats")
+    __slots__ = (
+        "send",
+        "results",
+        "items",
+        "started",
+        "cancelled",
+        "failed",
+        "answered",
+        "stats",
+        "held",
+    )
 
     def __init__(self) -> None:
         self.send: list[list[Frame]] = []
@@ -176,7 +194,8 @@ class Step:
         self.cancelled: list[Receiver] = []
         self.failed: list[tuple[Receiver, BaseException]] = []
         self.answered: list[Withdrawal] = []
-        self.stats: list[tuple[StatsWaiter, dict[str, Any]]] = []
+        self.stats: list[tuple[StatsWaiter, Any]] = []
+        self.held: list[Receiver] = []
 
     def deliver(self) -> None:
         """Hand the outcomes to their futures and streams (runs their callers' callbacks)."""
@@ -191,6 +210,8 @@ class Step:
             target._squall_item(item)
         for target in self.started:
             target._squall_started()
+        for target in self.held:
+            target._squall_held()
         for target in self.cancelled:  # before the answers: callers find them cancelled
             target._squall_withdrawn()
         for request in self.answered:
@@ -218,6 +239,11 @@ class ClientCore:
         self._announced: set[bytes] = set()
         self._recent: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._outbox: list[protocol.SubmitItem] = []
+        #: background tasks and attachments: they go as ENQUEUE, after the SUBMITs
+        self._kept_outbox: list[protocol.SubmitItem] = []
+        #: QUERY request number -> who waits for the answer
+        self._queries: dict[int, StatsWaiter] = {}
+        self._query_ids = itertools.count(1)
         self._new_bodies: list[tuple[bytes, bytes]] = []
         #: messages naming tasks (WITHDRAW, CANCEL): they go out after the SUBMITs queued
         #: before them, in the same hand-over, so that the router knows every task they name
@@ -319,6 +345,13 @@ class ClientCore:
                 step.stats.append((self._stats_waiters.popleft(), stats))
         elif type_ is MsgType.WITHDRAW:
             self._withdrawn(protocol.decode_withdraw(body, payload), step)
+        elif type_ is MsgType.ENQUEUED:
+            step.held = self._live(protocol.decode_enqueued(body, payload))
+        elif type_ is MsgType.ANSWER:
+            request, answer = protocol.decode_answer(body, payload)
+            waiter = self._queries.pop(request, None)
+            if waiter is not None:
+                step.stats.append((waiter, answer))
         elif type_ is MsgType.WELCOME:
             self._welcome(protocol.decode_welcome(body), step)
         elif type_ is MsgType.ERROR:
@@ -393,17 +426,26 @@ class ClientCore:
             if threading.current_thread() is not self.io_thread:
                 while len(self.pending) >= self.max_pending:
                     self._room.wait()
-            if fn_hash not in self._announced:
+            if body and fn_hash not in self._announced:  # (an attachment has no body)
                 self._announced.add(fn_hash)
                 self._new_bodies.append((fn_hash, body))
             for call in calls:
                 task_id = next(self._ids)
                 call.target.task_id = task_id
                 item = protocol.SubmitItem(
-                    task_id, fn_hash, call.kind, call.window, call.deps, call.frames
+                    task_id,
+                    fn_hash,
+                    call.kind,
+                    call.window,
+                    call.deps,
+                    call.frames,
+                    call.key,
+                    call.keep,
+                    call.name,
+                    call.flags,
                 )
                 self.pending[task_id] = Pending(call.target, body, item)
-                self._outbox.append(item)
+                (self._kept_outbox if call.key else self._outbox).append(item)
             wake = not self._wake_pending
             self._wake_pending = True
         return wake
@@ -435,6 +477,14 @@ class ClientCore:
         self._stats_waiters.append(waiter)
         self._control.append(protocol.encode_stats_request())
 
+    def ask(self, query: dict[str, Any], waiter: StatsWaiter) -> bool:
+        """Send a QUERY about kept tasks; ``waiter`` gets the router's answer. Returns True
+        when the driver must be woken. (After the ENQUEUEs queued before it, so that an id
+        just enqueued is known.)"""
+        request = next(self._query_ids)
+        self._queries[request] = waiter
+        return self.add_after(protocol.encode_query(request, query))
+
     def take_outgoing(self) -> list[list[Frame]]:
         """Everything queued since the last call, as messages: new function bodies first,
         then the SUBMITs, then the messages naming tasks, then the other messages (a CANCEL
@@ -444,12 +494,14 @@ class ClientCore:
             return []
         with self._lock:
             outbox, self._outbox = self._outbox, []
+            kept, self._kept_outbox = self._kept_outbox, []
             bodies, self._new_bodies = self._new_bodies, []
             after, self._after = self._after, []
             self._wake_pending = False
         messages = [protocol.encode_fn_body(h, b) for h, b in bodies]
         self.bodies_sent += len(bodies)
         messages += map(protocol.encode_submit, protocol.batches(outbox))
+        messages += map(protocol.encode_enqueue, protocol.batches(kept))
         messages += after
         control = self._control
         while control:
@@ -608,6 +660,7 @@ class ClientCore:
         with self._lock:
             self._announced.clear()
             self._outbox.clear()
+            self._kept_outbox.clear()
             self._new_bodies.clear()
             again = []
             for task_id in sorted(self.pending):
@@ -619,14 +672,17 @@ class ClientCore:
                     )
                     del self.pending[task_id]
                     continue
-                if entry.item.fn_hash not in self._announced:
+                if entry.item.fn_hash not in self._announced and entry.body:
                     self._announced.add(entry.item.fn_hash)
                     self._new_bodies.append((entry.item.fn_hash, entry.body))
+                # A background task is enqueued again under its id: one the router kept
+                # (on disk) is attached to, not run a second time.
+                (self._kept_outbox if entry.item.key else self._outbox).append(entry.item)
                 again.append(entry.item)
-            self._outbox.extend(again)
             self._wake_pending = True  # the driver takes them after this step
             self._room.notify_all()
         step.answered += self._take_withdrawals()  # asked of the router that is gone
+        self._queries.clear()  # their waiters time out: the router that would answer is gone
         return len(again)
 
     def targets(self) -> list[Receiver]:

@@ -19,6 +19,7 @@ from typing import Any, Generic, ParamSpec, TypeVar, cast
 from squall import options as task_options
 from squall import protocol, serialization
 from squall.client._core import Call, ClientCore, Driver, Withdrawal
+from squall.client.background import BackgroundMethods
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
 from squall.client.stream import DEFAULT_WINDOW, Stream
@@ -225,7 +226,7 @@ def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [fn(*args) for args in chunk]
 
 
-class Executor(concurrent.futures.Executor):
+class Executor(BackgroundMethods, concurrent.futures.Executor):
     """Run Python callables on squall workers.
 
     With no address, starts the embedded default: a private router and one worker node as
@@ -565,7 +566,7 @@ class Executor(concurrent.futures.Executor):
             self._enqueue(fn_hash, body, batch)
         return futures
 
-    def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
+    def cancel(self, future: Future[Any] | str, interrupt: bool = False) -> bool:
         """Cancel ``future``; with ``interrupt``, also stop it if a worker already runs it.
 
         ``future.cancel()`` follows concurrent.futures: a task that may have started is not
@@ -573,7 +574,13 @@ class Executor(concurrent.futures.Executor):
         ``interrupt=True`` a running task's greenlet is killed on its worker (``finally``
         blocks run) and the future raises ``CancelledError``. Returns whether the task was
         stopped.
+
+        Given a background task's id (a str) instead, cancels that task wherever it was
+        enqueued: a queued one never runs, a running one is stopped; False if it had
+        finished (``squall.TaskNotFound`` for an id the router does not keep).
         """
+        if isinstance(future, str):
+            return self.cancel_by_id(future)
         if future.cancel():
             return True
         if not interrupt or future.done():

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterat
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING
 from typing import Any, Generic, TypeVar
 
-from squall import serialization
+from squall import ids, serialization
 from squall.errors import SerializationError
 from squall.protocol import Frame, Status, StreamItem
 
@@ -73,6 +73,25 @@ class Future(concurrent.futures.Future[T]):
 
     task_id: int = 0
     owner: object = None  # the client core that submitted it
+    #: the task's id as ``squall.ids`` makes it (16 bytes); see :attr:`id`
+    _key: bytes = b""
+    #: set once the router holds a background task (see ``Executor.enqueue``)
+    _held: threading.Event | None = None
+    _was_held = False
+
+    @property
+    def id(self) -> str:
+        """The task's id: 26 URL-safe characters, unique across routers and restarts, sorting
+        by submit time. A background task is known by it to the router (``ex.attach``,
+        ``ex.task_info``); a plain task's id is made on first read."""
+        if not self._key:
+            self._key = ids.new_id()
+        return ids.to_text(self._key)
+
+    def _squall_held(self) -> None:
+        self._was_held = True
+        if self._held is not None:
+            self._held.set()
 
     #: set by the executor: asks the router to drop the task if no worker has it yet, and
     #: returns whether it did
@@ -146,6 +165,8 @@ class Future(concurrent.futures.Future[T]):
                 self.set_exception(_UndecodedError(frames))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the caller meanwhile
+        if self._held is not None:
+            self._held.set()  # an outcome (a refusal, say) also ends an enqueue's wait
 
     def _squall_started(self) -> None:
         """A worker has the task: the future is running (and can no longer be cancelled).
@@ -178,6 +199,8 @@ class Future(concurrent.futures.Future[T]):
             self.set_exception(exc)
         except concurrent.futures.InvalidStateError:
             pass
+        if self._held is not None:
+            self._held.set()  # an enqueue waiting for the router's word gives up
 
     def _squall_item(self, item: StreamItem) -> None:
         """A call streams nothing: values for it would be the router's mistake, and dropped."""

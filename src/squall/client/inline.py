@@ -37,7 +37,7 @@ from squall.client._core import ClientCore
 from squall.client.executor import Executor, _Session
 from squall.client.future import Future
 from squall.client.stream import _END, DEFAULT_WINDOW, Stream
-from squall.errors import ExecutorShutdown, SerializationError
+from squall.errors import ExecutorShutdown, SerializationError, TaskNotFound
 from squall.options import DEFAULT, TaskOptions
 
 T = TypeVar("T")
@@ -168,8 +168,11 @@ class InlineExecutor(Executor):
         if self._closed:
             raise ExecutorShutdown("cannot schedule new tasks after shutdown")
 
-    def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
-        """False: an inline task has always run by the time anyone can cancel it."""
+    def cancel(self, future: Future[Any] | str, interrupt: bool = False) -> bool:
+        """False: an inline task has always run by the time anyone can cancel it (and there
+        is no router to keep background tasks by id)."""
+        if isinstance(future, str):
+            raise TaskNotFound(f"no task {future} is kept: an inline executor has no router")
         return future.cancel()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -92,6 +92,9 @@ class Stream(Generic[T]):
     def _squall_withdrawn(self) -> None:
         """Streams are closed, not withdrawn: nothing asks the router to drop one."""
 
+    def _squall_held(self) -> None:
+        """Streams are never background tasks."""
+
     def _squall_rerunnable(self) -> bool:
         """Only a stream that delivered nothing may run again: a rerun would repeat values."""
         return self.received == 0

@@ -99,6 +99,22 @@ class SendWithdrawn(NamedTuple):
     answers: list[tuple[int, bool]]
 
 
+class SendEnqueued(NamedTuple):
+    """ENQUEUED to a client: the router holds these background tasks (client task ids). The
+    server sends it only after the store committed them."""
+
+    client: bytes
+    task_ids: list[int]
+
+
+class SendAnswer(NamedTuple):
+    """ANSWER to a client's QUERY: its request number and the JSON value."""
+
+    peer: bytes
+    request: int
+    answer: Any
+
+
 class SendStats(NamedTuple):
     """STATS to a client: the counters (the server adds its own socket-level figures)."""
 
@@ -148,6 +164,8 @@ Send = (
     | SendBody
     | SendFetch
     | SendWithdrawn
+    | SendEnqueued
+    | SendAnswer
     | SendStats
     | SendHeartbeats
     | CutOff

@@ -41,6 +41,10 @@ class Task:
     group: str = ""
     #: waiting in ``RouterState.suspects`` (to run alone), not in a queue
     suspect: bool = False
+    #: a background task's id (``squall.ids``): kept by the router, owned by no client
+    key: bytes = b""
+    #: background tasks: the clients waiting for its outcome, as (client, client task id)
+    watchers: list[tuple[bytes, int]] | None = None
 
 
 @dataclass(slots=True)

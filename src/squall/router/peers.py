@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 
 from squall.protocol import FailureCode, Status
+from squall.router.background import DEFAULT_RESULT_TTL, KEPT, Background
 from squall.router.model import Client, Limits, Task, Worker, frames_size
 from squall.router.policy import CLIENT_LIVENESS, ISOLATE_AFTER, MAX_CHARGED
-from squall.router.scheduler import Scheduler
+from squall.router.store import Store
 
 
-class Peers(Scheduler):
+class Peers(Background):
     """The scheduler, with its workers' and clients' membership, liveness and redelivery.
 
     Args:
@@ -44,8 +45,11 @@ class Peers(Scheduler):
         max_worker_deaths: int = 3,
         limits: Limits | None = None,
         blocked_after: float = 2.0,
+        store: Store | None = None,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+        wall: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(clock=clock, limits=limits)
+        super().__init__(clock=clock, limits=limits, store=store, result_ttl=result_ttl, wall=wall)
         self.liveness = liveness
         self.blocked_after = blocked_after
         self.max_worker_deaths = max_worker_deaths
@@ -148,6 +152,8 @@ class Peers(Scheduler):
             self.suspects.append(task)
         for task in requeued + isolated:
             self.queued_by_client[task.client] += 1
+            if task.key:
+                self.store.requeued(task.key)
         self.counters["redelivered"] += len(requeued) + len(isolated)
         for waiting in self.body_waiters.values():
             waiting.discard(peer)
@@ -177,8 +183,11 @@ class Peers(Scheduler):
         """Forget a client and drop its queued tasks; return how many were dropped.
 
         Its running tasks are marked cancelled; :meth:`take_stops` hands over which workers
-        must stop them (a paused stream would otherwise hold its slot forever).
+        must stop them (a paused stream would otherwise hold its slot forever). Its background
+        tasks are the router's, not its own: they stay.
         """
+        if peer == KEPT:
+            return 0
         for worker in self.workers.values():
             for task in worker.running.values():
                 if task.client == peer and not task.cancelled:
@@ -197,6 +206,7 @@ class Peers(Scheduler):
         for key in [k for k in self.recent if k[0] == peer]:
             self.recent_bytes -= frames_size(self.recent.pop(key)[1])
         self.uploaded.pop(_peer_scope(peer), None)
+        self.drop_watchers(peer)
         return dropped
 
     def worker_crashed(self, peer: bytes, culprits: list[int]) -> list[Task]:
@@ -273,7 +283,8 @@ class Peers(Scheduler):
         window than a worker before its queued tasks are dropped.
         """
         deadline = (self.clock() if now is None else now) - CLIENT_LIVENESS * self.liveness
-        return [peer for peer, c in self.clients.items() if c.last_seen < deadline]
+        # (not KEPT, the router's own entry: the background tasks' owner never leaves)
+        return [peer for peer, c in self.clients.items() if peer and c.last_seen < deadline]
 
     def forget_peer(self, peer: bytes) -> None:
         """Drop a peer's state as if it had died (cut off, or its id taken by another key)."""

@@ -21,6 +21,11 @@ MAX_CHARGED = 64
 #: refused function bodies remembered, so that their tasks fail with the reason
 MAX_REFUSED_BODIES = 1024
 
+#: seconds a restarted router waits for workers to report the background tasks that were
+#: running when it stopped, before it runs them again (a worker reconnects within a few
+#: heartbeats and sends the results it finished meanwhile)
+RECOVERY_GRACE = 10.0
+
 # -- liveness ------------------------------------------------------------------------------
 
 #: a client is declared gone after this many liveness windows of silence (config's number)

@@ -65,6 +65,9 @@ COUNTERS = (
     "bad_bodies",
     "protocol_errors",
     "internal_errors",
+    "enqueued",
+    "attached",
+    "not_found",
 )
 
 
@@ -119,6 +122,9 @@ class Scheduler:
         self.decided: list[tuple[bytes, int, int, list[Any]]] = []
         #: worker -> running task ids to stop (cancelled, of a client gone, taken back)
         self._stop_on_worker: dict[bytes, list[int]] = {}
+        #: recovered background tasks that were running when the router stopped: their
+        #: workers may still report them (router task id -> task) before they run again
+        self.limbo: dict[int, Task] = {}
         self.bodies = BodyCache()
         #: fn hash -> workers waiting for its body
         self.body_waiters: dict[bytes, set[bytes]] = {}
@@ -339,7 +345,16 @@ class Scheduler:
             task.worker = worker.peer
             worker.running[task.id] = task
             self.queued_by_client[task.client] -= 1
+            if task.key:
+                self.kept_started(task)
         self.counters["dispatched"] += len(tasks)
+
+    def kept_started(self, task: Task) -> None:
+        """A background task went to a worker (recorded by the background layer)."""
+
+    def kept_settled(self, task: Task, status: int, frames: list[Any]) -> None:
+        """A background task has its outcome (kept and handed to its watchers by the
+        background layer)."""
 
     def complete(
         self,
@@ -356,6 +371,10 @@ class Scheduler:
         """
         worker = self.workers.get(worker_peer)
         task = worker.running.pop(task_id, None) if worker is not None else None
+        if task is None and worker is not None:
+            # A background task that was running when the router stopped, reported by its
+            # worker after the restart: its outcome counts, and it does not run again.
+            task = self.limbo.pop(task_id, None)
         if task is None:
             self.counters["stale_results"] += 1
             return None
@@ -364,8 +383,13 @@ class Scheduler:
         self.counters["completed"] += 1
         self.counters[_OUTCOME_COUNTERS.get(status, "failed")] += 1
         self._settle(task, status, frames or [])
-        if task.client not in self.clients or task.cancelled or status == Status.CANCELLED:
-            return None
+        if (
+            task.key
+            or task.client not in self.clients
+            or task.cancelled
+            or status == Status.CANCELLED
+        ):
+            return None  # a background task's watchers have it already (kept_settled)
         return task
 
     def _settle(self, task: Task, status: int, frames: list[Any]) -> None:
@@ -373,6 +397,9 @@ class Scheduler:
 
         On the path of every outcome and every cancel: kept to a few dict operations.
         """
+        if task.key:
+            self.kept_settled(task, status, frames)
+            return
         self._forget(task)
         recent = self.recent
         recent[(task.client, task.client_task_id)] = (status, frames)
@@ -410,7 +437,7 @@ class Scheduler:
         """Fail a task with a squall error the router makes itself (no pickle involved)."""
         frames = failure_outcome(code, message)
         self._settle(task, Status.ERROR, frames)
-        if task.client in self.clients and not task.cancelled:
+        if not task.key and task.client in self.clients and not task.cancelled:
             self.decided.append((task.client, task.client_task_id, Status.ERROR, frames))
 
     def take_stops(self) -> dict[bytes, list[int]]:
@@ -544,7 +571,7 @@ class Scheduler:
             "workers": len(self.workers),
             "worker_pids": sorted(w.pid for w in self.workers.values()),
             "capacity": sum(w.capacity for w in self.workers.values()),
-            "clients": len(self.clients),
+            "clients": sum(1 for peer in self.clients if peer),  # not the router's own
             "queued": len(self.queue)
             + sum(not t.cancelled for t in self.suspects)
             + sum(len(q) for q in self.group_queues.values()),

@@ -38,14 +38,16 @@ from squall.config import DRAIN_BATCH, RouterConfig, bind_router_socket, prepare
 from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.memory import Trimmer
-from squall.protocol import ErrorCode, TaskItem
+from squall.protocol import ErrorCode, TaskFlag, TaskItem
 from squall.router.instructions import (
     CutOff,
     Log,
     Send,
     SendAcks,
+    SendAnswer,
     SendBody,
     SendCancel,
+    SendEnqueued,
     SendError,
     SendFetch,
     SendHeartbeats,
@@ -61,6 +63,7 @@ from squall.router.instructions import (
 from squall.router.model import Limits, Task, frames_size
 from squall.router.policy import STARTED_DELAY
 from squall.router.state import RouterState
+from squall.router.store import open_store
 
 log = get_logger(__name__)
 
@@ -197,7 +200,17 @@ class RouterServer:
             ),
             authority=self.keys,
             started_delay=STARTED_DELAY,
+            store=open_store(config.data, config.fsync, config.max_kept_bytes),
+            result_ttl=config.result_ttl,
         )
+        if config.data is not None:
+            log.info(
+                "background tasks kept on disk",
+                data=config.data,
+                fsync=config.fsync,
+                recovered=len(self.state.kept),
+                running_at_stop=len(self.state.limbo),
+            )
         self.endpoint = ""
         #: peer -> messages its full pipe could not take yet
         self._backlogs: dict[bytes, _Backlog] = {}
@@ -289,6 +302,7 @@ class RouterServer:
             wake_r.close()
             wake_w.close()
             self._goodbye()
+            self.state.store.close()
             if self.zap is not None:
                 self.zap.close()
 
@@ -331,9 +345,15 @@ class RouterServer:
     # -- sending ----------------------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Encode and send what the state decided, in its order. Sending can make it decide
-        more (a peer found gone, a backlog past its bound): that goes out in the same turn."""
+        """Commit the store, then encode and send what the state decided, in its order.
+
+        The commit comes first: an ENQUEUED must never reach a client before what it
+        confirms is on disk. One commit per loop turn groups every enqueue of the turn into
+        one disk sync. Sending can make the state decide more (a peer found gone, a backlog
+        past its bound): that goes out in the same turn."""
         state = self.state
+        if state.store.dirty:
+            state.store.commit()
         while sends := state.take_sends():
             for send in sends:
                 self._carry_out(send)
@@ -360,6 +380,11 @@ class RouterServer:
             self._send(send.peer, protocol.encode_fn_body(send.fn_hash, send.body))
         elif isinstance(send, SendFetch):
             self._send(send.peer, protocol.encode_fn_fetch(send.fn_hash))
+        elif isinstance(send, SendEnqueued):
+            for batch in protocol.batches(send.task_ids):
+                self._send(send.client, protocol.encode_enqueued(batch))
+        elif isinstance(send, SendAnswer):
+            self._send(send.peer, protocol.encode_answer(send.request, send.answer))
         elif isinstance(send, SendStats):
             stats = {**send.stats, "backlogged_peers": len(self._backlogs)}
             self._send(send.peer, protocol.encode_stats(stats))
@@ -383,7 +408,16 @@ class RouterServer:
         )
         for batch in protocol.batches(tasks):
             items = [
-                TaskItem(t.id, t.fn_hash, t.kind, t.attempt, t.window, t.deps or [], t.frames)  # type: ignore[arg-type]
+                TaskItem(
+                    t.id,
+                    t.fn_hash,
+                    t.kind,
+                    t.attempt,
+                    t.window,
+                    t.deps or [],  # type: ignore[arg-type]
+                    t.frames,
+                    TaskFlag.KEPT if t.key else 0,
+                )
                 for t in batch
             ]
             self._send(worker, protocol.encode_task(items))
@@ -459,7 +493,7 @@ class RouterServer:
 
     def _goodbye(self) -> None:
         bye = protocol.encode_disconnect()
-        for peer in list(self.state.workers) + list(self.state.clients):
+        for peer in list(self.state.workers) + [c for c in self.state.clients if c]:
             try:
                 self.socket.send_multipart([peer, *bye], flags=zmq.NOBLOCK)
             except zmq.ZMQError:

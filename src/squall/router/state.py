@@ -36,17 +36,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from squall import protocol
+from squall import ids, protocol
 from squall.auth import CLIENT, WORKER
 from squall.errors import ProtocolError, VersionMismatch
 from squall.protocol import ErrorCode, MsgType, Role, Status, StreamItem, SubmitItem
+from squall.router.background import DEFAULT_RESULT_TTL
 from squall.router.instructions import (
     CutOff,
     Log,
     Send,
     SendAcks,
+    SendAnswer,
     SendBody,
     SendCancel,
+    SendEnqueued,
     SendError,
     SendFetch,
     SendHeartbeats,
@@ -72,6 +75,7 @@ from squall.router.policy import (
     UNKNOWN_PEER_REMINDER,
 )
 from squall.router.scheduler import COUNTERS, Scheduler
+from squall.router.store import Store
 
 __all__ = [
     "CLIENT_LIVENESS",
@@ -106,7 +110,15 @@ _WORKER_ONLY = frozenset(
     }
 )
 _CLIENT_ONLY = frozenset(
-    {MsgType.SUBMIT, MsgType.FN_BODY, MsgType.ACK, MsgType.CANCEL, MsgType.WITHDRAW}
+    {
+        MsgType.SUBMIT,
+        MsgType.FN_BODY,
+        MsgType.ACK,
+        MsgType.CANCEL,
+        MsgType.WITHDRAW,
+        MsgType.ENQUEUE,
+        MsgType.QUERY,
+    }
 )
 
 
@@ -132,6 +144,8 @@ _DECODERS: dict[MsgType, Callable[[bytes, Sequence[Any]], Any]] = {
     MsgType.TIMEOUT: protocol.decode_timeout,
     MsgType.WITHDRAW: protocol.decode_withdraw,
     MsgType.CRASHED: protocol.decode_crashed,
+    MsgType.ENQUEUE: protocol.decode_enqueue,
+    MsgType.QUERY: protocol.decode_query,
 }
 
 
@@ -163,6 +177,9 @@ class RouterState(Peers):
             tasks and those sent to it but not yet read are taken back.
         authority: the router's keys with authentication on (each message then comes with the
             ZAP user id of its key); None without.
+        store: where background tasks are kept (``squall.router.store``; in memory if None).
+        result_ttl: seconds a background task's outcome is kept unless it says otherwise.
+        wall: the wall clock, for the times ``task_info`` reports.
     """
 
     def __init__(
@@ -175,6 +192,9 @@ class RouterState(Peers):
         blocked_after: float = 2.0,
         authority: Authority | None = None,
         started_delay: float = 0.0,
+        store: Store | None = None,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         limits = limits or Limits()
         if max_queued is not None:
@@ -185,6 +205,9 @@ class RouterState(Peers):
             max_worker_deaths=max_worker_deaths,
             limits=limits,
             blocked_after=blocked_after,
+            store=store,
+            result_ttl=result_ttl,
+            wall=wall,
         )
         self.authority = authority
         # What the socket loop is to send, gathered per pass: replies in arrival order, then
@@ -224,6 +247,8 @@ class RouterState(Peers):
             MsgType.TIMEOUT: self._on_timeout,
             MsgType.WITHDRAW: self._on_withdraw,
             MsgType.CRASHED: self._on_crashed,
+            MsgType.ENQUEUE: self._on_enqueue,
+            MsgType.QUERY: self._on_query,
         }
 
     # -- messages in, instructions out ------------------------------------------------------
@@ -287,7 +312,23 @@ class RouterState(Peers):
 
     def tick(self, now: float | None = None) -> None:
         """A heartbeat interval passed: beat to every peer, declare the silent ones gone."""
-        self._replies.append(SendHeartbeats([*self.workers, *self.clients]))
+        self._replies.append(SendHeartbeats([*self.workers, *(c for c in self.clients if c)]))
+        released = self.release_limbo(self.clock() if now is None else now)
+        if released:
+            self._log(
+                "warning",
+                "background tasks running when the router stopped were not reported; "
+                "they run again",
+                tasks=released,
+            )
+        evicted = self.expire()
+        if evicted:
+            self._log(
+                "warning",
+                "kept outcomes dropped early: the store is at --max-kept-bytes",
+                evicted=evicted,
+                kept_bytes=self.store.kept_bytes(),
+            )
         for peer in self.expired_workers(now):
             requeued = self.remove_worker(peer)
             self._log(
@@ -313,7 +354,11 @@ class RouterState(Peers):
             if self._started_since is None:
                 self._started_since = self.clock()
             for task in tasks:
-                started[task.client][task.client_task_id] = None
+                if task.key:
+                    for client, client_task_id in task.watchers or ():
+                        started[client][client_task_id] = None
+                else:
+                    started[task.client][task.client_task_id] = None
             sends.append(SendTasks(worker.peer, tasks))
         if self._items:
             items, self._items = self._items, collections.defaultdict(list)
@@ -337,6 +382,8 @@ class RouterState(Peers):
         if self._acks:
             acks, self._acks = self._acks, collections.defaultdict(list)
             sends.extend(SendAcks(peer, counts) for peer, counts in acks.items())
+        if self.enqueued:
+            sends.extend(SendEnqueued(c, t) for c, t in self.take_enqueued().items())
         return sends
 
     def started_due(self) -> float:
@@ -516,6 +563,40 @@ class RouterState(Peers):
             return
         self.submit(peer, items)
 
+    def _on_enqueue(self, peer: bytes, items: list[SubmitItem]) -> None:
+        if peer not in self.clients:
+            self._tell_unknown(peer)  # as for SUBMIT: it sends them again after its HELLO
+            return
+        for client, client_task_id in self.enqueue(peer, items):
+            self._started[client][client_task_id] = None
+            if self._started_since is None:
+                self._started_since = self.clock()
+
+    def _on_query(self, peer: bytes, message: tuple[int, Any]) -> None:
+        """A client asks about kept tasks by id: ``{"op": "info" | "cancel", "ids": [...]}``;
+        the answer has one entry per id, in order."""
+        if peer not in self.clients:
+            self._tell_unknown(peer)
+            return
+        request, query = message
+        try:
+            op, texts = query["op"], query["ids"]
+            keys = [ids.from_text(text) for text in texts]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ProtocolError(f"QUERY: {exc}"[:200]) from None
+        answer: list[dict[str, Any]] = []
+        if op == "info":
+            answer = [self.task_info(key) for key in keys]
+        elif op == "cancel":
+            for key, text in zip(keys, texts, strict=True):
+                cancelled, stops = self.cancel_kept(key)
+                for worker, task_ids in stops.items():
+                    self._stop_on_worker.setdefault(worker, []).extend(task_ids)
+                answer.append({"id": text, "cancelled": cancelled})
+        else:
+            raise ProtocolError(f"QUERY: unknown op {op!r}"[:200])
+        self._replies.append(SendAnswer(peer, request, answer))
+
     def _on_result(self, peer: bytes, items: list[protocol.ResultItem]) -> None:
         if peer not in self.workers:
             self._tell_unknown(peer)
@@ -643,7 +724,7 @@ class RouterState(Peers):
             self._log("info", "client left", dropped_queued=dropped)
 
     def _on_stats(self, peer: bytes, _: None) -> None:
-        stats = self.stats()
+        stats = {**self.stats(), **self.kept_stats()}
         if self.authority is not None:
             # Keys may only run or submit tasks: which processes run where, and how many
             # clients there are, is no business of theirs.

@@ -12,15 +12,17 @@ Kept apart from the socket code in ``runner.executor`` so each rule reads on its
 
 The task's options (timeout, retries) wrap all of this the same way for every kind of function:
 see ``WorkerProcess._run`` and :mod:`squall.options`.
+
+asyncio is imported with the loop, by the first coroutine: a worker that never runs one does not
+carry it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -28,6 +30,9 @@ from squall import serialization
 from squall.errors import DependencyFailed
 from squall.protocol import Frame, Status
 from squall.serialization import DependencyRef
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class AsyncBridge:
@@ -41,6 +46,8 @@ class AsyncBridge:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
+            import asyncio
+
             self._loop = asyncio.new_event_loop()
             gevent.spawn(self._loop.run_forever)
         return self._loop
@@ -82,6 +89,8 @@ class AsyncBridge:
         loop = self._loop
         if loop is None:
             return None
+        import asyncio  # imported with the loop: a dictionary lookup
+
         task = asyncio.current_task(loop)
         if task is None:
             return None
@@ -97,7 +106,10 @@ class AsyncBridge:
 
     def run(self, awaitable: Any) -> Any:
         """Run ``awaitable`` on the loop; block only the calling greenlet until it is done."""
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), self.loop)
+        loop = self.loop
+        import asyncio  # imported with the loop
+
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), loop)
         try:
             return future.result()
         except BaseException:

@@ -26,7 +26,6 @@ This module expects gevent's monkey-patching to be done already (``runner.main``
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import inspect
@@ -35,25 +34,35 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
 import greenlet
 import zmq.green as zmq
 from gevent import monkey
-from zmq.utils.monitor import recv_monitor_message
 
 from squall import options as task_options
 from squall import protocol, serialization
-from squall.auth import apply_client_keys
 from squall.config import DRAIN_BATCH, WorkerConfig, prepare_socket
 from squall.errors import Refused, SerializationError, SquallError
 from squall.log import get_logger
 from squall.options import TaskOptions
-from squall.protocol import MAX_ITEMS, ErrorCode, Kind, MsgType, Role, Status, TaskItem
+from squall.protocol import (
+    MAX_ITEMS,
+    ErrorCode,
+    Kind,
+    MsgType,
+    Role,
+    Status,
+    TaskFlag,
+    TaskItem,
+)
 from squall.runner import calls, forks
 from squall.runner.watchdog import REFUSED_EXIT_CODE, RESTART_EXIT_CODE, Watchdog
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = get_logger(__name__)
 
@@ -62,6 +71,10 @@ _STREAM = int(Kind.STREAM)  # plain ints on the hot path: enum attribute lookups
 FUNCTION_CACHE_SIZE = 1024
 #: stream values whose pickle is smaller than this are packed together into one frame
 PACK_LIMIT = 16 * 1024
+#: results of background tasks kept after sending, at most, and for how many seconds: a
+#: router that restarts gets them again (it would otherwise run those tasks twice)
+KEPT_RESULTS = 100_000
+KEPT_RESULTS_FOR = 30.0
 #: seconds between two looks at the process's resident memory (with a memory limit)
 MEMORY_CHECK_INTERVAL = 1.0
 #: heartbeats without a WELCOME before "still no answer from the router" (10 s by default),
@@ -138,6 +151,8 @@ class WorkerProcess:
         )
         self.socket.setsockopt(zmq.ROUTING_ID, self.worker_id)
         if config.auth is not None:
+            from squall.auth import apply_client_keys  # not imported without --auth
+
             apply_client_keys(self.socket, config.auth, config.key)
         self.functions = FunctionCache()
         #: task id -> monotonic deadline, for tasks with a timeout (read by the watchdog)
@@ -157,6 +172,12 @@ class WorkerProcess:
         #: fn hash -> tasks waiting for its body
         self._awaiting_body: dict[bytes, list[TaskItem]] = {}
         self._results: list[tuple[int, int, list[Any]]] = []
+        #: background tasks running here (the router keeps them): their results are kept a
+        #: while after sending, for a router that restarts before it got them
+        self._kept: set[int] = set()
+        self._kept_results: collections.deque[tuple[float, tuple[int, int, list[Any]]]] = (
+            collections.deque(maxlen=KEPT_RESULTS)
+        )
         self._items: list[protocol.StreamItem] = []
         #: streams with small values waiting to be packed into one ITEM at the next flush
         self._chunked: dict[int, _StreamWindow] = {}
@@ -294,6 +315,8 @@ class WorkerProcess:
     def _watch_handshake(self, monitor: zmq.Socket[Any]) -> None:
         """Stop at once, with exit status REFUSED_EXIT_CODE, if the router refuses our key:
         libzmq would otherwise retry the handshake forever in silence."""
+        from zmq.utils.monitor import recv_monitor_message  # only with --auth
+
         try:
             event = recv_monitor_message(monitor)
         finally:
@@ -362,8 +385,15 @@ class WorkerProcess:
         # nothing to it.
         self._welcomed.set()
         if welcome.epoch != self._router_epoch:
+            restarted = self._router_epoch is not None
             self._router_epoch = welcome.epoch
             self.last_task = 0
+            if restarted and self._kept_results:
+                # It may have lost what we sent as it went down: background tasks it took
+                # back from its store would run again without these.
+                self._results.extend(result for _, result in self._kept_results)
+                self._wake_sender.set()
+                log.info("results of background tasks sent again", tasks=len(self._kept_results))
 
     def _on_tasks(self, items: list[TaskItem]) -> None:
         last = self.last_task
@@ -391,6 +421,8 @@ class WorkerProcess:
     def _accept(self, items: list[TaskItem]) -> None:
         self.accepted += len(items)
         for item in items:
+            if item.flags & TaskFlag.KEPT:
+                self._kept.add(item.task_id)
             fn = self.functions.get(item.fn_hash)
             if fn is not None:
                 self._start(item, fn)
@@ -640,6 +672,13 @@ class WorkerProcess:
     def _finish(self, task_id: int, status: int, frames: list[Any]) -> None:
         self._results.append((task_id, status, frames))
         self._wake_sender.set()
+        if self._kept and task_id in self._kept:
+            self._kept.discard(task_id)
+            now = time.monotonic()
+            kept = self._kept_results
+            kept.append((now, (task_id, status, frames)))
+            while kept[0][0] < now - KEPT_RESULTS_FOR:
+                kept.popleft()
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -33,7 +33,6 @@ import zmq as native_zmq  # not zmq.green: this thread runs outside the hub
 from gevent import monkey
 
 from squall import protocol
-from squall.auth import apply_client_keys
 from squall.config import WorkerConfig, prepare_socket
 from squall.log import get_logger
 
@@ -106,6 +105,8 @@ class Watchdog:
         sock.setsockopt(native_zmq.LINGER, 1000)
         sock.setsockopt(native_zmq.ROUTING_ID, self.worker_id + b"/watchdog")
         if self.config.auth is not None:
+            from squall.auth import apply_client_keys  # not imported without --auth
+
             apply_client_keys(sock, self.config.auth, self.config.key)
         prepare_socket(sock, self.config.connect)
         sock.connect(self.config.connect)

@@ -1,0 +1,225 @@
+"""Background tasks from the executor's side: enqueue, attach, look up and cancel by id.
+
+A background task belongs to the router, not to the client that enqueued it (see
+``squall.router.background``): the client sends it as an ENQUEUE under a fresh id, with its
+function body (the router keeps that too), and ``enqueue`` returns only once the router says
+it holds the task (ENQUEUED, sent after the commit with ``--data``). Any client can then
+attach a future to the id, or ask for its state with a QUERY, which the router answers from
+its store without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from squall import ids, serialization
+from squall import options as task_options
+from squall.client._core import Call
+from squall.client.future import Future
+from squall.errors import ProtocolError, TaskNotFound, Unavailable, UsageError
+from squall.protocol import HASH_SIZE, EnqueueFlag
+
+if TYPE_CHECKING:
+    from squall.client._core import ClientCore, Driver
+
+T = TypeVar("T")
+
+#: seconds ``enqueue`` waits for the router to confirm it holds the tasks
+CONFIRM_TIMEOUT = 30.0
+#: seconds ``task_info`` and ``cancel`` wait for the router's answer
+QUERY_TIMEOUT = 10.0
+#: tasks per ENQUEUE hand-over in ``enqueue_map``
+ENQUEUE_CHUNK = 1000
+_NO_HASH = bytes(HASH_SIZE)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What the router knows of a background task, without waiting for it.
+
+    ``state`` is one of ``queued``, ``running``, ``succeeded``, ``failed``, ``cancelled``.
+    Times are Unix seconds (None until they happen); ``expires`` is when a finished task's
+    outcome is dropped. ``error_type`` and ``error_message`` say why a failed task failed.
+    """
+
+    id: str
+    state: str
+    attempts: int
+    function: str
+    submitted: float
+    started: float | None
+    finished: float | None
+    expires: float | None
+    error_type: str | None
+    error_message: str | None
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}" if module else name
+
+
+def _key_of(task_id: str) -> bytes:
+    if not isinstance(task_id, str):
+        raise TypeError(f"a task id is a str, not {type(task_id).__name__}")
+    try:
+        return ids.from_text(task_id)
+    except ValueError as exc:
+        raise TaskNotFound(str(exc)) from None
+
+
+class BackgroundMethods:
+    """``Executor``'s background-task methods (mixed in; they use its client core, so each
+    and the three methods below, which ``Executor`` defines)."""
+
+    _core: ClientCore
+    _driver: Driver
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _new_future(self) -> Future[Any]:
+        raise NotImplementedError
+
+    def _enqueue(self, fn_hash: bytes, body: bytes, calls: list[Call]) -> None:
+        raise NotImplementedError
+
+    def enqueue(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` as a background task, kept by the router: it runs even
+        if this process exits, its outcome is kept for ``keep`` seconds (a keyword squall
+        takes, like ``timeout``; default: the router's ``--result-ttl``), and any process can
+        find it again by ``future.id`` (:meth:`attach`, :meth:`task_info`).
+
+        Returns once the router holds the task (with ``--data``: on disk), so a caller told
+        it is enqueued never loses it. Squall's other keywords (``timeout``, ``retries``...)
+        work as for ``submit``.
+
+        Raises:
+            SerializationError: ``fn`` or an argument cannot be pickled; nothing was sent.
+            QueueFull, TaskTooLarge: the router refused it.
+            Unavailable: the router did not confirm within CONFIRM_TIMEOUT seconds.
+        """
+        keep = kwargs.pop("keep", None)
+        return self._enqueue_calls(fn, [(args, kwargs)], keep)[0]
+
+    def enqueue_map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], keep: float | None = None
+    ) -> list[Future[T]]:
+        """``enqueue(fn, *args)`` for each tuple of arguments of ``zip(*iterables)``, sent in
+        batches and confirmed together: one disk sync per batch in the router, not one per
+        task. Returns the futures, in order, once the router holds every task."""
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables, strict=False)
+        ]
+        futures: list[Future[T]] = []
+        for start in range(0, len(calls), ENQUEUE_CHUNK * 10):
+            futures += self._enqueue_calls(fn, calls[start : start + ENQUEUE_CHUNK * 10], keep)
+        return futures
+
+    def _enqueue_calls(
+        self,
+        fn: Callable[..., T],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        keep: float | None,
+    ) -> list[Future[T]]:
+        self._check_open()
+        if keep is not None and not (isinstance(keep, (int, float)) and keep > 0):
+            raise ValueError(f"keep must be a positive number of seconds, not {keep!r}")
+        fn_hash, body = serialization.dumps_function(fn)
+        name = _name(fn)
+        batch: list[Call] = []
+        futures: list[Future[T]] = []
+        for args, kwargs in calls:
+            options = task_options.to_send(task_options.from_kwargs(kwargs))
+            if any(isinstance(a, Future) for a in itertools.chain(args, kwargs.values())):
+                raise UsageError("a background task cannot take a squall.Future as argument")
+            frames = serialization.dumps_call(args, kwargs, options)
+            future: Future[T] = self._new_future()
+            future._key = ids.new_id()
+            future._held = threading.Event()
+            futures.append(future)
+            batch.append(Call(frames, future, key=future._key, keep=float(keep or 0), name=name))
+        for start in range(0, len(batch), ENQUEUE_CHUNK):
+            self._enqueue(fn_hash, body, batch[start : start + ENQUEUE_CHUNK])
+        self._await_held(futures)
+        return futures
+
+    def _await_held(self, futures: list[Future[Any]]) -> None:
+        """Wait until the router holds each task; raise a refusal at once."""
+        if not self._core.caller_may_wait():
+            return  # the I/O thread or an event loop: the futures still resolve
+        for future in futures:
+            assert future._held is not None
+            if not future._held.wait(CONFIRM_TIMEOUT):
+                raise Unavailable(
+                    f"the router did not confirm background task {future.id} within "
+                    f"{CONFIRM_TIMEOUT:g} s: it may or may not hold it (check with task_info)"
+                )
+            if not future._was_held and future.done() and not future.cancelled():
+                error = future.exception()  # refused before the router held it
+                if error is not None:
+                    raise error
+
+    def attach(self, task_id: str) -> Future[Any]:
+        """A future for the background task ``task_id``, from any process: it resolves with
+        the task's result or raises its error, as the original future would; for an unknown
+        or expired id it raises ``squall.TaskNotFound``."""
+        self._check_open()
+        future: Future[Any] = self._new_future()
+        future._key = _key_of(task_id)
+        call = Call([], future, key=future._key, flags=EnqueueFlag.ATTACH)
+        self._enqueue(_NO_HASH, b"", [call])
+        return future
+
+    def task_info(self, task_id: str) -> TaskInfo:
+        """The state of background task ``task_id`` now, without waiting for it.
+
+        Raises:
+            TaskNotFound: no kept task has this id (the message says if it expired).
+        """
+        (answer,) = self._query("info", [task_id])
+        if "error" in answer:
+            raise TaskNotFound(_not_found_text(task_id, answer["error"]))
+        try:
+            return TaskInfo(**answer)
+        except TypeError as exc:
+            raise ProtocolError(f"the router's task info cannot be read: {exc}") from None
+
+    def cancel_by_id(self, task_id: str) -> bool:
+        """Cancel background task ``task_id``: a queued one never runs, a running one is
+        stopped. False if it had finished already.
+
+        Raises:
+            TaskNotFound: no kept task has this id.
+        """
+        (answer,) = self._query("cancel", [task_id])
+        if not answer.get("cancelled"):
+            self.task_info(task_id)  # raises TaskNotFound for an unknown id
+        return bool(answer.get("cancelled"))
+
+    def _query(self, op: str, task_ids: list[str]) -> list[dict[str, Any]]:
+        self._check_open()
+        for task_id in task_ids:
+            _key_of(task_id)  # a malformed id fails here, naming it
+        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._core.ask({"op": op, "ids": task_ids}, waiter):
+            self._driver.wake()
+        try:
+            answer = waiter.result(QUERY_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            raise Unavailable(f"the router did not answer within {QUERY_TIMEOUT:g} s") from None
+        if not isinstance(answer, list) or len(answer) != len(task_ids):
+            raise ProtocolError("the router's answer does not match the question")
+        return answer
+
+
+def _not_found_text(task_id: str, why: str) -> str:
+    if why == "expired":
+        return f"task {task_id} expired: its outcome was kept for its time to live and is gone"
+    return f"no task {task_id} is kept by the router (never enqueued there, or long gone)"
