@@ -491,8 +491,7 @@ class SqliteStore:
         evicted = 0
         while self._bytes > self.max_kept_bytes:
             oldest = db.execute(
-                "SELECT id, size FROM tasks WHERE finished IS NOT NULL ORDER BY finished "
-                "LIMIT 1000"
+                "SELECT id, size FROM tasks WHERE finished IS NOT NULL ORDER BY finished LIMIT 1000"
             ).fetchall()
             if not oldest:
                 break
