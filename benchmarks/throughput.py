@@ -43,9 +43,11 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -64,6 +66,8 @@ LATENCY_WARMUP_CALLS = 200
 STREAM_ITEMS = 100_000
 STREAM_WIDE_WINDOW = 1024
 FIRST_ITEM_STREAMS = 200
+#: background tasks per durable run (the issue's figure: 20,000)
+DURABLE_TASKS = 20_000
 FIRST_ITEM_WARMUP_STREAMS = 20
 
 QUICK_RUNS = 2
@@ -72,6 +76,7 @@ QUICK_SLEEP_TASKS = 2_000
 QUICK_LATENCY_CALLS = 300
 QUICK_STREAM_ITEMS = 20_000
 QUICK_FIRST_ITEM_STREAMS = 50
+QUICK_DURABLE_TASKS = 2_000
 
 
 def echo(x: Any) -> Any:
@@ -171,6 +176,97 @@ def bench_sleep(runs: int, tasks: int) -> Figure:
         target=0.5 if tasks == SLEEP_TASKS else None,
         extra={"tasks": tasks, "concurrency": SLEEP_CONCURRENCY, "sleep_s": SLEEP_SECONDS},
     )
+
+
+def _start_durable_cluster(folder: str) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A router with ``--data`` on this machine's disk, and a worker node, as a user runs
+    them (the embedded default keeps background tasks in memory)."""
+    address = f"ipc://{folder}/router.sock"
+    squall_cmd = [sys.executable, "-m", "squall"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    router = subprocess.Popen(
+        [*squall_cmd, "router", "--bind", address, "--data", f"{folder}/data"], **quiet
+    )
+    worker = subprocess.Popen([*squall_cmd, "worker", "--connect", address], **quiet)
+    return address, [worker, router]
+
+
+def bench_durable(runs: int, tasks: int) -> list[Figure]:
+    """Background tasks on a router with ``--data`` (fsync full): how fast ``enqueue_map``
+    is confirmed (every task committed to disk), how fast they run end to end, and plain
+    ``map`` on the same router and workers in the same runs, for the ratio."""
+    enqueue_rates: list[float] = []
+    durable_rates: list[float] = []
+    plain_rates: list[float] = []
+    expected = list(range(tasks))
+    folder = tempfile.mkdtemp(prefix=".squall-bench-", dir=os.getcwd())
+    address, procs = _start_durable_cluster(folder)
+    try:
+        with squall.Executor(address, connect_timeout=30) as ex:
+            deadline = time.monotonic() + 30
+            while ex.stats()["workers"] < (os.cpu_count() or 1):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the durable cluster's workers did not register")
+                time.sleep(0.05)
+            for run in range(runs + 1):
+                _settle()
+                t0 = time.perf_counter()
+                futures = ex.enqueue_map(echo, range(tasks))
+                confirmed = time.perf_counter()
+                results = [f.result() for f in futures]
+                done = time.perf_counter()
+                _settle()
+                t1 = time.perf_counter()
+                plain = list(ex.map(echo, range(tasks)))
+                plain_done = time.perf_counter()
+                if results != expected or plain != expected:
+                    raise RuntimeError("background results came back wrong")
+                if run:
+                    enqueue_rates.append(tasks / (confirmed - t0))
+                    durable_rates.append(tasks / (done - t0))
+                    plain_rates.append(tasks / (plain_done - t1))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    ratios = [d / p for d, p in zip(durable_rates, plain_rates, strict=True)]
+    extra = {"tasks": tasks, "fsync": "full"}
+    return [
+        Figure(
+            f"durable enqueue_map confirmed ({tasks:,} tasks, --data)",
+            "tasks/s",
+            enqueue_rates,
+            target=10_000,
+            higher_is_better=True,
+            extra=extra,
+        ),
+        Figure(
+            f"durable no-op end to end ({tasks:,} tasks, --data)",
+            "tasks/s",
+            durable_rates,
+            higher_is_better=True,
+            extra=extra,
+        ),
+        Figure(
+            f"plain map, same router and runs ({tasks:,} tasks)",
+            "tasks/s",
+            plain_rates,
+            higher_is_better=True,
+            extra=extra,
+        ),
+        Figure(
+            "durable end to end / plain map, same runs",
+            "×",
+            ratios,
+            target=0.5,
+            higher_is_better=True,
+            extra=extra,
+        ),
+    ]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -397,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     latency_calls = QUICK_LATENCY_CALLS if args.quick else LATENCY_CALLS
     stream_items = QUICK_STREAM_ITEMS if args.quick else STREAM_ITEMS
     first_item_streams = QUICK_FIRST_ITEM_STREAMS if args.quick else FIRST_ITEM_STREAMS
+    durable_tasks = QUICK_DURABLE_TASKS if args.quick else DURABLE_TASKS
 
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure
     revision = _revision()
@@ -412,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_stream(runs, stream_items),
         bench_stream(runs, stream_items, STREAM_WIDE_WINDOW),
         *bench_first_item(runs, first_item_streams),
+        *bench_durable(runs, durable_tasks),
     ]
     elapsed = time.perf_counter() - started
 

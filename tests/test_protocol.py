@@ -34,7 +34,7 @@ H2 = bytes(range(16, 32))
 # The wire layouts, written out here rather than taken from the module, so that a layout change
 # shows up as a failing test instead of silently moving both ends.
 SUBMIT_ROW = "!Q16sBIHH"  # task id, fn hash, kind, window, n deps, n frames
-TASK_ROW = "!Q16sBHIHH"  # task id, fn hash, kind, attempt, window, n deps, n own frames
+TASK_ROW = "!Q16sBBHIHH"  # task id, fn hash, kind, flags, attempt, window, n deps, n own frames
 TASK_DEP = "!BH"  # status, n frames
 RESULT_ROW = "!QBH"  # task id, status, n frames
 ITEM_ROW = "!QIBH"  # task id, n values, packed, n frames
@@ -56,7 +56,7 @@ def prefix(version: int = VERSION, type_: int = MsgType.HEARTBEAT, magic: bytes 
 
 def test_wire_numbers_are_stable() -> None:
     # Peers of the same version must agree on these numbers: they are part of the protocol.
-    assert [(t.name, t.value) for t in MsgType][-7:] == [
+    assert [(t.name, t.value) for t in MsgType][-11:] == [
         ("ITEM", 13),
         ("ACK", 14),
         ("CANCEL", 15),
@@ -64,6 +64,10 @@ def test_wire_numbers_are_stable() -> None:
         ("STARTED", 17),
         ("WITHDRAW", 18),
         ("CRASHED", 19),
+        ("ENQUEUE", 20),
+        ("ENQUEUED", 21),
+        ("QUERY", 22),
+        ("ANSWER", 23),
     ]
     assert {s.name: s.value for s in Status} == {"OK": 0, "ERROR": 1, "CANCELLED": 2}
     assert {k.name: k.value for k in Kind} == {"CALL": 0, "STREAM": 1}
@@ -397,9 +401,9 @@ def test_task_wire_layout() -> None:
     assert frames[0] == (
         prefix(type_=MsgType.TASK)
         + struct.pack("!I", 3)
-        + struct.pack(TASK_ROW, 1, H1, 0, 0, 0, 2, 1)
-        + struct.pack(TASK_ROW, 2, H2, 1, 3, 16, 1, 0)
-        + struct.pack(TASK_ROW, 3, H1, 0, 1, 0, 0, 2)
+        + struct.pack(TASK_ROW, 1, H1, 0, 0, 0, 0, 2, 1)
+        + struct.pack(TASK_ROW, 2, H2, 1, 0, 3, 16, 1, 0)
+        + struct.pack(TASK_ROW, 3, H1, 0, 0, 1, 0, 0, 2)
         # One (status, n frames) per dependency, in item order, after all the rows.
         + struct.pack(TASK_DEP, 0, 1)
         + struct.pack(TASK_DEP, 1, 2)
@@ -1012,7 +1016,7 @@ BATCH_TYPES = list(_ROW_SIZES)
 def test_row_sizes() -> None:
     assert _ROW_SIZES == {
         MsgType.SUBMIT: 33,
-        MsgType.TASK: 35,
+        MsgType.TASK: 36,
         MsgType.RESULT: 11,
         MsgType.ITEM: 15,
         MsgType.ACK: 12,
@@ -1038,6 +1042,9 @@ def decode_any(frames: Sequence[Any]) -> object:
         MsgType.ITEM: lambda: decode_and_unpack_items(body, payload),
         MsgType.ACK: lambda: protocol.decode_ack(body, payload),
         MsgType.CANCEL: lambda: protocol.decode_cancel(body, payload),
+        MsgType.ENQUEUE: lambda: protocol.decode_enqueue(body, payload),
+        MsgType.ENQUEUED: lambda: protocol.decode_enqueued(body, payload),
+        MsgType.QUERY: lambda: protocol.decode_query(body, payload),
     }
     decoder = decoders.get(type_)
     return None if decoder is None else decoder()  # HEARTBEAT, DISCONNECT: nothing to decode
@@ -1384,3 +1391,36 @@ def test_batches_split_at_max_items_in_order() -> None:
     assert [len(p) for p in parts] == [protocol.MAX_ITEMS, protocol.MAX_ITEMS, 1]
     assert [x for p in parts for x in p] == items
     assert list(protocol.batches([])) == []
+
+
+def test_enqueue_roundtrip_and_layout() -> None:
+    key = bytes(range(100, 116))
+    items = [
+        SubmitItem(7, H1, Kind.CALL, 0, (), [b"args"], key, 60.0, "app.send_mail", 0),
+        SubmitItem(8, bytes(16), Kind.CALL, 0, (), [], key, 0.0, "", 1),
+    ]
+    frames = protocol.encode_enqueue(items)
+    body, payload = roundtrip(frames, MsgType.ENQUEUE)
+    assert protocol.decode_enqueue(body, payload) == items
+    assert frames[0] == (
+        prefix(type_=MsgType.ENQUEUE)
+        + struct.pack("!I", 2)
+        + struct.pack("!Q16s16sBBIdHH", 7, key, H1, 0, 0, 0, 60.0, 13, 1)
+        + struct.pack("!Q16s16sBBIdHH", 8, key, bytes(16), 0, 1, 0, 0.0, 0, 0)
+        + b"app.send_mail"
+    )
+
+
+def test_a_malformed_enqueue_or_query_is_a_protocol_error() -> None:
+    item = SubmitItem(7, H1, Kind.CALL, 0, (), [b"args"], bytes(16), float("nan"), "", 0)
+    body, payload = roundtrip(protocol.encode_enqueue([item]), MsgType.ENQUEUE)
+    with pytest.raises(ProtocolError, match="keep"):
+        protocol.decode_enqueue(body, payload)
+    with pytest.raises(ProtocolError, match="JSON"):
+        protocol.decode_query(struct.pack("!Q", 1), [b"{not json"])
+    request, value = protocol.decode_query(*_split(protocol.encode_query(5, {"op": "info"})))
+    assert (request, value) == (5, {"op": "info"})
+
+
+def _split(frames: list[Any]) -> tuple[bytes, list[Any]]:
+    return protocol.parse_header(frames)[1], frames[1:]
