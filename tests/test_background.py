@@ -222,3 +222,35 @@ def test_a_damaged_store_is_refused_in_one_line_and_left_as_it_was(cluster, tmp_
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "squall.db" in lines[0], proc.stderr
     assert db.read_bytes() == before
+
+
+def echo_bytes(n: int) -> bytes:
+    return b"r" * 100
+
+
+def test_200000_kept_outcomes_stay_within_max_kept_bytes_and_bounded_router_memory(
+    cluster, tmp_path
+) -> None:
+    import psutil
+
+    bound = 8 << 20
+    router = cluster.start_router("--data", str(tmp_path / "data"), "--max-kept-bytes", str(bound))
+    cluster.start_workers(processes=2, concurrency=1000)
+    rss = psutil.Process(router.pid)
+    with cluster.executor() as ex:
+        warm = ex.enqueue_map(echo_bytes, range(2000))
+        [f.result(timeout=60) for f in warm]
+        before = rss.memory_info().rss
+        peak_kept = 0
+        first = warm[0].id
+        for _ in range(10):
+            futures = ex.enqueue_map(echo_bytes, range(20_000))
+            [f.result(timeout=120) for f in futures]
+            del futures
+            peak_kept = max(peak_kept, cluster.stats()["kept_bytes"])
+        growth_mb = (rss.memory_info().rss - before) / 2**20
+        wait_for(lambda: cluster.stats()["kept_bytes"] <= bound, 10, "store back within bound")
+        with pytest.raises(squall.TaskNotFound, match="expired"):
+            ex.task_info(first)  # the oldest outcomes went first
+    assert growth_mb < 64, growth_mb
+    assert "--max-kept-bytes" in router.output()
