@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from squall import ids, serialization
 from squall import options as task_options
 from squall.client._core import Call
-from squall.client.future import Future
+from squall.client.future import Future, HeldBatch
 from squall.errors import ProtocolError, TaskNotFound, Unavailable, UsageError
 from squall.protocol import HASH_SIZE, EnqueueFlag
 
@@ -135,6 +134,7 @@ class BackgroundMethods:
         name = _name(fn)
         batch: list[Call] = []
         futures: list[Future[T]] = []
+        held = HeldBatch(len(calls))
         for args, kwargs in calls:
             options = task_options.to_send(task_options.from_kwargs(kwargs))
             if any(isinstance(a, Future) for a in itertools.chain(args, kwargs.values())):
@@ -142,25 +142,24 @@ class BackgroundMethods:
             frames = serialization.dumps_call(args, kwargs, options)
             future: Future[T] = self._new_future()
             future._key = ids.new_id()
-            future._held = threading.Event()
+            future._held = held
             futures.append(future)
             batch.append(Call(frames, future, key=future._key, keep=float(keep or 0), name=name))
         for start in range(0, len(batch), ENQUEUE_CHUNK):
             self._enqueue(fn_hash, body, batch[start : start + ENQUEUE_CHUNK])
-        self._await_held(futures)
+        self._await_held(held, futures)
         return futures
 
-    def _await_held(self, futures: list[Future[Any]]) -> None:
-        """Wait until the router holds each task; raise a refusal at once."""
+    def _await_held(self, held: HeldBatch, futures: list[Future[Any]]) -> None:
+        """Wait until the router holds each task; raise a refusal."""
         if not self._core.caller_may_wait():
             return  # the I/O thread or an event loop: the futures still resolve
+        if not held.settled.wait(CONFIRM_TIMEOUT):
+            raise Unavailable(
+                f"the router did not confirm {len(futures)} background task(s) within "
+                f"{CONFIRM_TIMEOUT:g} s: it may or may not hold them (check with task_info)"
+            )
         for future in futures:
-            assert future._held is not None
-            if not future._held.wait(CONFIRM_TIMEOUT):
-                raise Unavailable(
-                    f"the router did not confirm background task {future.id} within "
-                    f"{CONFIRM_TIMEOUT:g} s: it may or may not hold it (check with task_info)"
-                )
             if not future._was_held and future.done() and not future.cancelled():
                 error = future.exception()  # refused before the router held it
                 if error is not None:

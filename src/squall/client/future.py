@@ -58,6 +58,26 @@ def _unreadable(what: str, cause: Exception) -> SerializationError:
     return error
 
 
+class HeldBatch:
+    """What an ``enqueue`` waits for: the router's word on each of its tasks (one event for
+    the batch: an event per future would cost more than the rest of the enqueue)."""
+
+    __slots__ = ("_left", "_lock", "settled")
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+        self.settled = threading.Event()
+        if count == 0:
+            self.settled.set()
+
+    def one_settled(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0:
+                self.settled.set()
+
+
 class Future(concurrent.futures.Future[T]):
     """The outcome of one task.
 
@@ -76,7 +96,7 @@ class Future(concurrent.futures.Future[T]):
     #: the task's id as ``squall.ids`` makes it (16 bytes); see :attr:`id`
     _key: bytes = b""
     #: set once the router holds a background task (see ``Executor.enqueue``)
-    _held: threading.Event | None = None
+    _held: HeldBatch | None = None
     _was_held = False
 
     @property
@@ -90,8 +110,13 @@ class Future(concurrent.futures.Future[T]):
 
     def _squall_held(self) -> None:
         self._was_held = True
-        if self._held is not None:
-            self._held.set()
+        self._settle_held()
+
+    def _settle_held(self) -> None:
+        """The router held the task, or refused it: its enqueue need not wait for it."""
+        batch, self._held = self._held, None
+        if batch is not None:
+            batch.one_settled()
 
     #: set by the executor: asks the router to drop the task if no worker has it yet, and
     #: returns whether it did
@@ -165,8 +190,7 @@ class Future(concurrent.futures.Future[T]):
                 self.set_exception(_UndecodedError(frames))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the caller meanwhile
-        if self._held is not None:
-            self._held.set()  # an outcome (a refusal, say) also ends an enqueue's wait
+        self._settle_held()  # an outcome (a refusal, say) also ends an enqueue's wait
 
     def _squall_started(self) -> None:
         """A worker has the task: the future is running (and can no longer be cancelled).
@@ -199,8 +223,7 @@ class Future(concurrent.futures.Future[T]):
             self.set_exception(exc)
         except concurrent.futures.InvalidStateError:
             pass
-        if self._held is not None:
-            self._held.set()  # an enqueue waiting for the router's word gives up
+        self._settle_held()  # an enqueue waiting for the router's word gives up
 
     def _squall_item(self, item: StreamItem) -> None:
         """A call streams nothing: values for it would be the router's mistake, and dropped."""

@@ -163,9 +163,11 @@ class Background(Scheduler):
         records: list[KeptTask] = []
         running: list[tuple[bytes, int]] = []
         now = self.wall()
+        items = list(items)
+        if any(len(item.key) != ID_SIZE for item in items):
+            raise ProtocolError("ENQUEUE: a task id has 16 bytes")
+        stored = self.store.get_many([i.key for i in items if i.key not in self.kept])
         for item in items:
-            if len(item.key) != ID_SIZE:
-                raise ProtocolError("ENQUEUE: a task id has 16 bytes")
             task = self.kept.get(item.key)
             if task is not None:
                 self._watch(task, client, item.task_id)
@@ -174,7 +176,7 @@ class Background(Scheduler):
                 if not item.flags & EnqueueFlag.ATTACH:
                     self.enqueued[client].append(item.task_id)
                 continue
-            record = self.store.get(item.key)
+            record = stored.get(item.key)
             if record is not None and record.finished is not None:
                 self.decided.append((client, item.task_id, record.status, list(record.outcome)))
                 self.counters["attached"] += 1

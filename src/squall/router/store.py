@@ -96,6 +96,8 @@ class Store(Protocol):
 
     def get(self, task_id: bytes) -> KeptTask | None: ...
 
+    def get_many(self, task_ids: Sequence[bytes]) -> dict[bytes, KeptTask]: ...
+
     def expired(self, task_id: bytes) -> bool: ...
 
     def unfinished(self) -> list[KeptTask]: ...
@@ -209,6 +211,10 @@ class MemoryStore:
 
     def get(self, task_id: bytes) -> KeptTask | None:
         return self._tasks.get(task_id)
+
+    def get_many(self, task_ids: Sequence[bytes]) -> dict[bytes, KeptTask]:
+        tasks = self._tasks
+        return {t: tasks[t] for t in task_ids if t in tasks}
 
     def expired(self, task_id: bytes) -> bool:
         return task_id in self._tombstones
@@ -332,6 +338,12 @@ class SqliteStore:
         self._in_tx = False
         self._started: dict[bytes, tuple[int, float]] = {}
         self._requeued: set[bytes] = set()
+        #: outcomes to write at the next commit (one executemany, not two queries each)
+        self._finished: list[tuple[object, ...]] = []
+        #: argument bytes of each unfinished task, for the byte count when it finishes
+        self._sizes: dict[bytes, int] = dict(
+            db.execute("SELECT id, size FROM tasks WHERE finished IS NULL").fetchall()
+        )
         self._next_sweep_due: float | None = None
 
     @staticmethod
@@ -361,7 +373,7 @@ class SqliteStore:
 
     @property
     def dirty(self) -> bool:
-        return self._in_tx or bool(self._started) or bool(self._requeued)
+        return self._in_tx or bool(self._started or self._requeued or self._finished)
 
     def _begin(self) -> sqlite3.Connection:
         if not self._in_tx:
@@ -396,6 +408,8 @@ class SqliteStore:
         )
         added = db.total_changes - before
         self._count += added
+        for row in rows:
+            self._sizes.setdefault(row[0], row[-1])
         if added == len(rows):
             self._bytes += sum(r[-1] for r in rows)
         else:  # some were known: count only the new ones' bytes (rare: a resend)
@@ -421,6 +435,7 @@ class SqliteStore:
         self._requeued.add(task_id)
 
     def _flush_states(self) -> None:
+        """Write the buffered state changes, starts before ends."""
         if self._started:
             started, self._started = self._started, {}
             self._begin().executemany(
@@ -434,6 +449,14 @@ class SqliteStore:
                 "UPDATE tasks SET state = 'queued' WHERE id = ? AND finished IS NULL",
                 [(task_id,) for task_id in requeued],
             )
+        if self._finished:
+            finished, self._finished = self._finished, []
+            self._begin().executemany(
+                "UPDATE tasks SET state = ?, status = ?, outcome = ?, finished = ?, "
+                "expires = ? + keep, error_type = ?, error_message = ?, frames = x'', size = ? "
+                "WHERE id = ? AND finished IS NULL",
+                finished,
+            )
 
     def finished(
         self,
@@ -445,19 +468,12 @@ class SqliteStore:
         error_type: str = "",
         error_message: str = "",
     ) -> None:
-        self._flush_states()  # a start still buffered must not land after the end
+        size = self._sizes.pop(task_id, None)
+        if size is None:
+            return  # not kept, or finished already
         blob = pack_frames(outcome)
-        db = self._begin()
-        row = db.execute(
-            "SELECT size, keep FROM tasks WHERE id = ? AND finished IS NULL", (task_id,)
-        ).fetchone()
-        if row is None:
-            return
-        size, keep = row
-        db.execute(
-            "UPDATE tasks SET state = ?, status = ?, outcome = ?, finished = ?, expires = ?, "
-            "error_type = ?, error_message = ?, frames = x'', size = ? WHERE id = ?",
-            (state, status, blob, at, at + keep, error_type, error_message, len(blob), task_id),
+        self._finished.append(
+            (state, status, blob, at, at, error_type, error_message, len(blob), task_id)
         )
         self._bytes += len(blob) - size
 
@@ -465,6 +481,22 @@ class SqliteStore:
         self._flush_states()
         row = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else _record(row)
+
+    def get_many(self, task_ids: Sequence[bytes]) -> dict[bytes, KeptTask]:
+        """The records of those of ``task_ids`` kept: one query per 500 ids, not one each
+        (the router asks for every id it is sent, to attach a resent task, not run it twice)."""
+        self._flush_states()
+        found: dict[bytes, KeptTask] = {}
+        for start in range(0, len(task_ids), 500):
+            chunk = list(task_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({marks})", chunk
+            ).fetchall()
+            for row in rows:
+                record = _record(row)
+                found[record.id] = record
+        return found
 
     def expired(self, task_id: bytes) -> bool:
         row = self._db.execute("SELECT 1 FROM tombstones WHERE id = ?", (task_id,)).fetchone()
