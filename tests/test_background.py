@@ -254,3 +254,22 @@ def test_200000_kept_outcomes_stay_within_max_kept_bytes_and_bounded_router_memo
             ex.task_info(first)  # the oldest outcomes went first
     assert growth_mb < 64, growth_mb
     assert "--max-kept-bytes" in router.output()
+
+
+def takes_timeout(timeout: float) -> float:
+    return timeout
+
+
+def test_options_apply_to_background_tasks(cluster) -> None:
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=10)
+    with cluster.executor() as ex:
+        assert ex.options(timeout=5).enqueue(takes_timeout, timeout=1).result(timeout=20) == 1
+        slow = ex.options(timeout=0.2).enqueue(square_later, 3, 5.0)
+        with pytest.raises(squall.TaskTimeout):
+            slow.result(timeout=20)
+        assert ex.task_info(slow.id).state == "failed"
+        kept = ex.options(retries=1).enqueue_map(square_later, [2, 3], [0, 0], keep=60)
+        assert [f.result(timeout=20) for f in kept] == [4, 9]
+        info = ex.task_info(kept[0].id)
+        assert info.expires is not None and 55 < info.expires - info.finished <= 60

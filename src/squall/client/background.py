@@ -21,6 +21,7 @@ from squall import options as task_options
 from squall.client._core import Call
 from squall.client.future import Future, HeldBatch
 from squall.errors import ProtocolError, TaskNotFound, Unavailable, UsageError
+from squall.options import TaskOptions
 from squall.protocol import HASH_SIZE, EnqueueFlag
 
 if TYPE_CHECKING:
@@ -126,7 +127,10 @@ class BackgroundMethods:
         fn: Callable[..., T],
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         keep: float | None,
+        options: TaskOptions | None = None,
     ) -> list[Future[T]]:
+        """Enqueue ``calls`` of ``fn``; with ``options`` (a view's), the keyword arguments
+        all go to ``fn``, else squall's own are taken out of them, as ``submit`` does."""
         self._check_open()
         if keep is not None and not (isinstance(keep, (int, float)) and keep > 0):
             raise ValueError(f"keep must be a positive number of seconds, not {keep!r}")
@@ -135,11 +139,15 @@ class BackgroundMethods:
         batch: list[Call] = []
         futures: list[Future[T]] = []
         held = HeldBatch(len(calls))
+        view_options = task_options.to_send(options)
         for args, kwargs in calls:
-            options = task_options.to_send(task_options.from_kwargs(kwargs))
+            if options is None:
+                call_options = task_options.to_send(task_options.from_kwargs(kwargs))
+            else:
+                call_options = view_options
             if any(isinstance(a, Future) for a in itertools.chain(args, kwargs.values())):
                 raise UsageError("a background task cannot take a squall.Future as argument")
-            frames = serialization.dumps_call(args, kwargs, options)
+            frames = serialization.dumps_call(args, kwargs, call_options)
             future: Future[T] = self._new_future()
             future._key = ids.new_id()
             future._held = held

@@ -155,13 +155,36 @@ class MapTarget(OptionsTarget, Protocol):
         progress: bool,
     ) -> Iterator[T]: ...
 
+    def _enqueue_calls(
+        self,
+        fn: Callable[..., T],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        keep: float | None,
+        options: TaskOptions | None = None,
+    ) -> list[Future[T]]: ...
+
 
 M = TypeVar("M", bound=MapTarget)
 
 
 class ExecutorView(OptionsView[M]):
-    """What ``squall.Executor.options()`` returns: its ``submit``, ``map`` and ``stream``
-    with task options."""
+    """What ``squall.Executor.options()`` returns: its ``submit``, ``map``, ``stream``,
+    ``enqueue`` and ``enqueue_map`` with task options."""
+
+    def enqueue(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """As ``Executor.enqueue`` (a background task), with this view's options; every
+        keyword argument goes to ``fn`` (the outcome is kept for the router's
+        ``--result-ttl``; ``enqueue_map`` takes a ``keep``)."""
+        return self._target._enqueue_calls(fn, [(args, kwargs)], None, self._options)[0]
+
+    def enqueue_map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], keep: float | None = None
+    ) -> list[Future[T]]:
+        """As ``Executor.enqueue_map``, each task with this view's options."""
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (args, {}) for args in zip(*iterables, strict=False)
+        ]
+        return self._target._enqueue_calls(fn, calls, keep, self._options)
 
     def map(
         self,
