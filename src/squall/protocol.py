@@ -744,28 +744,34 @@ def decode_timeout(body: bytes, payload: Sequence[Frame]) -> tuple[bytes, str, l
     return bytes(payload[0]), bytes(payload[1]).decode(errors="replace"), [r[0] for r in rows]
 
 
+def _encode_ids(type_: MsgType, task_ids: Sequence[int]) -> list[Frame]:
+    """A batch of bare task ids (STARTED, CANCEL, ENQUEUED)."""
+    return _encode_batch(type_, _CANCEL_ITEM, [(t,) for t in task_ids], [])
+
+
+def _decode_ids(body: bytes, payload: Sequence[Frame], what: str) -> list[int]:
+    rows, extra = _decode_rows(body, _CANCEL_ITEM, what)
+    _check_no_extra(what, extra)
+    _check_frames(what, 0, payload)
+    return [row[0] for row in rows]
+
+
 def encode_started(task_ids: Sequence[int]) -> list[Frame]:
     """STARTED: these tasks were handed to a worker."""
-    return _encode_batch(MsgType.STARTED, _CANCEL_ITEM, [(t,) for t in task_ids], [])
+    return _encode_ids(MsgType.STARTED, task_ids)
 
 
 def decode_started(body: bytes, payload: Sequence[Frame]) -> list[int]:
-    rows, extra = _decode_rows(body, _CANCEL_ITEM, "STARTED")
-    _check_no_extra("STARTED", extra)
-    _check_frames("STARTED", 0, payload)
-    return [row[0] for row in rows]
+    return _decode_ids(body, payload, "STARTED")
 
 
 def encode_cancel(task_ids: Sequence[int]) -> list[Frame]:
     """CANCEL: stop these tasks (drop them if queued, interrupt them if running)."""
-    return _encode_batch(MsgType.CANCEL, _CANCEL_ITEM, [(t,) for t in task_ids], [])
+    return _encode_ids(MsgType.CANCEL, task_ids)
 
 
 def decode_cancel(body: bytes, payload: Sequence[Frame]) -> list[int]:
-    rows, extra = _decode_rows(body, _CANCEL_ITEM, "CANCEL")
-    _check_no_extra("CANCEL", extra)
-    _check_frames("CANCEL", 0, payload)
-    return [row[0] for row in rows]
+    return _decode_ids(body, payload, "CANCEL")
 
 
 def encode_crashed(worker: bytes, culprits: Sequence[int]) -> list[Frame]:
@@ -862,14 +868,11 @@ def decode_enqueue(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
 
 def encode_enqueued(client_task_ids: Sequence[int]) -> list[Frame]:
     """ENQUEUED: the router holds these background tasks (with --data: on disk)."""
-    return _encode_batch(MsgType.ENQUEUED, _CANCEL_ITEM, [(t,) for t in client_task_ids], [])
+    return _encode_ids(MsgType.ENQUEUED, client_task_ids)
 
 
 def decode_enqueued(body: bytes, payload: Sequence[Frame]) -> list[int]:
-    rows, extra = _decode_rows(body, _CANCEL_ITEM, "ENQUEUED")
-    _check_no_extra("ENQUEUED", extra)
-    _check_frames("ENQUEUED", 0, payload)
-    return [row[0] for row in rows]
+    return _decode_ids(body, payload, "ENQUEUED")
 
 
 def encode_query(request: int, query: dict[str, Any]) -> list[Frame]:

@@ -59,6 +59,11 @@ class TaskInfo:
     error_message: str | None
 
 
+def calls_of(iterables: tuple[Iterable[Any], ...]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """``map``'s calls: the arguments of each, ``zip(*iterables)``, no keyword arguments."""
+    return [(args, {}) for args in zip(*iterables, strict=False)]
+
+
 def _name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
@@ -114,9 +119,7 @@ class BackgroundMethods:
         """``enqueue(fn, *args)`` for each tuple of arguments of ``zip(*iterables)``, sent in
         batches and confirmed together: one disk sync per batch in the router, not one per
         task. Returns the futures, in order, once the router holds every task."""
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-            (args, {}) for args in zip(*iterables, strict=False)
-        ]
+        calls = calls_of(iterables)
         futures: list[Future[T]] = []
         for start in range(0, len(calls), ENQUEUE_CHUNK * 10):
             futures += self._enqueue_calls(fn, calls[start : start + ENQUEUE_CHUNK * 10], keep)

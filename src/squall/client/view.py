@@ -18,6 +18,7 @@ import enum
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
+from squall.client.background import calls_of
 from squall.client.future import Future
 from squall.client.stream import Stream
 from squall.options import TaskOptions
@@ -181,10 +182,7 @@ class ExecutorView(OptionsView[M]):
         self, fn: Callable[..., T], *iterables: Iterable[Any], keep: float | None = None
     ) -> list[Future[T]]:
         """As ``Executor.enqueue_map``, each task with this view's options."""
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-            (args, {}) for args in zip(*iterables, strict=False)
-        ]
-        return self._target._enqueue_calls(fn, calls, keep, self._options)
+        return self._target._enqueue_calls(fn, calls_of(iterables), keep, self._options)
 
     def map(
         self,
