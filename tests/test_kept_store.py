@@ -216,3 +216,15 @@ def test_a_task_running_at_a_restart_waits_for_its_worker_then_runs_again(tmp_pa
     assert state2.task_info(record.id)["state"] == "succeeded"
     assert not state2.limbo
     assert MsgType.ENQUEUE  # (the message type exists)
+
+
+def test_a_recovered_task_keeps_its_worker_group(tmp_path) -> None:
+    store = SqliteStore(str(tmp_path))
+    record = _task(5)
+    record.group = "gpu"
+    store.add([record])
+    store.commit()
+    store.close()
+    state = RouterState(store=SqliteStore(str(tmp_path)))
+    assert state.kept[record.id].group == "gpu"
+    assert state.group_queues["gpu"] and not state.queue  # only that group's workers get it

@@ -117,6 +117,7 @@ class Background(Scheduler):
                 size=frames_size(record.frames),
                 key=record.id,
                 watchers=[],
+                group=record.group,
             )
             if record.state == "running":
                 self._hold(task, queued=False)
@@ -217,6 +218,7 @@ class Background(Scheduler):
                     item.name,
                     now,
                     item.keep or self.result_ttl,
+                    group=task.group,
                 )
             )
             self._queue_of(task).append(task)

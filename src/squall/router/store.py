@@ -65,6 +65,9 @@ class KeptTask:
     outcome: list[bytes] = field(default_factory=list)
     error_type: str = ""
     error_message: str = ""
+    #: the worker group its client was restricted to ("" for any worker): kept, so that a
+    #: recovered task still runs only there
+    group: str = ""
 
 
 class Store(Protocol):
@@ -280,6 +283,7 @@ CREATE TABLE tasks (
     outcome BLOB NOT NULL DEFAULT x'',
     error_type TEXT NOT NULL DEFAULT '',
     error_message TEXT NOT NULL DEFAULT '',
+    worker_group TEXT NOT NULL DEFAULT '',
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX tasks_expires ON tasks (expires) WHERE expires IS NOT NULL;
@@ -292,7 +296,8 @@ CREATE INDEX tombstones_at ON tombstones (at);
 
 _COLUMNS = (
     "id, router_id, fn_hash, kind, window, frames, function, submitted, keep, state, "
-    "attempts, started, finished, expires, status, outcome, error_type, error_message"
+    "attempts, started, finished, expires, status, outcome, error_type, error_message, "
+    "worker_group"
 )
 
 
@@ -395,6 +400,7 @@ class SqliteStore:
                 t.keep,
                 t.state,
                 t.attempts,
+                t.group,
                 _size(t.frames),
             )
             for t in tasks
@@ -403,7 +409,8 @@ class SqliteStore:
         before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO tasks (id, router_id, fn_hash, kind, window, frames, "
-            "function, submitted, keep, state, attempts, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "function, submitted, keep, state, attempts, worker_group, size) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         added = db.total_changes - before
@@ -603,6 +610,7 @@ def _record(row: Any) -> KeptTask:
         outcome,
         error_type,
         error_message,
+        group,
     ) = row
     return KeptTask(
         bytes(task_id),
@@ -623,6 +631,7 @@ def _record(row: Any) -> KeptTask:
         unpack_frames(bytes(outcome)),
         str(error_type),
         str(error_message),
+        str(group),
     )
 
 
