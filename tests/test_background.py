@@ -273,3 +273,30 @@ def test_options_apply_to_background_tasks(cluster) -> None:
         assert [f.result(timeout=20) for f in kept] == [4, 9]
         info = ex.task_info(kept[0].id)
         assert info.expires is not None and 55 < info.expires - info.finished <= 60
+
+
+def test_the_asyncio_executor_enqueues_attaches_and_asks(cluster, tmp_path) -> None:
+    import asyncio
+
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=10)
+    release = str(tmp_path / "release")
+
+    async def main() -> None:
+        async with squall.AsyncExecutor(cluster.address, connect_timeout=10) as aex:
+            futures = await aex.enqueue_map(square_later, range(50), [0] * 50)
+            assert [await f for f in futures] == [x * x for x in range(50)]
+            waiting = await aex.enqueue(wait_for_file, release, 60)
+            attached = aex.attach(waiting.id)
+            wait_until = asyncio.get_running_loop().time() + 10
+            while (await aex.task_info(waiting.id)).state != "running":
+                assert asyncio.get_running_loop().time() < wait_until
+                await asyncio.sleep(0.05)
+            Path(release).touch()
+            assert await attached == "released"
+            assert (await aex.task_info(waiting.id)).state == "succeeded"
+            assert await aex.cancel(waiting.id) is False
+            with pytest.raises(squall.TaskNotFound):
+                await aex.task_info(squall.Future().id)
+
+    asyncio.run(main())

@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from squall.client._core import WITHDRAW_TIMEOUT, Withdrawal
 from squall.client.asyncio_driver import AsyncioDriver
+from squall.client.background import TaskInfo, await_answer, await_held, calls_of, info_of
 from squall.client.executor import MAP_BATCH, ROUTER_GONE_AFTER, SLOW_SHUTDOWN_NOTICE, Executor
 from squall.client.future import Future, as_completed
 from squall.client.stream import Stream
@@ -156,14 +157,58 @@ class AsyncExecutor:
         if isinstance(self._executor, LoopExecutor):
             self._executor.withdraw(futures)
 
-    async def cancel(self, future: Future[Any], interrupt: bool = False) -> bool:
+    async def cancel(self, future: Future[Any] | str, interrupt: bool = False) -> bool:
         """As :meth:`Executor.cancel`, awaited: the router's answer is awaited, not waited
         for. True means the task never ran, or with ``interrupt`` that it was stopped on its
-        worker (its ``finally`` runs; the future raises ``CancelledError``)."""
+        worker (its ``finally`` runs; the future raises ``CancelledError``). Given a
+        background task's id, cancels that task (see :meth:`Executor.cancel`)."""
+        if isinstance(future, str):
+            return await self.cancel_by_id(future)
         executor = self.executor
         if isinstance(executor, LoopExecutor):
             return await executor.acancel(future, interrupt)
         return executor.cancel(future, interrupt)
+
+    # -- background tasks (see Executor.enqueue) ------------------------------------------
+
+    async def enqueue(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """As :meth:`Executor.enqueue`, the router's confirmation awaited."""
+        keep = kwargs.pop("keep", None)
+        (future,) = await self._enqueue_calls(fn, [(args, kwargs)], keep)
+        return future
+
+    async def enqueue_map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], keep: float | None = None
+    ) -> list[Future[T]]:
+        """As :meth:`Executor.enqueue_map`, the router's confirmations awaited."""
+        return await self._enqueue_calls(fn, calls_of(iterables), keep)
+
+    async def _enqueue_calls(
+        self,
+        fn: Callable[..., T],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        keep: float | None,
+    ) -> list[Future[T]]:
+        executor = self.executor
+        futures = executor._enqueue_calls(fn, calls, keep)  # does not wait in a loop
+        await await_held(futures)
+        return futures
+
+    def attach(self, task_id: str) -> Future[Any]:
+        """As :meth:`Executor.attach` (``await`` the future it returns)."""
+        return self.executor.attach(task_id)
+
+    async def task_info(self, task_id: str) -> TaskInfo:
+        """As :meth:`Executor.task_info`, the router's answer awaited."""
+        (answer,) = await await_answer(self.executor._ask("info", [task_id]), [task_id])
+        return info_of(task_id, answer)
+
+    async def cancel_by_id(self, task_id: str) -> bool:
+        """As :meth:`Executor.cancel` given a background task's id, awaited."""
+        (answer,) = await await_answer(self.executor._ask("cancel", [task_id]), [task_id])
+        if not answer.get("cancelled"):
+            await self.task_info(task_id)  # raises TaskNotFound for an unknown id
+        return bool(answer.get("cancelled"))
 
     async def stats(self) -> dict[str, Any]:
         """The router's counters and this client's (as :meth:`Executor.stats`), awaited."""

@@ -10,6 +10,7 @@ its store without unpickling anything.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import itertools
 from collections.abc import Callable, Iterable
@@ -158,23 +159,11 @@ class BackgroundMethods:
             batch.append(Call(frames, future, key=future._key, keep=float(keep or 0), name=name))
         for start in range(0, len(batch), ENQUEUE_CHUNK):
             self._enqueue(fn_hash, body, batch[start : start + ENQUEUE_CHUNK])
-        self._await_held(held, futures)
+        if self._core.caller_may_wait():  # not in the I/O thread or an event loop
+            if not held.settled.wait(CONFIRM_TIMEOUT):
+                raise _unconfirmed(futures)
+            raise_refusal(futures)
         return futures
-
-    def _await_held(self, held: HeldBatch, futures: list[Future[Any]]) -> None:
-        """Wait until the router holds each task; raise a refusal."""
-        if not self._core.caller_may_wait():
-            return  # the I/O thread or an event loop: the futures still resolve
-        if not held.settled.wait(CONFIRM_TIMEOUT):
-            raise Unavailable(
-                f"the router did not confirm {len(futures)} background task(s) within "
-                f"{CONFIRM_TIMEOUT:g} s: it may or may not hold them (check with task_info)"
-            )
-        for future in futures:
-            if not future._was_held and future.done() and not future.cancelled():
-                error = future.exception()  # refused before the router held it
-                if error is not None:
-                    raise error
 
     def attach(self, task_id: str) -> Future[Any]:
         """A future for the background task ``task_id``, from any process: it resolves with
@@ -194,12 +183,7 @@ class BackgroundMethods:
             TaskNotFound: no kept task has this id (the message says if it expired).
         """
         (answer,) = self._query("info", [task_id])
-        if "error" in answer:
-            raise TaskNotFound(_not_found_text(task_id, answer["error"]))
-        try:
-            return TaskInfo(**answer)
-        except TypeError as exc:
-            raise ProtocolError(f"the router's task info cannot be read: {exc}") from None
+        return info_of(task_id, answer)
 
     def cancel_by_id(self, task_id: str) -> bool:
         """Cancel background task ``task_id``: a queued one never runs, a running one is
@@ -214,19 +198,97 @@ class BackgroundMethods:
         return bool(answer.get("cancelled"))
 
     def _query(self, op: str, task_ids: list[str]) -> list[dict[str, Any]]:
+        waiter = self._ask(op, task_ids)
+        try:
+            return checked_answer(waiter.result(QUERY_TIMEOUT), task_ids)
+        except concurrent.futures.TimeoutError:
+            raise _no_answer() from None
+
+    def _ask(self, op: str, task_ids: list[str]) -> concurrent.futures.Future[Any]:
+        """Send a QUERY; the returned future gets the router's answer."""
         self._check_open()
         for task_id in task_ids:
             _key_of(task_id)  # a malformed id fails here, naming it
         waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
         if self._core.ask({"op": op, "ids": task_ids}, waiter):
             self._driver.wake()
-        try:
-            answer = waiter.result(QUERY_TIMEOUT)
-        except concurrent.futures.TimeoutError:
-            raise Unavailable(f"the router did not answer within {QUERY_TIMEOUT:g} s") from None
-        if not isinstance(answer, list) or len(answer) != len(task_ids):
-            raise ProtocolError("the router's answer does not match the question")
-        return answer
+        return waiter
+
+
+def info_of(task_id: str, answer: dict[str, Any]) -> TaskInfo:
+    """The ``TaskInfo`` in the router's answer about ``task_id``.
+
+    Raises:
+        TaskNotFound: the router keeps no such task.
+    """
+    if "error" in answer:
+        raise TaskNotFound(_not_found_text(task_id, answer["error"]))
+    try:
+        return TaskInfo(**answer)
+    except TypeError as exc:
+        raise ProtocolError(f"the router's task info cannot be read: {exc}") from None
+
+
+def checked_answer(answer: Any, task_ids: list[str]) -> list[dict[str, Any]]:
+    if not isinstance(answer, list) or len(answer) != len(task_ids):
+        raise ProtocolError("the router's answer does not match the question")
+    return answer
+
+
+def raise_refusal(futures: list[Future[Any]]) -> None:
+    """Raise the error of a task the router refused instead of holding (QueueFull, ...)."""
+    for future in futures:
+        if not future._was_held and future.done() and not future.cancelled():
+            error = future.exception()
+            if error is not None:
+                raise error
+
+
+def _unconfirmed(futures: list[Future[Any]]) -> Unavailable:
+    return Unavailable(
+        f"the router did not confirm {len(futures)} background task(s) within "
+        f"{CONFIRM_TIMEOUT:g} s: it may or may not hold them (check with task_info)"
+    )
+
+
+def _no_answer() -> Unavailable:
+    return Unavailable(f"the router did not answer within {QUERY_TIMEOUT:g} s")
+
+
+async def await_held(futures: list[Future[Any]]) -> None:
+    """``enqueue``'s wait for the router's word, awaited (the asyncio executor's)."""
+    if not futures:
+        return
+    held = futures[0]._held
+    if held is not None:
+        loop = asyncio.get_running_loop()
+        settled = loop.create_future()
+
+        def wake_loop() -> None:
+            loop.call_soon_threadsafe(_resolve, settled)
+
+        held.on_settled = wake_loop
+        if not held.settled.is_set():
+            try:
+                await asyncio.wait_for(settled, CONFIRM_TIMEOUT)
+            except asyncio.TimeoutError:
+                raise _unconfirmed(futures) from None
+    raise_refusal(futures)
+
+
+async def await_answer(
+    waiter: concurrent.futures.Future[Any], task_ids: list[str]
+) -> list[dict[str, Any]]:
+    try:
+        answer = await asyncio.wait_for(asyncio.wrap_future(waiter), QUERY_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise _no_answer() from None
+    return checked_answer(answer, task_ids)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _not_found_text(task_id: str, why: str) -> str:

@@ -62,20 +62,25 @@ class HeldBatch:
     """What an ``enqueue`` waits for: the router's word on each of its tasks (one event for
     the batch: an event per future would cost more than the rest of the enqueue)."""
 
-    __slots__ = ("_left", "_lock", "settled")
+    __slots__ = ("_left", "_lock", "settled", "on_settled")
 
     def __init__(self, count: int) -> None:
         self._left = count
         self._lock = threading.Lock()
         self.settled = threading.Event()
+        #: called (in the driver's thread) once settled: how an asyncio caller awaits it
+        self.on_settled: Callable[[], None] | None = None
         if count == 0:
             self.settled.set()
 
     def one_settled(self) -> None:
         with self._lock:
             self._left -= 1
-            if self._left == 0:
-                self.settled.set()
+            if self._left != 0:
+                return
+            self.settled.set()
+        if self.on_settled is not None:
+            self.on_settled()
 
 
 class Future(concurrent.futures.Future[T]):
