@@ -300,3 +300,31 @@ def test_the_asyncio_executor_enqueues_attaches_and_asks(cluster, tmp_path) -> N
                 await aex.task_info(squall.Future().id)
 
     asyncio.run(main())
+
+
+def test_fresh_workers_run_tasks_a_restarted_durable_router_recovered(cluster, tmp_path) -> None:
+    data = str(tmp_path / "data")
+    router = cluster.start_router("--data", data)
+    with cluster.executor() as ex:
+        rate = 3
+
+        def times_rate(x: int) -> int:  # a closure: its body lives only in the store now
+            return x * rate
+
+        task_ids = [f.id for f in ex.enqueue_map(times_rate, range(20))]
+    router.popen.send_signal(signal.SIGKILL)
+    router.popen.wait()
+    cluster.router = cluster.start(
+        "router", "--bind", cluster.address, "--insecure", "--data", data
+    )
+    wait_for(lambda: _stats_ok_workers(cluster, 0), 20, "router back")
+    cluster.start_workers(processes=1, concurrency=10)
+    with cluster.executor() as ex:
+        assert [ex.attach(t).result(timeout=30) for t in task_ids] == [x * 3 for x in range(20)]
+
+
+def _stats_ok_workers(cluster, workers: int) -> bool:
+    try:
+        return cluster.stats()["workers"] >= workers
+    except AssertionError:
+        return False

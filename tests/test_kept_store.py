@@ -228,3 +228,23 @@ def test_a_recovered_task_keeps_its_worker_group(tmp_path) -> None:
     state = RouterState(store=SqliteStore(str(tmp_path)))
     assert state.kept[record.id].group == "gpu"
     assert state.group_queues["gpu"] and not state.queue  # only that group's workers get it
+
+
+def test_a_worker_gets_a_recovered_tasks_body_from_the_store(tmp_path) -> None:
+    from squall.router.instructions import SendBody
+
+    body = b"a cloudpickled function"
+    fn_hash = protocol.function_hash(body)
+    store = SqliteStore(str(tmp_path))
+    record = _task(6)
+    record.fn_hash = fn_hash
+    store.add([record])
+    store.put_body(fn_hash, body)
+    store.commit()
+    store.close()
+    state = RouterState(store=SqliteStore(str(tmp_path)))  # restarted: its body cache is empty
+    worker = b"\x03" * 16
+    _hello(state, worker, Role.WORKER, capacity=5)
+    state.take_sends()
+    state.handle(worker, protocol.encode_fn_fetch(fn_hash))
+    assert [(s.peer, s.body) for s in _sent(state, SendBody)] == [(worker, body)]

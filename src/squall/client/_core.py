@@ -685,9 +685,12 @@ class ClientCore:
         self._queries.clear()  # their waiters time out: the router that would answer is gone
         return len(again)
 
-    def targets(self) -> list[Receiver]:
+    def targets(self, background: bool = True) -> list[Receiver]:
+        """The futures and streams pending; without ``background``, not those of background
+        tasks (enqueued or attached): they are the router's, and a client closing neither
+        waits for nor cancels them."""
         with self._lock:
-            entries = list(self.pending.values())
+            entries = [e for e in self.pending.values() if background or not e.item.key]
         return [t for t in map(Pending.receiver, entries) if t is not None]
 
     def _take_all(self) -> list[Receiver]:

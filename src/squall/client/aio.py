@@ -331,7 +331,7 @@ class LoopExecutor(Executor):
         processes close."""
         self._stop_taking(cancel_futures)
         told = False
-        while futures := [t for t in self._core.targets() if isinstance(t, Future)]:
+        while futures := [t for t in self._core.targets(background=False) if isinstance(t, Future)]:
             if await _all_done(futures, SLOW_SHUTDOWN_NOTICE):
                 continue
             silent = self._aio.silent_for()

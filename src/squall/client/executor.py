@@ -157,7 +157,7 @@ class _Session:
     def cancel_all(self) -> None:
         """``shutdown(cancel_futures=True)``: withdraw every pending future at once (one
         message, one wait) and close every stream."""
-        targets = self.core.targets()
+        targets = self.core.targets(background=False)
         for stream in [t for t in targets if isinstance(t, Stream)]:
             stream.close()
         self.withdraw([t for t in targets if isinstance(t, Future)], wait=True)
@@ -169,7 +169,7 @@ class _Session:
             self.close_when_done()
             return
         told = False
-        while futures := [t for t in self.core.targets() if isinstance(t, Future)]:
+        while futures := [t for t in self.core.targets(background=False) if isinstance(t, Future)]:
             _, not_done = concurrent.futures.wait(futures, SLOW_SHUTDOWN_NOTICE)
             silent = self.driver.silent_for() if self.driver is not None else 0.0
             if not_done and silent > ROUTER_GONE_AFTER:

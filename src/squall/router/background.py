@@ -284,6 +284,14 @@ class Background(Scheduler):
 
     # -- hooks the scheduler calls -----------------------------------------------------------
 
+    def kept_body(self, fn_hash: bytes) -> bytes | None:
+        """A worker misses the body of a background task's function (the cache is empty
+        after a restart, or dropped it): the store has it."""
+        body = self.store.body(fn_hash)
+        if body is not None:
+            self.bodies.put(fn_hash, body)
+        return body
+
     def kept_started(self, task: Task) -> None:
         self.store.started(task.key, task.attempt + 1, self.wall())
 

@@ -352,6 +352,10 @@ class Scheduler:
     def kept_started(self, task: Task) -> None:
         """A background task went to a worker (recorded by the background layer)."""
 
+    def kept_body(self, fn_hash: bytes) -> bytes | None:
+        """The body of a background task's function, kept with it (background layer)."""
+        return None
+
     def kept_settled(self, task: Task, status: int, frames: list[Any]) -> None:
         """A background task has its outcome (kept and handed to its watchers by the
         background layer)."""
@@ -511,14 +515,17 @@ class Scheduler:
         """A worker misses a function body: return ``(body, None)`` when the cache has it,
         else ``(None, client)`` naming a client to ask (``(None, None)`` if none can answer).
         """
-        body = self.bodies.get(fn_hash)
+        body = self.bodies.get(fn_hash) or self.kept_body(fn_hash)
         if body is not None:
             self.counters["bodies_sent"] += 1
             return body, None
         worker = self.workers.get(worker_peer)
         owner = None
         if worker is not None:
-            owner = next((t.client for t in worker.running.values() if t.fn_hash == fn_hash), None)
+            owner = next(
+                (t.client for t in worker.running.values() if t.fn_hash == fn_hash and not t.key),
+                None,
+            )
         if owner is None or owner not in self.clients:
             return None, None
         self.body_waiters.setdefault(fn_hash, set()).add(worker_peer)
