@@ -79,6 +79,24 @@ def test_the_async_executor_starts_no_thread(monkeypatch) -> None:
     assert threading.active_count() <= count_before
 
 
+def test_messages_are_handled_in_the_order_they_arrived(cluster) -> None:
+    # A stream's last values and its end come in separate messages: read out of order (a
+    # zmq.asyncio recv future resumed after a drain had read on), a stream ended short.
+    cluster.start_router()
+    cluster.start_workers(processes=1, concurrency=50)
+
+    async def read(ex: squall.AsyncExecutor) -> list[int]:
+        return [x async for x in ex.stream(counter, 300)]
+
+    async def main() -> None:
+        async with squall.AsyncExecutor(cluster.address) as ex:
+            for _ in range(50):
+                for values in await asyncio.gather(*[read(ex) for _ in range(8)]):
+                    assert values == list(range(300))
+
+    asyncio.run(main())
+
+
 def test_a_refused_key_fails_the_async_start_at_once(secured) -> None:
     # The asyncio driver never blocks on a send either: with the handshake refused the HELLO
     # waits for room, and the monitor's report still gets through.

@@ -1,8 +1,9 @@
 """The asyncio driver: the client's DEALER socket on the running event loop, over zmq.asyncio.
 
-No thread: the loop reads the socket (a task awaiting ``recv_multipart``, then draining what
-else came without waiting), a timer task hands the core the time for liveness, and the callers'
-submits, made in the loop, are sent by one callback per burst. As in the threaded driver the
+No thread: the loop reads the socket (a task awaiting readability, then draining what came
+without waiting, so messages are handled in the order they arrived), a timer task hands the
+core the time for liveness, and the callers' submits, made in the loop, are sent by one
+callback per burst. As in the threaded driver the
 :class:`ClientCore` decides everything; this only reads and sends. Every send is non-blocking:
 a DEALER with no connection (a refused CURVE handshake) would never take it, and what it does
 not take waits for room (``POLLOUT``) while the loop goes on (to read the monitor's report).
@@ -187,8 +188,12 @@ class AsyncioDriver:
     async def _read(self) -> None:
         try:
             while True:
-                frames = await self.socket.recv_multipart(copy=False)
-                self._drain(frames)
+                # Wait for readability, then read with the shadow only: a recv future of
+                # zmq.asyncio resumes this task a callback later, by when a drain may have
+                # read the messages after it, and their order (a stream's last values, then
+                # its end) would be lost.
+                await self._async_socket.poll(None, zmq.POLLIN)
+                self._drain()
         except asyncio.CancelledError:
             if not self._closing:  # the loop is ending (asyncio.run's end) with us still open
                 self.core.fail_all(ExecutorShutdown("the event loop closed before the task ended"))
@@ -233,13 +238,11 @@ class AsyncioDriver:
         if not self._closing:
             self._send_queued()
 
-    def _drain(self, first: list[Any] | None = None) -> None:
-        """Hand the core ``first`` and what else has arrived, then send what that queued."""
+    def _drain(self) -> None:
+        """Hand the core what has arrived, in order, then send what that queued."""
         self._drain_scheduled = False
         if self._closing:
             return
-        if first is not None:
-            self._receive(first)
         for _ in range(DRAIN_BATCH):
             try:
                 frames = self._raw.recv_multipart(zmq.NOBLOCK, copy=False)
