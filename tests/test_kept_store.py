@@ -98,13 +98,13 @@ def test_a_foreign_or_damaged_file_is_refused_and_left_alone(tmp_path) -> None:
     newer = tmp_path / "c"
     SqliteStore(str(newer)).close()
     db = sqlite3.connect(newer / "squall.db")
-    db.execute("PRAGMA user_version=2")
+    db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
     for folder, words in (
         (garbage, "not a squall store"),
         (foreign, "another program"),
-        (newer, "format 2"),
+        (newer, "format 99"),
     ):
         before = (folder / "squall.db").read_bytes()
         with pytest.raises(ConfigError, match=words):
@@ -227,7 +227,7 @@ def test_a_recovered_task_keeps_its_worker_group(tmp_path) -> None:
     store.close()
     state = RouterState(store=SqliteStore(str(tmp_path)))
     assert state.kept[record.id].group == "gpu"
-    assert state.group_queues["gpu"] and not state.queue  # only that group's workers get it
+    assert state.lanes[("gpu", "default")] and not state.queue  # only that group's workers get it
 
 
 def test_a_worker_gets_a_recovered_tasks_body_from_the_store(tmp_path) -> None:

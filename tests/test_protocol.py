@@ -33,7 +33,7 @@ H2 = bytes(range(16, 32))
 
 # The wire layouts, written out here rather than taken from the module, so that a layout change
 # shows up as a failing test instead of silently moving both ends.
-SUBMIT_ROW = "!Q16sBIHH"  # task id, fn hash, kind, window, n deps, n frames
+SUBMIT_ROW = "!Q16sBIHHH"  # task id, fn hash, kind, window, n deps, n frames, route bytes
 TASK_ROW = "!Q16sBBHIHH"  # task id, fn hash, kind, flags, attempt, window, n deps, n own frames
 TASK_DEP = "!BH"  # status, n frames
 RESULT_ROW = "!QBH"  # task id, status, n frames
@@ -82,8 +82,38 @@ def test_hello_roundtrip(role: Role) -> None:
     body, payload = roundtrip(protocol.encode_hello(role, 4242, 300), MsgType.HELLO)
     assert payload == []
     hello = protocol.decode_hello(body)
-    assert hello == Hello(role, 4242, 300)
+    queues = (protocol.DEFAULT_QUEUE,) if role is Role.WORKER else ()
+    assert hello == Hello(role, 4242, 300, queues=queues)
     assert hello.role is role
+
+
+def test_a_worker_hello_names_its_queues() -> None:
+    frames = protocol.encode_hello(Role.WORKER, 1, 10, queues=["emails", "default"])
+    body, payload = roundtrip(frames, MsgType.HELLO)
+    assert protocol.decode_hello(body, payload).queues == ("emails", "default")
+    for bad in (b"", b"a b", b"x" * 65, b",".join([b"q"] * 65)):
+        with pytest.raises(ProtocolError, match="queue"):
+            protocol.decode_hello(body, [bad])
+
+
+def test_routes_travel_with_submits_and_enqueues() -> None:
+    route = protocol.Route("emails", -3, 1_900_000_000.5, 1_900_000_100.0)
+    items = [
+        SubmitItem(1, b"h" * 16, 0, 0, (), [b"a"], route=route),
+        SubmitItem(2, b"h" * 16, 0, 0, (1,), [b"b"]),
+        SubmitItem(3, b"h" * 16, 0, 0, (), [b"c"], route=protocol.Route(priority=7)),
+    ]
+    body, payload = roundtrip(protocol.encode_submit(items), MsgType.SUBMIT)
+    decoded = protocol.decode_submit(body, payload)
+    assert [i.route for i in decoded] == [route, None, protocol.Route(priority=7)]
+    assert decoded[1].deps == (1,)
+    kept = [i._replace(key=bytes(16), name="f", deps=()) for i in items]
+    body, payload = roundtrip(protocol.encode_enqueue(kept), MsgType.ENQUEUE)
+    assert [i.route for i in protocol.decode_enqueue(body, payload)] == [i.route for i in items]
+    bad = protocol.encode_submit([items[0]._replace(route=route._replace(queue="no way"))])
+    body, payload = roundtrip(bad, MsgType.SUBMIT)
+    with pytest.raises(ProtocolError, match="queue name"):
+        protocol.decode_submit(body, payload)
 
 
 def test_hello_capacity_defaults_to_zero() -> None:
@@ -323,9 +353,9 @@ def test_submit_wire_layout() -> None:
     assert frames[0] == (
         prefix(type_=MsgType.SUBMIT)
         + struct.pack("!I", 3)
-        + struct.pack(SUBMIT_ROW, 1, H1, 0, 0, 0, 1)
-        + struct.pack(SUBMIT_ROW, 2, H2, 1, 64, 2, 0)
-        + struct.pack(SUBMIT_ROW, 3, H1, 0, 2**32 - 1, 1, 2)
+        + struct.pack(SUBMIT_ROW, 1, H1, 0, 0, 0, 1, 0)
+        + struct.pack(SUBMIT_ROW, 2, H2, 1, 64, 2, 0, 0)
+        + struct.pack(SUBMIT_ROW, 3, H1, 0, 2**32 - 1, 1, 2, 0)
         + struct.pack("!QQQ", 10, 11, 12)  # the dependency ids, in item order
     )
     assert frames[1:] == [b"a", b"b", b"c"]
@@ -341,13 +371,15 @@ def test_submit_bad_deps_section_is_refused() -> None:
     body, payload = roundtrip(frames, MsgType.SUBMIT)
     assert len(protocol.decode_submit(body, payload)) == 3  # the untouched message is fine
     for bad in (body[:-1], body[:-8], body[:-32], body + b"\x00", body + b"\x00" * 8):
-        with pytest.raises(ProtocolError, match="SUBMIT: 4 dependencies need 32 bytes"):
+        with pytest.raises(
+            ProtocolError, match="SUBMIT: 4 dependencies and their routes need 32 bytes"
+        ):
             protocol.decode_submit(bad, payload)
     # A dependency section where the rows declare none.
     body, payload = roundtrip(
         protocol.encode_submit([SubmitItem(1, H1, Kind.CALL, 0, (), [])]), MsgType.SUBMIT
     )
-    with pytest.raises(ProtocolError, match="SUBMIT: 0 dependencies need 0 bytes"):
+    with pytest.raises(ProtocolError, match="SUBMIT: 0 dependencies and their routes need 0 bytes"):
         protocol.decode_submit(body + struct.pack("!Q", 5), payload)
 
 
@@ -814,7 +846,7 @@ BATCHES = [
         _submit,
         protocol.encode_submit,
         protocol.decode_submit,
-        "SUBMIT: 0 dependencies need 0 bytes",
+        "SUBMIT: 0 dependencies and their routes need 0 bytes",
     ),
     ("TASK", _task, protocol.encode_task, protocol.decode_task, "TASK: 0 dependencies need 0"),
     (
@@ -1015,7 +1047,7 @@ BATCH_TYPES = list(_ROW_SIZES)
 
 def test_row_sizes() -> None:
     assert _ROW_SIZES == {
-        MsgType.SUBMIT: 33,
+        MsgType.SUBMIT: 35,
         MsgType.TASK: 36,
         MsgType.RESULT: 11,
         MsgType.ITEM: 15,
@@ -1405,8 +1437,8 @@ def test_enqueue_roundtrip_and_layout() -> None:
     assert frames[0] == (
         prefix(type_=MsgType.ENQUEUE)
         + struct.pack("!I", 2)
-        + struct.pack("!Q16s16sBBIdHH", 7, key, H1, 0, 0, 0, 60.0, 13, 1)
-        + struct.pack("!Q16s16sBBIdHH", 8, key, bytes(16), 0, 1, 0, 0.0, 0, 0)
+        + struct.pack("!Q16s16sBBIdHHH", 7, key, H1, 0, 0, 0, 60.0, 13, 1, 0)
+        + struct.pack("!Q16s16sBBIdHHH", 8, key, bytes(16), 0, 1, 0, 0.0, 0, 0, 0)
         + b"app.send_mail"
     )
 

@@ -89,6 +89,34 @@ def seconds(text: str) -> float:
     return value
 
 
+def queue_names(text: str) -> tuple[str, ...]:
+    """argparse type of ``--queues``: comma-separated queue names, each checked."""
+    from squall.protocol import MAX_QUEUES, valid_queue
+
+    names = tuple(name.strip() for name in text.split(","))
+    bad = [name for name in names if not valid_queue(name)]
+    if bad or len(names) > MAX_QUEUES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 1 to {MAX_QUEUES} comma-separated queue names of letters, digits "
+            "and _-.: (e.g. emails,default)"
+        )
+    return names
+
+
+def limit_spec(text: str) -> tuple[str, int | None, float, int | None]:
+    """argparse type of ``--limit QUEUE=100/s`` / ``QUEUE=concurrency:4``."""
+    from squall.protocol import valid_queue
+    from squall.router.limits import parse_limit
+
+    try:
+        queue, rate, period, concurrency = parse_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not valid_queue(queue):
+        raise argparse.ArgumentTypeError(f"{queue!r} is not a queue name")
+    return queue, rate, period, concurrency
+
+
 def count(text: str) -> int:
     """argparse type of a count or limit: a whole number, at least 1."""
     try:
@@ -225,6 +253,16 @@ def _parser() -> argparse.ArgumentParser:
         "but an OS crash or power loss may lose the last confirmed tasks",
     )
     router.add_argument(
+        "--limit",
+        type=limit_spec,
+        action="append",
+        default=[],
+        metavar="QUEUE=RATE",
+        help="a global limit on a named queue, across all workers: QUEUE=100/s (starts per "
+        "second; also /m, /h), QUEUE=concurrency:4 (running at once), or both, comma "
+        "separated; repeat for more queues",
+    )
+    router.add_argument(
         "--result-ttl",
         type=seconds,
         metavar="S",
@@ -252,6 +290,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--concurrency", type=int, default=1000, help="tasks at once per process (default 1000)"
+    )
+    worker.add_argument(
+        "--queues",
+        type=queue_names,
+        metavar="Q1,Q2",
+        help="run tasks of these named queues (default: default)",
     )
     worker.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
     worker.add_argument(
@@ -464,6 +508,7 @@ def _router_config(address: str, args: argparse.Namespace) -> RouterConfig:
             fsync=args.fsync,
             result_ttl=args.result_ttl,
             max_kept_bytes=args.max_kept_bytes,
+            queue_limits=tuple(args.limit),
         )
     except SquallError as exc:
         raise _BadUsage(str(exc)) from None
@@ -504,6 +549,7 @@ def _worker(args: argparse.Namespace) -> int:
         block_limit=args.block_limit,
         max_tasks_per_process=args.max_tasks_per_process,
         max_memory_per_process=args.max_memory_per_process,
+        queues=args.queues,
     )
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     if not config.auth and not is_loopback(config.connect):

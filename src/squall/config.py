@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from squall.errors import ConfigError
+from squall.protocol import DEFAULT_QUEUE, MAX_QUEUES, valid_queue
 
 if TYPE_CHECKING:
     import zmq
@@ -78,6 +79,8 @@ class RouterConfig:
         fsync: how durable a commit of ``data`` is: "full", "normal" or "off" (see
             ``squall.router.store``).
         result_ttl: seconds a finished background task's outcome is kept by default.
+        queue_limits: ``--limit``: starts per period and tasks running at once, per queue,
+            across all workers.
         max_kept_bytes: bytes of kept background tasks and outcomes; past it the oldest
             finished outcomes go first.
     """
@@ -102,6 +105,8 @@ class RouterConfig:
     fsync: str = "full"
     result_ttl: float = 86_400.0
     max_kept_bytes: int = 1 << 30
+    #: global limits per queue, as (queue, starts per period or None, period, concurrency)
+    queue_limits: tuple[tuple[str, int | None, float, int | None], ...] = ()
 
     @classmethod
     def from_env(cls, bind: str, **overrides: object) -> RouterConfig:
@@ -173,6 +178,7 @@ class WorkerConfig:
             node can vouch for it; set by the node.
         status_fd: the pipe a worker process's watchdog reports on to its node; set by the
             node.
+        queues: the named queues whose tasks it runs (``--queues emails,default``).
 
     Raises:
         ConfigError: a bad setting, or a remote router without ``auth`` or ``insecure``.
@@ -192,8 +198,17 @@ class WorkerConfig:
     max_memory_per_process: int = 0
     worker_id: str | None = None
     status_fd: int | None = None
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
 
     def __post_init__(self) -> None:
+        queues = self.queues.split(",") if isinstance(self.queues, str) else self.queues
+        object.__setattr__(self, "queues", tuple(q.strip() for q in queues))
+        bad = [q for q in self.queues if not valid_queue(q)]
+        if bad or not self.queues or len(self.queues) > MAX_QUEUES:
+            raise ConfigError(
+                f"--queues takes 1 to {MAX_QUEUES} comma-separated names of letters, digits "
+                f"and _-.: (not {','.join(bad) or self.queues!r})"
+            )
         if self.processes < 1:
             raise ConfigError("--processes must be at least 1")
         if self.concurrency < 1:

@@ -7,6 +7,7 @@ creation order. The text form is Crockford's base32 (no I, L, O, U), case-insens
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -37,6 +38,12 @@ def new_id() -> bytes:
             _last_random = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up
         _last_ms = ms
         return ((ms << 80) | _last_random).to_bytes(SIZE, "big")
+
+
+def for_key(key: str) -> bytes:
+    """The id of the background task enqueued with unique key ``key``: the same on every
+    client, so that the router holds one task per key (its first 48 bits are not a time)."""
+    return hashlib.sha256(b"squall unique key\0" + key.encode()).digest()[:SIZE]
 
 
 def to_text(raw: bytes) -> str:

@@ -10,6 +10,9 @@ by ``submit``, ``map`` or ``stream``, all get the same rules:
 - ``timeout`` bounds each attempt: the call and everything it produces (a generator drained for
   ``submit``, every value of a ``stream``, pauses for an unread stream window included). Past
   it the attempt is interrupted and fails with ``squall.TaskTimeout``.
+- ``queue``, ``priority``, ``delay``/``at``, ``expires`` and ``key`` are the router's: they
+  travel in the task's route (:class:`squall.protocol.Route`), not in the payload, and
+  :func:`split` takes them out before the payload is pickled.
 - ``retries`` runs a failed attempt again (after a backoff pause) when its exception is one of
   ``retry_on``; a ``TaskTimeout`` is such an exception too, unless ``retry_on`` leaves it out. A
   stream is run again only if it failed before yielding anything: values already delivered are
@@ -20,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import math
 import numbers
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from squall.errors import TaskTimeout
+from squall.protocol import DEFAULT_QUEUE, DEFAULT_ROUTE, Route, valid_queue
 
 T = TypeVar("T")
 
@@ -48,6 +54,13 @@ class TaskOptions:
             when asked, and then only these (default: any ``Exception``).
         backoff: first pause between attempts in seconds; it doubles each attempt, with
             jitter, up to ``max_backoff``.
+        queue: the named queue it waits in; only workers serving it run it.
+        priority: higher runs first within its queue (FIFO among equals).
+        delay: seconds from submit before it may start; or ``at``, a timezone-aware datetime.
+        expires: seconds from submit (or an aware datetime) past which, never started, it
+            fails with ``squall.TaskExpired`` and never runs.
+        key: a background task's unique key: enqueueing the same key while a task with it is
+            kept gives that task's future, not a new task.
 
     Raises:
         TypeError: a value of the wrong type (``retries`` not an int, ``retry_on`` not
@@ -60,8 +73,15 @@ class TaskOptions:
     retry_on: tuple[type[Exception], ...] = (Exception,)
     backoff: float = 0.1
     max_backoff: float = 30.0
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    delay: float | None = None
+    at: datetime.datetime | None = None
+    expires: float | datetime.datetime | None = None
+    key: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_routing()
         if self.timeout is not None:
             _check_seconds("timeout", self.timeout)
             if self.timeout <= 0:
@@ -86,6 +106,49 @@ class TaskOptions:
             if value < 0:
                 raise ValueError(f"{name} must be 0 or more seconds, not {value!r}")
 
+    def _check_routing(self) -> None:
+        if not isinstance(self.queue, str) or not valid_queue(self.queue):
+            raise ValueError(
+                f"queue must be 1 to 64 letters, digits or _-.: characters, not {self.queue!r}"
+            )
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise TypeError(f"priority must be an int, not {type(self.priority).__name__}")
+        if not -(2**31) <= self.priority < 2**31:
+            raise ValueError(f"priority must fit in 32 bits, not {self.priority}")
+        if self.delay is not None:
+            _check_seconds("delay", self.delay)
+            if self.delay < 0:
+                raise ValueError(f"delay must be 0 or more seconds, not {self.delay!r}")
+            if self.at is not None:
+                raise ValueError("give delay or at, not both")
+        if self.at is not None:
+            _check_aware("at", self.at)
+        if isinstance(self.expires, datetime.datetime):
+            _check_aware("expires", self.expires)
+        elif self.expires is not None:
+            _check_seconds("expires", self.expires)
+            if self.expires <= 0:
+                raise ValueError(f"expires must be positive seconds, not {self.expires!r}")
+        if self.key is not None and (not isinstance(self.key, str) or not 0 < len(self.key) <= 200):
+            raise ValueError(f"key must be a str of 1 to 200 characters, not {self.key!r}")
+
+    def route(self, now: float | None = None) -> Route | None:
+        """Where and when the router runs the task, times made absolute from ``now`` (Unix
+        seconds, the submit); None for the default route."""
+        now = time.time() if now is None else now
+        not_before = 0.0
+        if self.delay:
+            not_before = now + self.delay
+        elif self.at is not None:
+            not_before = self.at.timestamp()
+        expires = 0.0
+        if isinstance(self.expires, datetime.datetime):
+            expires = self.expires.timestamp()
+        elif self.expires is not None:
+            expires = now + self.expires
+        route = Route(self.queue, self.priority, not_before, expires)
+        return None if route == DEFAULT_ROUTE else route
+
     def merged(self, **changes: Any) -> TaskOptions:
         """These options with ``changes`` applied (checked like a new set)."""
         return dataclasses.replace(self, **changes) if changes else self
@@ -95,6 +158,16 @@ class TaskOptions:
         with "full jitter" so that retrying tasks do not stampede together."""
         ceiling = min(self.max_backoff, self.backoff * 2 ** (retry - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def _check_aware(name: str, value: object) -> None:
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name}={value.isoformat()} is a naive datetime: give it a time zone "
+            "(e.g. datetime.now(timezone.utc)), so that it means one instant"
+        )
 
 
 def _check_seconds(name: str, value: object) -> None:
@@ -114,9 +187,26 @@ def from_kwargs(kwargs: dict[str, object]) -> TaskOptions | None:
     return TaskOptions(**found)  # type: ignore[arg-type]  # checked in __post_init__
 
 
+#: the router's options: they travel in the route, never to the worker
+ROUTING = ("queue", "priority", "delay", "at", "expires", "key")
+_NO_ROUTING = {name: getattr(DEFAULT, name) for name in ROUTING}
+
+
 def to_send(options: TaskOptions | None) -> TaskOptions | None:
-    """What goes in the payload: None for the defaults, so the worker takes its fast path."""
-    return None if options is None or options == DEFAULT else options
+    """What goes in the payload: None for the defaults, so the worker takes its fast path;
+    the router's options left out."""
+    if options is None or options == DEFAULT:
+        return None
+    options = dataclasses.replace(options, **_NO_ROUTING)
+    return None if options == DEFAULT else options
+
+
+def split(options: TaskOptions | None) -> tuple[Route | None, TaskOptions | None]:
+    """The route of a task with ``options`` (None: the default one) and what goes in its
+    payload (see :func:`to_send`)."""
+    if options is None or options == DEFAULT:
+        return None, None
+    return options.route(), to_send(options)
 
 
 def timed_out(timeout: float) -> TaskTimeout:

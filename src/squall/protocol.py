@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import secrets
 import struct
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,7 +43,9 @@ MAGIC = b"SQ"
 #: 2: WELCOME carries the router's epoch and whether it kept the peer's session; watchdog
 #: heartbeats say how long the hub has been blocked; WITHDRAW.
 #: 4: background tasks (ENQUEUE, ENQUEUED, QUERY, ANSWER); TASK items carry flags.
-VERSION = 4
+#: 5: SUBMIT and ENQUEUE items carry a route (queue, priority, not-before, expiry); a worker's
+#: HELLO names the queues it serves.
+VERSION = 5
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
 Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
@@ -195,11 +198,13 @@ _BLOCKED = struct.Struct("!IQ")  # hub blocked for ms, highest task id the hub h
 _HASH = struct.Struct(f"!{HASH_SIZE}s")
 _CREDIT = struct.Struct("!I")
 # Per-item layouts of the batch messages.
-_SUBMIT_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBIHH")  # id, hash, kind, window, n deps, n frames
+#: id, hash, kind, window, n deps, n frames, route bytes
+_SUBMIT_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBIHHH")
 # ... flags, attempt, window, n deps, n own frames
 _TASK_ITEM = struct.Struct(f"!Q{HASH_SIZE}sBBHIHH")
-#: ENQUEUE: client task id, task id, hash, kind, flags, window, keep (s), name bytes, n frames
-_ENQUEUE_ITEM = struct.Struct(f"!Q{ID_SIZE}s{HASH_SIZE}sBBIdHH")
+#: ENQUEUE: client task id, task id, hash, kind, flags, window, keep (s), name bytes, n frames,
+#: route bytes
+_ENQUEUE_ITEM = struct.Struct(f"!Q{ID_SIZE}s{HASH_SIZE}sBBIdHHH")
 _REQUEST = struct.Struct("!Q")  # QUERY and ANSWER: the request number
 _DEP = struct.Struct("!BH")  # a dependency's outcome in a TASK: status, n frames
 _RESULT_ITEM = struct.Struct("!QBH")  # task id, status, n frames
@@ -222,6 +227,8 @@ class Hello(NamedTuple):
     capacity: int
     #: a client's worker group: only workers whose key is in that group may run its tasks
     group: str = ""
+    #: a worker's queues: it is sent only tasks of these
+    queues: tuple[str, ...] = ()
 
 
 class Welcome(NamedTuple):
@@ -286,10 +293,14 @@ def _fixed(body: bytes, layout: struct.Struct, what: str) -> tuple[Any, ...]:
 MAX_GROUP = 64
 
 
-def encode_hello(role: Role, pid: int, capacity: int = 0, group: str = "") -> list[Frame]:
-    """HELLO; a client restricted to a worker group names it in a payload frame."""
+def encode_hello(
+    role: Role, pid: int, capacity: int = 0, group: str = "", queues: Sequence[str] = ()
+) -> list[Frame]:
+    """HELLO; a payload frame names a client's worker group, or a worker's queues (comma
+    separated; none: the default queue)."""
     header = _HEADERS[MsgType.HELLO] + _HELLO.pack(role, pid, capacity)
-    return [header, group.encode()] if group else [header]
+    named = ",".join(queues) if role == Role.WORKER else group
+    return [header, named.encode()] if named else [header]
 
 
 def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
@@ -300,16 +311,35 @@ def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
         raise ProtocolError(f"HELLO: unknown role {role}") from None
     if len(payload) > 1:
         raise ProtocolError("HELLO: unexpected frames")
-    group = ""
-    if payload:
-        raw = bytes(payload[0])
-        try:
-            group = raw.decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("HELLO: the group name is not UTF-8") from None
-        if not 0 < len(raw) <= MAX_GROUP or not group.isprintable():
-            raise ProtocolError(f"HELLO: a group name has 1 to {MAX_GROUP} printable bytes")
-    return Hello(role, pid, capacity, group)
+    if not payload:
+        return Hello(role, pid, capacity, "", (DEFAULT_QUEUE,) if role == Role.WORKER else ())
+    raw = bytes(payload[0])
+    try:
+        named = raw.decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("HELLO: the name frame is not UTF-8") from None
+    if role == Role.WORKER:
+        queues = tuple(named.split(","))
+        if not all(valid_queue(q) for q in queues) or len(queues) > MAX_QUEUES:
+            raise ProtocolError(f"HELLO: a worker serves 1 to {MAX_QUEUES} valid queue names")
+        return Hello(role, pid, capacity, "", queues)
+    if not 0 < len(raw) <= MAX_GROUP or not named.isprintable():
+        raise ProtocolError(f"HELLO: a group name has 1 to {MAX_GROUP} printable bytes")
+    return Hello(role, pid, capacity, named)
+
+
+#: the queue of a task that names none, and of a worker that names none
+DEFAULT_QUEUE = "default"
+#: longest queue name, in characters (letters, digits, ``_ - . :``)
+MAX_QUEUE_NAME = 64
+#: most queues one worker serves
+MAX_QUEUES = 64
+_QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+def valid_queue(name: str) -> bool:
+    """Whether ``name`` can name a queue: 1 to 64 letters, digits and ``_ - . :``."""
+    return 0 < len(name) <= MAX_QUEUE_NAME and _QUEUE_CHARS.issuperset(name)
 
 
 def encode_welcome(
@@ -512,6 +542,66 @@ def _check_no_extra(what: str, extra: bytes) -> None:
         raise ProtocolError(f"{what}: {len(extra)} stray bytes after the items")
 
 
+class Route(NamedTuple):
+    """Where and when the router runs a task. Only the router reads it; the worker never
+    sees it.
+
+    Times are Unix seconds (the router holds a delayed task by the wall clock); 0 means
+    none. ``priority``: higher first within the queue, FIFO among equals.
+    """
+
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    not_before: float = 0.0
+    expires: float = 0.0
+
+
+#: the route of a task that names none: the default queue, at once, for ever
+DEFAULT_ROUTE = Route()
+_ROUTE = struct.Struct("!iddB")  # priority, not before, expires, queue name length
+
+
+def _encode_routes(routes: Sequence[Route | None]) -> tuple[list[int], bytes]:
+    """Each item's route length (0: the default route) and the routes' section."""
+    lengths, parts = [], []
+    for route in routes:
+        if route is None or route == DEFAULT_ROUTE:
+            lengths.append(0)
+            continue
+        name = route.queue.encode()
+        part = _ROUTE.pack(route.priority, route.not_before, route.expires, len(name)) + name
+        lengths.append(len(part))
+        parts.append(part)
+    return lengths, b"".join(parts)
+
+
+def _decode_routes(section: bytes, lengths: Sequence[int], what: str) -> list[Route | None]:
+    if len(section) != sum(lengths):
+        raise ProtocolError(f"{what}: the routes section does not match the items")
+    routes: list[Route | None] = []
+    at = 0
+    for length in lengths:
+        if not length:
+            routes.append(None)
+            continue
+        if length < _ROUTE.size:
+            raise ProtocolError(f"{what}: a route is too short")
+        priority, not_before, expires, name_len = _ROUTE.unpack_from(section, at)
+        if length != _ROUTE.size + name_len:
+            raise ProtocolError(f"{what}: a route's queue name does not fit it")
+        try:
+            queue = section[at + _ROUTE.size : at + length].decode()
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{what}: a queue name is not UTF-8") from None
+        if not valid_queue(queue):
+            raise ProtocolError(f"{what}: {queue!r} is not a valid queue name")
+        if not (math.isfinite(not_before) and math.isfinite(expires)):
+            raise ProtocolError(f"{what}: a route's times must be finite")
+        routes.append(Route(queue, priority, not_before, expires))
+        at += length
+    return routes
+
+
 class SubmitItem(NamedTuple):
     task_id: int
     fn_hash: bytes
@@ -527,6 +617,8 @@ class SubmitItem(NamedTuple):
     name: str = ""
     #: EnqueueFlag bits
     flags: int = 0
+    #: queue, priority, delay and expiry; None for the default route
+    route: Route | None = None
 
 
 class TaskItem(NamedTuple):
@@ -560,25 +652,36 @@ def encode_submit(items: Sequence[SubmitItem]) -> list[Frame]:
     rows: list[tuple[Any, ...]] = []
     payload: list[Frame] = []
     deps: list[int] = []
-    for item in items:
+    lengths, routes = _encode_routes([item.route for item in items])
+    for item, route_len in zip(items, lengths, strict=True):
         rows.append(
-            (item.task_id, item.fn_hash, item.kind, item.window, len(item.deps), len(item.frames))
+            (
+                item.task_id,
+                item.fn_hash,
+                item.kind,
+                item.window,
+                len(item.deps),
+                len(item.frames),
+                route_len,
+            )
         )
         payload.extend(item.frames)
         deps.extend(item.deps)
-    extra = struct.pack(f"!{len(deps)}Q", *deps)
+    extra = struct.pack(f"!{len(deps)}Q", *deps) + routes
     return _encode_batch(MsgType.SUBMIT, _SUBMIT_ITEM, rows, payload, extra)
 
 
 def decode_submit(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
     rows, extra = _decode_rows(body, _SUBMIT_ITEM, "SUBMIT")
     n_deps = sum(row[4] for row in rows)
-    if len(extra) != 8 * n_deps:
-        raise ProtocolError(f"SUBMIT: {n_deps} dependencies need {8 * n_deps} bytes")
+    need = 8 * n_deps + sum(row[6] for row in rows)
+    if len(extra) != need:
+        raise ProtocolError(f"SUBMIT: {n_deps} dependencies and their routes need {need} bytes")
     _check_frames("SUBMIT", sum(row[5] for row in rows), payload)
-    deps = struct.unpack(f"!{n_deps}Q", extra)
+    deps = struct.unpack_from(f"!{n_deps}Q", extra)
+    routes = _decode_routes(extra[8 * n_deps :], [row[6] for row in rows], "SUBMIT")
     items, at, dep_at = [], 0, 0
-    for task_id, fn_hash, kind, window, n_dep, n in rows:
+    for (task_id, fn_hash, kind, window, n_dep, n, _), route in zip(rows, routes, strict=True):
         items.append(
             SubmitItem(
                 task_id,
@@ -587,6 +690,7 @@ def decode_submit(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
                 window,
                 deps[dep_at : dep_at + n_dep],
                 list(payload[at : at + n]),
+                route=route,
             )
         )
         at += n
@@ -814,7 +918,8 @@ def encode_enqueue(items: Sequence[SubmitItem]) -> list[Frame]:
     rows: list[tuple[Any, ...]] = []
     payload: list[Frame] = []
     names: list[bytes] = []
-    for item in items:
+    lengths, routes = _encode_routes([item.route for item in items])
+    for item, route_len in zip(items, lengths, strict=True):
         name = item.name.encode()[:MAX_NAME]
         names.append(name)
         rows.append(
@@ -828,19 +933,24 @@ def encode_enqueue(items: Sequence[SubmitItem]) -> list[Frame]:
                 item.keep,
                 len(name),
                 len(item.frames),
+                route_len,
             )
         )
         payload.extend(item.frames)
-    return _encode_batch(MsgType.ENQUEUE, _ENQUEUE_ITEM, rows, payload, b"".join(names))
+    extra = b"".join(names) + routes
+    return _encode_batch(MsgType.ENQUEUE, _ENQUEUE_ITEM, rows, payload, extra)
 
 
 def decode_enqueue(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
     rows, extra = _decode_rows(body, _ENQUEUE_ITEM, "ENQUEUE")
-    if len(extra) != sum(row[7] for row in rows):
+    names_size = sum(row[7] for row in rows)
+    if len(extra) < names_size:
         raise ProtocolError("ENQUEUE: the names section does not match the items")
     _check_frames("ENQUEUE", sum(row[8] for row in rows), payload)
+    routes = _decode_routes(extra[names_size:], [row[9] for row in rows], "ENQUEUE")
     items, at, name_at = [], 0, 0
-    for task_id, key, fn_hash, kind, flags, window, keep, name_len, n in rows:
+    for row, route in zip(rows, routes, strict=True):
+        task_id, key, fn_hash, kind, flags, window, keep, name_len, n, _ = row
         if not keep >= 0:  # also refuses NaN
             raise ProtocolError("ENQUEUE: keep must be a number of seconds >= 0")
         try:
@@ -860,6 +970,7 @@ def decode_enqueue(body: bytes, payload: Sequence[Frame]) -> list[SubmitItem]:
                 keep,
                 name,
                 flags,
+                route,
             )
         )
         at += n

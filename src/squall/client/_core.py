@@ -126,6 +126,8 @@ class Call(NamedTuple):
     keep: float = 0.0
     name: str = ""
     flags: int = 0  # protocol.EnqueueFlag
+    #: queue, priority, delay and expiry (None: the default route)
+    route: protocol.Route | None = None
 
 
 class Pending:
@@ -443,6 +445,7 @@ class ClientCore:
                     call.keep,
                     call.name,
                     call.flags,
+                    call.route,
                 )
                 self.pending[task_id] = Pending(call.target, body, item)
                 (self._kept_outbox if call.key else self._outbox).append(item)

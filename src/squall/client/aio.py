@@ -10,6 +10,7 @@ loop's own thread. What blocks in an :class:`Executor` is awaited here instead: 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import threading
 import time
@@ -109,11 +110,32 @@ class AsyncExecutor:
         retries: int | _Unset = UNSET,
         retry_on: RetryOn | _Unset = UNSET,
         backoff: float | _Unset = UNSET,
+        queue: str | _Unset = UNSET,
+        priority: int | _Unset = UNSET,
+        delay: float | None | _Unset = UNSET,
+        at: datetime.datetime | None | _Unset = UNSET,
+        expires: float | datetime.datetime | None | _Unset = UNSET,
+        key: str | None | _Unset = UNSET,
     ) -> AsyncExecutorView[AsyncExecutor]:
         """As :meth:`Executor.options`: a view whose ``submit``, ``map`` and ``stream`` give
         each task these options and pass every keyword argument to the function untouched.
         Checked here: a bad value raises ``TypeError`` or ``ValueError`` at this call."""
-        return AsyncExecutorView(self, merged(TaskOptions(), timeout, retries, retry_on, backoff))
+        return AsyncExecutorView(
+            self,
+            merged(
+                TaskOptions(),
+                timeout=timeout,
+                retries=retries,
+                retry_on=retry_on,
+                backoff=backoff,
+                queue=queue,
+                priority=priority,
+                delay=delay,
+                at=at,
+                expires=expires,
+                key=key,
+            ),
+        )
 
     # -- what the options view calls ------------------------------------------------------
 

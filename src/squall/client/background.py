@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from squall import ids, serialization
+from squall import ids, protocol, serialization
 from squall import options as task_options
 from squall.client._core import Call
 from squall.client.future import Future, HeldBatch
@@ -43,9 +43,11 @@ _NO_HASH = bytes(HASH_SIZE)
 class TaskInfo:
     """What the router knows of a background task, without waiting for it.
 
-    ``state`` is one of ``queued``, ``running``, ``succeeded``, ``failed``, ``cancelled``.
-    Times are Unix seconds (None until they happen); ``expires`` is when a finished task's
-    outcome is dropped. ``error_type`` and ``error_message`` say why a failed task failed.
+    ``state`` is one of ``scheduled`` (delayed: held until ``not_before``), ``queued``,
+    ``running``, ``succeeded``, ``failed``, ``cancelled``. Times are Unix seconds (None until
+    they happen); ``expires`` is when a finished task's outcome is dropped. ``error_type`` and
+    ``error_message`` say why a failed task failed; ``queue`` is the named queue of an
+    unfinished task.
     """
 
     id: str
@@ -58,6 +60,8 @@ class TaskInfo:
     expires: float | None
     error_type: str | None
     error_message: str | None
+    queue: str | None = None
+    not_before: float | None = None
 
 
 def calls_of(iterables: tuple[Iterable[Any], ...]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -143,20 +147,24 @@ class BackgroundMethods:
         batch: list[Call] = []
         futures: list[Future[T]] = []
         held = HeldBatch(len(calls))
-        view_options = task_options.to_send(options)
+        view_route, view_options = task_options.split(options)
+        unique = options.key if options is not None else None
         for args, kwargs in calls:
             if options is None:
-                call_options = task_options.to_send(task_options.from_kwargs(kwargs))
+                route, call_options = task_options.split(task_options.from_kwargs(kwargs))
             else:
-                call_options = view_options
+                route, call_options = view_route, view_options
             if any(isinstance(a, Future) for a in itertools.chain(args, kwargs.values())):
                 raise UsageError("a background task cannot take a squall.Future as argument")
             frames = serialization.dumps_call(args, kwargs, call_options)
             future: Future[T] = self._new_future()
-            future._key = ids.new_id()
+            # A unique key names one task: every enqueue of it sends the same id, and the
+            # router attaches the later ones to the task the first one made.
+            future._key = ids.new_id() if unique is None else ids.for_key(unique)
             future._held = held
             futures.append(future)
-            batch.append(Call(frames, future, key=future._key, keep=float(keep or 0), name=name))
+            keep_s = float(keep or 0)
+            batch.append(Call(frames, future, key=future._key, keep=keep_s, name=name, route=route))
         for start in range(0, len(batch), ENQUEUE_CHUNK):
             self._enqueue(fn_hash, body, batch[start : start + ENQUEUE_CHUNK])
         if self._core.caller_may_wait():  # not in the I/O thread or an event loop
@@ -196,6 +204,39 @@ class BackgroundMethods:
         if not answer.get("cancelled"):
             self.task_info(task_id)  # raises TaskNotFound for an unknown id
         return bool(answer.get("cancelled"))
+
+    def set_limit(
+        self, queue: str, rate: str | None = None, concurrency: int | None = None
+    ) -> dict[str, Any]:
+        """Limit named queue ``queue`` across all workers, at once and until the router
+        stops (``squall router --limit`` sets them at start): at most ``rate`` starts
+        (``"100/s"``, ``"10/m"``, ``"1/h"``; bursts up to one period's worth, never more in
+        any window of one period) and at most ``concurrency`` running at once. Neither
+        lifts the queue's limits. Returns the queue's limits now.
+
+        Raises:
+            ValueError: a bad queue name, rate or concurrency (checked here, in one line).
+        """
+        from squall.router.limits import parse_concurrency, parse_rate
+
+        if not isinstance(queue, str) or not protocol.valid_queue(queue):
+            raise ValueError(f"{queue!r} is not a queue name (letters, digits and _-.:)")
+        if rate is not None:
+            parse_rate(rate)
+        if concurrency is not None:
+            concurrency = parse_concurrency(concurrency)
+        self._check_open()
+        query = {"op": "limit", "queue": queue, "rate": rate, "concurrency": concurrency}
+        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._core.ask(query, waiter):
+            self._driver.wake()
+        try:
+            answer = waiter.result(QUERY_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            raise _no_answer() from None
+        if not isinstance(answer, dict) or "error" in answer:
+            raise ValueError(f"the router refused the limit: {answer.get('error', answer)}")
+        return answer
 
     def _query(self, op: str, task_ids: list[str]) -> list[dict[str, Any]]:
         waiter = self._ask(op, task_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import datetime
 import functools
 import itertools
 import os
@@ -222,6 +223,20 @@ class _Session:
         _sessions.discard(self)
 
 
+def _plain(options: TaskOptions | None) -> TaskOptions | None:
+    """``options`` for a plain task (``submit``, ``map``, ``stream``): a unique ``key`` makes
+    sense only for a background task, which outlives its caller.
+
+    Raises:
+        UsageError: ``key`` was given.
+    """
+    if options is not None and options.key is not None:
+        raise UsageError(
+            f"key={options.key!r} is for background tasks: use ex.options(key=...).enqueue()"
+        )
+    return options
+
+
 def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [fn(*args) for args in chunk]
 
@@ -383,7 +398,7 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
     ) -> Future[T]:
         """``submit`` with the task's options apart from ``fn``'s keyword arguments."""
         self._check_open()
-        options = task_options.to_send(options)
+        route, options = task_options.split(_plain(options))
         fn_hash, body = serialization.dumps_function(fn)
         future: Future[T] = self._new_future()
         linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
@@ -391,7 +406,7 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
             future.set_exception(failed)
             return future
         frames = serialization.dumps_call(linked, linked_kw, options)
-        self._enqueue(fn_hash, body, [Call(frames, future, deps=deps)])
+        self._enqueue(fn_hash, body, [Call(frames, future, deps=deps, route=route)])
         return future
 
     def stream(
@@ -423,7 +438,7 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
     ) -> Stream[Any]:
         """``stream`` with the task's options apart from ``fn``'s keyword arguments."""
         self._check_open()
-        options = task_options.to_send(options)
+        route, options = task_options.split(_plain(options))
         fn_hash, body = serialization.dumps_function(fn)
         stream: Stream[Any] = Stream(self.stream_window, self._driver.send)
         stream.canceller = self._session.cancel_remote
@@ -432,7 +447,8 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
             stream._squall_fail(failed)
             return stream
         frames = serialization.dumps_call(linked, linked_kw, options)
-        self._enqueue(fn_hash, body, [Call(frames, stream, Kind.STREAM, self.stream_window, deps)])
+        call = Call(frames, stream, Kind.STREAM, self.stream_window, deps, route=route)
+        self._enqueue(fn_hash, body, [call])
         return stream
 
     def map(
@@ -547,7 +563,7 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
         """Submit ``fn(*args)`` for each ``args`` of ``calls``, pickling the function once;
         each task with ``options``."""
         self._check_open()
-        options = task_options.to_send(options)
+        route, options = task_options.split(_plain(options))
         fn_hash, body = serialization.dumps_function(fn)
         futures: list[Future[T]] = []
         batch: list[Call] = []
@@ -558,7 +574,8 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
             if failed is not None:
                 future.set_exception(failed)
                 continue
-            batch.append(Call(serialization.dumps_call(args, {}, options), future, deps=deps))
+            frames = serialization.dumps_call(args, {}, options)
+            batch.append(Call(frames, future, deps=deps, route=route))
             if len(batch) >= MAP_BATCH:
                 self._enqueue(fn_hash, body, batch)
                 batch = []
@@ -687,6 +704,12 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
         retries: int | _Unset = UNSET,
         retry_on: RetryOn | _Unset = UNSET,
         backoff: float | _Unset = UNSET,
+        queue: str | _Unset = UNSET,
+        priority: int | _Unset = UNSET,
+        delay: float | None | _Unset = UNSET,
+        at: datetime.datetime | None | _Unset = UNSET,
+        expires: float | datetime.datetime | None | _Unset = UNSET,
+        key: str | None | _Unset = UNSET,
     ) -> ExecutorView[Executor]:
         """A view of this executor whose ``submit``, ``map`` and ``stream`` give each task
         these options, and pass every keyword argument to the function untouched (the way for
@@ -700,13 +723,39 @@ class Executor(BackgroundMethods, concurrent.futures.Executor):
                 yielding anything).
             retry_on: the ``Exception`` classes worth a retry (default: any ``Exception``).
             backoff: seconds before the first retry; doubling, with jitter, up to 30 s.
+            queue: the named queue the task waits in (default ``"default"``); only workers
+                serving it (``squall worker --queues``) run it.
+            priority: higher first within its queue, FIFO among equals (default 0).
+            delay: seconds before the task may start; the router holds it until then (state
+                ``scheduled``), however long, and runs it once.
+            at: instead of ``delay``, a timezone-aware datetime (a naive one is refused).
+            expires: seconds (or an aware datetime) past which a task not yet started fails
+                with ``squall.TaskExpired`` and never runs.
+            key: ``enqueue`` only: a unique key; while a task enqueued with it is kept
+                (queued, running, or finished within its time to live), enqueueing it again
+                gives that task's future instead of a new task.
 
         Raises:
             TypeError: a value of the wrong type (``retries`` not an int, ``retry_on`` not
                 exception classes...), at this call.
             ValueError: a timeout that is not positive, negative retries or backoff.
         """
-        return ExecutorView(self, merged(TaskOptions(), timeout, retries, retry_on, backoff))
+        return ExecutorView(
+            self,
+            merged(
+                TaskOptions(),
+                timeout=timeout,
+                retries=retries,
+                retry_on=retry_on,
+                backoff=backoff,
+                queue=queue,
+                priority=priority,
+                delay=delay,
+                at=at,
+                expires=expires,
+                key=key,
+            ),
+        )
 
     def stats(self) -> dict[str, Any]:
         """The router's counters and this client's, for monitoring and tests."""

@@ -14,6 +14,7 @@ A view is generic over what it views: anything with ``_submit_with`` and ``_stre
 
 from __future__ import annotations
 
+import datetime
 import enum
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
@@ -21,7 +22,7 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 from squall.client.background import calls_of
 from squall.client.future import Future
 from squall.client.stream import Stream
-from squall.options import TaskOptions
+from squall.options import ROUTING, TaskOptions
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -43,15 +44,9 @@ UNSET = _Unset.UNSET
 RetryOn = type[Exception] | tuple[type[Exception], ...]
 
 
-def merged(
-    options: TaskOptions,
-    timeout: float | None | _Unset,
-    retries: int | _Unset,
-    retry_on: RetryOn | _Unset,
-    backoff: float | _Unset,
-) -> TaskOptions:
-    """``options`` with the given ones applied, checked now (TypeError, ValueError)."""
-    given = {"timeout": timeout, "retries": retries, "retry_on": retry_on, "backoff": backoff}
+def merged(options: TaskOptions, **given: Any) -> TaskOptions:
+    """``options`` with the given ones (those not UNSET) applied, checked now (TypeError,
+    ValueError)."""
     return options.merged(**{name: v for name, v in given.items() if v is not UNSET})
 
 
@@ -110,13 +105,34 @@ class OptionsView(Generic[E]):
         retries: int | _Unset = UNSET,
         retry_on: RetryOn | _Unset = UNSET,
         backoff: float | _Unset = UNSET,
+        queue: str | _Unset = UNSET,
+        priority: int | _Unset = UNSET,
+        delay: float | None | _Unset = UNSET,
+        at: datetime.datetime | None | _Unset = UNSET,
+        expires: float | datetime.datetime | None | _Unset = UNSET,
+        key: str | None | _Unset = UNSET,
     ) -> V:
         """A view with these options changed, the others as here.
 
         Raises:
             TypeError, ValueError: an option's value is wrong (see ``Executor.options``).
         """
-        return type(self)(self._target, merged(self._options, timeout, retries, retry_on, backoff))
+        return type(self)(
+            self._target,
+            merged(
+                self._options,
+                timeout=timeout,
+                retries=retries,
+                retry_on=retry_on,
+                backoff=backoff,
+                queue=queue,
+                priority=priority,
+                delay=delay,
+                at=at,
+                expires=expires,
+                key=key,
+            ),
+        )
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """As the executor's ``submit``, with this view's options; every keyword argument,
@@ -134,7 +150,7 @@ class OptionsView(Generic[E]):
         defaults = TaskOptions()
         shown = ", ".join(
             f"{name}={getattr(self._options, name)!r}"
-            for name in ("timeout", "retries", "retry_on", "backoff")
+            for name in ("timeout", "retries", "retry_on", "backoff", *ROUTING)
             if getattr(self._options, name) != getattr(defaults, name)
         )
         return f"<squall options({shown}) of {self._target!r}>"

@@ -80,10 +80,9 @@ class Background(Scheduler):
         result_ttl: float = DEFAULT_RESULT_TTL,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(clock=clock, limits=limits)
+        super().__init__(clock=clock, limits=limits, wall=wall)
         self.store: Store = store if store is not None else MemoryStore()
         self.result_ttl = result_ttl
-        self.wall = wall
         self.clients[KEPT] = Client(KEPT, 0, math.inf, scope="router")
         #: unfinished background tasks by id
         self.kept: dict[bytes, Task] = {}
@@ -119,13 +118,15 @@ class Background(Scheduler):
                 watchers=[],
                 group=record.group,
             )
+            if record.route is not None:
+                self.route(task, *record.route)
             if record.state == "running":
                 self._hold(task, queued=False)
                 self.limbo[task.id] = task
                 self.limbo_until = now + RECOVERY_GRACE
             else:
                 self._hold(task)
-                self._queue_of(task).append(task)
+                self.ready(task)  # one that fell due while the router was down runs now
 
     def release_limbo(self, now: float) -> int:
         """Past the grace period, tasks in limbo that no worker reported run again."""
@@ -205,6 +206,8 @@ class Background(Scheduler):
                 key=item.key,
                 watchers=[],
             )
+            if item.route is not None:
+                self.route(task, *item.route)
             self._hold(task)
             self._watch(task, client, item.task_id)
             records.append(
@@ -219,9 +222,10 @@ class Background(Scheduler):
                     now,
                     item.keep or self.result_ttl,
                     group=task.group,
+                    route=item.route,
                 )
             )
-            self._queue_of(task).append(task)
+            self.ready(task)
             self.enqueued[client].append(item.task_id)
         if records:
             self.store.add(records)
@@ -331,6 +335,8 @@ class Background(Scheduler):
         state = record.state
         if task is not None and task.id in self.limbo:
             state = "running"
+        elif task is not None and task.held:
+            state = "scheduled"
         return {
             "id": text,
             "state": state,
@@ -340,6 +346,8 @@ class Background(Scheduler):
             "started": record.started,
             "finished": record.finished,
             "expires": record.expires,
+            "queue": task.queue if task is not None else None,
+            "not_before": (task.not_before or None) if task is not None else None,
             "error_type": record.error_type or None,
             "error_message": record.error_message or None,
         }

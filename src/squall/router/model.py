@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from squall.protocol import function_hash
+from squall.protocol import DEFAULT_QUEUE, function_hash
 
 
 @dataclass(slots=True, eq=False)  # compared by identity, never field by field
@@ -45,6 +45,15 @@ class Task:
     key: bytes = b""
     #: background tasks: the clients waiting for its outcome, as (client, client task id)
     watchers: list[tuple[bytes, int]] | None = None
+    #: the named queue it waits in, and its priority there (higher first)
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    #: Unix time before which it is held (a delayed task); 0: at once
+    not_before: float = 0.0
+    #: Unix time past which, never started, it fails with TaskExpired; 0: never
+    expires: float = 0.0
+    #: held in the timers until ``not_before``, not in a queue
+    held: bool = False
 
 
 @dataclass(slots=True)
@@ -60,6 +69,8 @@ class Worker:
     group: str = ""
     #: its watchdog reports the hub blocked (a task that does not yield): nothing new goes there
     blocked: bool = False
+    #: the named queues it serves (``squall worker --queues``)
+    queues: frozenset[str] = frozenset((DEFAULT_QUEUE,))
 
     @property
     def free(self) -> int:

@@ -19,7 +19,7 @@ import collections
 import time
 from collections.abc import Callable, Iterable
 
-from squall.protocol import FailureCode, Status
+from squall.protocol import DEFAULT_QUEUE, FailureCode, Status
 from squall.router.background import DEFAULT_RESULT_TTL, KEPT, Background
 from squall.router.model import Client, Limits, Task, Worker, frames_size
 from squall.router.policy import CLIENT_LIVENESS, ISOLATE_AFTER, MAX_CHARGED
@@ -64,7 +64,14 @@ class Peers(Background):
         ``group``: only workers of that group run its tasks."""
         self.clients[peer] = Client(peer, pid, self.clock(), scope or _peer_scope(peer), group)
 
-    def add_worker(self, peer: bytes, pid: int, capacity: int, group: str = "") -> None:
+    def add_worker(
+        self,
+        peer: bytes,
+        pid: int,
+        capacity: int,
+        group: str = "",
+        queues: Iterable[str] = (DEFAULT_QUEUE,),
+    ) -> None:
         """Register a worker; a known one saying HELLO again keeps what it runs (it only
         thought we had forgotten it) and updates its capacity."""
         capacity = min(capacity, self.limits.max_capacity)
@@ -75,7 +82,9 @@ class Peers(Background):
             return
         if known is not None:  # same address, new process: the old one died
             self.remove_worker(peer, died=True)
-        self.workers[peer] = Worker(peer, pid, capacity, self.clock(), group=group)
+        self.workers[peer] = Worker(
+            peer, pid, capacity, self.clock(), group=group, queues=frozenset(queues)
+        )
 
     def set_capacity(self, peer: bytes, capacity: int) -> None:
         worker = self.workers.get(peer)
@@ -194,11 +203,7 @@ class Peers(Background):
                     task.cancelled = True
                     self._stop_on_worker.setdefault(worker.peer, []).append(task.id)
         self.clients.pop(peer, None)
-        dropped = self.queue.drop_client(peer)
-        for group, queue in list(self.group_queues.items()):
-            dropped += queue.drop_client(peer)
-            if not queue:
-                del self.group_queues[group]
+        dropped = sum(lane.drop_client(peer) for lane in self.lanes.values())
         self.suspects = collections.deque(t for t in self.suspects if t.client != peer)
         self.queued_by_client.pop(peer, None)
         for task in [t for t in self.tasks.values() if t.client == peer and t.worker is None]:

@@ -10,6 +10,13 @@ It speaks no protocol and makes no instructions: its methods take and return pla
 Workers and clients joining, going silent and leaving (and what that does to their tasks) are
 :class:`~squall.router.peers.Peers`' business, one layer up.
 
+Tasks wait in *lanes*, one per (worker group, named queue), each ordered by priority
+(:mod:`squall.router.lanes`); a worker is given tasks only from the queues it serves. A
+delayed task waits in a heap of timers by its not-before time, and tasks with an expiry in
+another by that time: releasing and expiring cost a heap pop each, and nothing per idle
+second. Queues may be limited in starts per period and in tasks running at once, across all
+workers (:mod:`squall.router.limits`).
+
 Submit, dispatch and completion run once per task: they are kept to a few dict operations
 each, with no search through queues or workers.
 """
@@ -17,13 +24,16 @@ each, with no search through queues or workers.
 from __future__ import annotations
 
 import collections
+import heapq
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from squall.protocol import FailureCode, Status, SubmitItem, failure_outcome
-from squall.router.fairqueue import FairQueue
+from squall.protocol import DEFAULT_QUEUE, FailureCode, Status, SubmitItem, failure_outcome
+from squall.router.lanes import Lane
+from squall.router.limits import Limiter
 from squall.router.model import BodyCache, Client, Limits, Task, Worker, frames_size
 from squall.router.policy import MAX_REFUSED_BODIES
 
@@ -68,7 +78,11 @@ COUNTERS = (
     "enqueued",
     "attached",
     "not_found",
+    "expired",
 )
+
+#: the lane of tasks any worker of the default queue may run
+DEFAULT_LANE = ("", DEFAULT_QUEUE)
 
 
 class Scheduler:
@@ -77,12 +91,17 @@ class Scheduler:
     Args:
         clock: monotonic time source (tests pass a fake one).
         limits: byte and count bounds on what the router holds.
+        wall: the wall clock (Unix seconds), for delays and expiries given as times.
     """
 
     def __init__(
-        self, clock: Callable[[], float] = time.monotonic, limits: Limits | None = None
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        limits: Limits | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.clock = clock
+        self.wall = wall
         limits = limits or Limits()
         self.limits = limits
         self.max_queued = limits.max_queued
@@ -105,10 +124,18 @@ class Scheduler:
         #: because dispatch and completion read them on every task
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[bytes, Client] = {}
-        #: tasks any worker may run, FIFO per client, clients in turn
-        self.queue: FairQueue[Task] = FairQueue()
-        #: group -> tasks only that group's workers may run
-        self.group_queues: dict[str, FairQueue[Task]] = {}
+        #: (worker group, queue) -> its waiting tasks, by priority, FIFO per client among
+        #: equals, clients in turn; group "" is any worker's
+        self.lanes: dict[tuple[str, str], Lane[Task]] = {DEFAULT_LANE: Lane()}
+        #: the default queue's lane, for any worker (always there)
+        self.queue: Lane[Task] = self.lanes[DEFAULT_LANE]
+        #: delayed tasks, as (not before, sequence, task): a min-heap by Unix time
+        self.timers: list[tuple[float, int, Task]] = []
+        #: tasks with an expiry, as (expires, sequence, task); started ones are skipped
+        self.expiries: list[tuple[float, int, Task]] = []
+        self._sequence = 0
+        #: rate and concurrency limits of named queues, across all workers
+        self.limiter = Limiter()
         self.tasks: dict[int, Task] = {}
         #: (client, client task id) -> task, for acks, cancels and dependencies
         self.by_client: dict[tuple[bytes, int], Task] = {}
@@ -176,15 +203,90 @@ class Scheduler:
                 size=size,
                 group=known.group if known is not None else "",
             )
+            if item.route is not None:
+                self.route(task, *item.route)
             self.tasks[task.id] = task
             self.by_client[(client, item.task_id)] = task
             if item.deps:
                 self._wire_dependencies(task, item.deps)
             if task.waiting == 0:
-                self._queue_of(task).append(task)
+                self.ready(task)
             n += 1
         self.counters["submitted"] += n
         return n
+
+    def route(
+        self, task: Task, queue: str, priority: int, not_before: float, expires: float
+    ) -> None:
+        """Give ``task`` its queue, priority, not-before and expiry times."""
+        task.queue, task.priority = queue, priority
+        task.not_before, task.expires = not_before, expires
+        if expires:
+            self._sequence += 1
+            heapq.heappush(self.expiries, (expires, self._sequence, task))
+
+    def ready(self, task: Task) -> None:
+        """``task`` may run (its dependencies have outcomes): queue it, or hold it until its
+        not-before time."""
+        if task.not_before and task.not_before > self.wall():
+            task.held = True
+            self._sequence += 1
+            heapq.heappush(self.timers, (task.not_before, self._sequence, task))
+        else:
+            self._queue_of(task).append(task)
+
+    def _release_due(self, now: float) -> None:
+        """Delayed tasks whose time has come join their queues."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            task = heapq.heappop(timers)[2]
+            if not task.held or task.cancelled:
+                continue  # cancelled or expired while held
+            task.held = False
+            self._queue_of(task).append(task)
+
+    def _expire_due(self, now: float) -> None:
+        """Tasks past their expiry that never started fail with TaskExpired, unrun."""
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            task = heapq.heappop(expiries)[2]
+            if (
+                task.cancelled
+                or task.worker is not None
+                or task.attempt
+                or task.id not in self.tasks
+            ):
+                continue  # done, cancelled, or started already: expiry is about starting
+            task.cancelled = True  # skipped where it waits
+            if task.held:
+                task.held = False
+            elif task.waiting == 0 and not task.suspect:
+                self._queue_of(task).drop(task)
+            task.frames = []
+            self.queued_by_client[task.client] -= 1
+            self.counters["expired"] += 1
+            frames = failure_outcome(
+                FailureCode.TASK_EXPIRED, "the task expired before any worker started it"
+            )
+            self._settle(task, Status.ERROR, frames)
+            if not task.key and task.client in self.clients:
+                self.decided.append((task.client, task.client_task_id, Status.ERROR, frames))
+
+    def next_due(self) -> float:
+        """When (monotonic) the next delayed task, expiry or rate-limited start is due; the
+        socket loop wakes by then (inf: nothing is)."""
+        due = math.inf
+        if self.timers or self.expiries:
+            at = min(
+                self.timers[0][0] if self.timers else math.inf,
+                self.expiries[0][0] if self.expiries else math.inf,
+            )
+            due = self.clock() + max(0.0, at - self.wall())
+        if self.limiter:
+            for (_, queue), lane in self.lanes.items():
+                if lane and queue in self.limiter:
+                    due = min(due, self.limiter.next_room(queue))
+        return due
 
     def _refusal(
         self,
@@ -271,16 +373,44 @@ class Scheduler:
         spreads across processes instead of piling onto the first one.
         """
         plan: list[tuple[Worker, list[Task]]] = []
+        if self.timers or self.expiries:
+            now = self.wall()
+            if self.timers and self.timers[0][0] <= now:
+                self._release_due(now)
+            if self.expiries and self.expiries[0][0] <= now:
+                self._expire_due(now)
         if self.suspects:
             self._dispatch_suspects(plan)
-        for group, queue in list(self.group_queues.items()):
-            # A group's tasks first: they can run nowhere else.
-            self._spread(queue, [w for w in self.workers.values() if w.group == group], plan)
-            if not queue:
-                del self.group_queues[group]
-        if self.queue:
-            self._spread(self.queue, self.workers.values(), plan)
+        if len(self.lanes) == 1:  # only the default queue's lane: the common case
+            if self.queue:
+                serving = (w for w in self.workers.values() if DEFAULT_QUEUE in w.queues)
+                self._spread(self.queue, serving, plan)
+            return plan
+        # A group's tasks first: they can run nowhere else.
+        for key in sorted(self.lanes, key=lambda k: k[0] == ""):
+            lane = self.lanes[key]
+            if not lane:
+                if key != DEFAULT_LANE:
+                    del self.lanes[key]
+                continue
+            group, queue = key
+            workers = [
+                w
+                for w in self.workers.values()
+                if queue in w.queues and (not group or w.group == group)
+            ]
+            if queue not in self.limiter:
+                self._spread(lane, workers, plan)
+                continue
+            now = self.clock()
+            room = self.limiter.allowance(queue, now, self._running_in(queue))
+            if room:
+                self.limiter.started(queue, self._spread(lane, workers, plan, room), now)
         return plan
+
+    def _running_in(self, queue: str) -> int:
+        """Tasks of ``queue`` running now (asked only for a queue with limits)."""
+        return sum(1 for w in self.workers.values() for t in w.running.values() if t.queue == queue)
 
     def _dispatch_suspects(self, plan: list[tuple[Worker, list[Task]]]) -> None:
         """Each suspect runs alone on an idle worker (of its group), in FIFO order."""
@@ -313,14 +443,16 @@ class Scheduler:
 
     def _spread(
         self,
-        queue: FairQueue[Task],
+        queue: Lane[Task],
         workers: Iterable[Worker],
         plan: list[tuple[Worker, list[Task]]],
-    ) -> None:
-        """Hand queued tasks to ``workers`` with free slots, in proportion to their room."""
+        most: float = math.inf,
+    ) -> int:
+        """Hand queued tasks (at most ``most``) to ``workers`` with free slots, in proportion
+        to their room; return how many."""
         ready = sorted((w for w in workers if w.free > 0), key=lambda w: -w.free)
         total_free = sum(w.free for w in ready)
-        n = min(len(queue), total_free)
+        n = int(min(len(queue), total_free, most))
         left = n
         for worker in ready:
             if left == 0:
@@ -331,14 +463,14 @@ class Scheduler:
             self._assign(worker, batch)
             left -= share
             plan.append((worker, batch))
+        return n - left
 
-    def _queue_of(self, task: Task) -> FairQueue[Task]:
-        if not task.group:
-            return self.queue
-        queue = self.group_queues.get(task.group)
-        if queue is None:
-            queue = self.group_queues[task.group] = FairQueue()
-        return queue
+    def _queue_of(self, task: Task) -> Lane[Task]:
+        key = (task.group, task.queue)
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = Lane()
+        return lane
 
     def _assign(self, worker: Worker, tasks: list[Task]) -> None:
         for task in tasks:
@@ -423,7 +555,7 @@ class Scheduler:
                 dependent.deps[index] = (status, frames)
                 dependent.waiting -= 1
                 if dependent.waiting == 0 and not dependent.cancelled:
-                    self._queue_of(dependent).append(dependent)
+                    self.ready(dependent)
 
     def _forget(self, task: Task) -> None:
         client = task.client
@@ -487,7 +619,7 @@ class Scheduler:
             else:
                 # Marked, not searched for: a queued task (or suspect) is skipped when its
                 # turn comes, so each cancel is O(1) however long the queue.
-                if task.waiting == 0 and not task.suspect:
+                if task.waiting == 0 and not task.suspect and not task.held:
                     self._queue_of(task).drop(task)
                 task.frames = []  # its arguments are freed now, not when its turn comes
                 self.queued_by_client[client] -= 1
@@ -573,15 +705,40 @@ class Scheduler:
 
     # -- reporting --------------------------------------------------------------------------
 
+    def queue_stats(self) -> dict[str, dict[str, Any]]:
+        """Per named queue: tasks waiting, running, held for later, the workers serving it,
+        and its limits."""
+        queues: dict[str, dict[str, Any]] = {}
+
+        def entry(name: str) -> dict[str, Any]:
+            if name not in queues:
+                queues[name] = {"queued": 0, "running": 0, "scheduled": 0, "workers": 0}
+            return queues[name]
+
+        for (_, name), lane in self.lanes.items():
+            entry(name)["queued"] += len(lane)
+        for worker in self.workers.values():
+            for name in worker.queues:
+                entry(name)["workers"] += 1
+            for task in worker.running.values():
+                entry(task.queue)["running"] += 1
+        for _, _, task in self.timers:
+            if task.held and not task.cancelled:
+                entry(task.queue)["scheduled"] += 1
+        for name, limit in self.limiter.limits.items():
+            entry(name)["limit"] = limit.describe()
+        return queues
+
     def stats(self) -> dict[str, Any]:
         return {
             "workers": len(self.workers),
             "worker_pids": sorted(w.pid for w in self.workers.values()),
             "capacity": sum(w.capacity for w in self.workers.values()),
             "clients": sum(1 for peer in self.clients if peer),  # not the router's own
-            "queued": len(self.queue)
-            + sum(not t.cancelled for t in self.suspects)
-            + sum(len(q) for q in self.group_queues.values()),
+            "queued": sum(not t.cancelled for t in self.suspects)
+            + sum(len(lane) for lane in self.lanes.values()),
+            "scheduled": sum(t.held and not t.cancelled for _, _, t in self.timers),
+            "queues": self.queue_stats(),
             "running": sum(len(w.running) for w in self.workers.values()),
             "bodies_cached": len(self.bodies),
             "held_bytes": self.held_bytes,

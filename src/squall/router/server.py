@@ -203,6 +203,8 @@ class RouterServer:
             store=open_store(config.data, config.fsync, config.max_kept_bytes),
             result_ttl=config.result_ttl,
         )
+        for queue, count, period, concurrency in config.queue_limits:
+            self.state.limiter.set(queue, count, period, concurrency)
         if config.data is not None:
             log.info(
                 "background tasks kept on disk",
@@ -268,7 +270,7 @@ class RouterServer:
         last_cpu = time.process_time()
         try:
             while self._running:
-                due = min(next_beat, self.state.started_due())
+                due = min(next_beat, self.state.started_due(), self.state.next_due())
                 wait = 0.01 if self._backlogs else max(0.0, due - time.monotonic())
                 events = dict(poller.poll(math.ceil(wait * 1000)))  # never a busy 0 ms
                 now = time.monotonic()

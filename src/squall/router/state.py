@@ -62,6 +62,7 @@ from squall.router.instructions import (
     SendWithdrawn,
     TaskFailed,
 )
+from squall.router.limits import parse_concurrency, parse_rate
 from squall.router.model import BodyCache, Client, Limits, Task, Worker
 from squall.router.peers import Peers
 from squall.router.policy import (
@@ -520,13 +521,14 @@ class RouterState(Peers):
             resumed = known is not None and known.pid == hello.pid
             # A worker's group is its key's folder, never what it says of itself.
             group = self.authority.group_of(owner) if self.authority is not None and owner else ""
-            self.add_worker(peer, hello.pid, hello.capacity, group)
+            self.add_worker(peer, hello.pid, hello.capacity, group, hello.queues)
             self._log(
                 "info",
                 "worker joined",
                 worker_pid=hello.pid,
                 capacity=hello.capacity,
                 group=group or None,
+                queues=",".join(hello.queues),
                 workers=len(self.workers),
             )
         else:
@@ -573,12 +575,16 @@ class RouterState(Peers):
                 self._started_since = self.clock()
 
     def _on_query(self, peer: bytes, message: tuple[int, Any]) -> None:
-        """A client asks about kept tasks by id: ``{"op": "info" | "cancel", "ids": [...]}``;
-        the answer has one entry per id, in order."""
+        """A client asks about kept tasks by id: ``{"op": "info" | "cancel", "ids": [...]}``
+        (the answer has one entry per id, in order), or sets a queue's limits: ``{"op":
+        "limit", "queue": ..., "rate": "100/s" | null, "concurrency": 4 | null}``."""
         if peer not in self.clients:
             self._tell_unknown(peer)
             return
         request, query = message
+        if isinstance(query, dict) and query.get("op") == "limit":
+            self._replies.append(SendAnswer(peer, request, self._set_limit(query)))
+            return
         try:
             op, texts = query["op"], query["ids"]
             keys = [ids.from_text(text) for text in texts]
@@ -596,6 +602,31 @@ class RouterState(Peers):
         else:
             raise ProtocolError(f"QUERY: unknown op {op!r}"[:200])
         self._replies.append(SendAnswer(peer, request, answer))
+
+    def _set_limit(self, query: dict[str, Any]) -> dict[str, Any]:
+        """Set a queue's global limits at run time; the answer is the limits now, or the
+        one-line reason they were refused."""
+        try:
+            queue = query["queue"]
+            if not isinstance(queue, str) or not protocol.valid_queue(queue):
+                raise ValueError(f"{queue!r} is not a queue name")
+            count, period = None, 1.0
+            if query.get("rate") is not None:
+                count, period = parse_rate(str(query["rate"]))
+            concurrency = query.get("concurrency")
+            if concurrency is not None:
+                concurrency = parse_concurrency(concurrency)
+        except (KeyError, ValueError) as exc:
+            return {"error": str(exc)[:200]}
+        self.limiter.set(queue, count, period, concurrency)
+        self._log(
+            "info", "queue limit set", queue=queue, rate=query.get("rate"), concurrency=concurrency
+        )
+        limit = self.limiter.limits.get(queue)
+        return {
+            "queue": queue,
+            **(limit.describe() if limit else {"rate": None, "concurrency": None}),
+        }
 
     def _on_result(self, peer: bytes, items: list[protocol.ResultItem]) -> None:
         if peer not in self.workers:

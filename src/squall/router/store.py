@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from squall.errors import ConfigError
+from squall.protocol import DEFAULT_ROUTE, Route
 
 #: the store's file format; another number in an existing file is refused, never rewritten
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 #: SQLite's application_id for squall's files ("SQal")
 APPLICATION_ID = 0x53516171
 #: expired or evicted ids remembered, to tell "expired" from "unknown"
@@ -68,6 +69,8 @@ class KeptTask:
     #: the worker group its client was restricted to ("" for any worker): kept, so that a
     #: recovered task still runs only there
     group: str = ""
+    #: its queue, priority, not-before and expiry times (None: the default route)
+    route: Route | None = None
 
 
 class Store(Protocol):
@@ -284,6 +287,10 @@ CREATE TABLE tasks (
     error_type TEXT NOT NULL DEFAULT '',
     error_message TEXT NOT NULL DEFAULT '',
     worker_group TEXT NOT NULL DEFAULT '',
+    queue TEXT NOT NULL DEFAULT 'default',
+    priority INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    deadline REAL NOT NULL DEFAULT 0,
     size INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX tasks_expires ON tasks (expires) WHERE expires IS NOT NULL;
@@ -297,7 +304,7 @@ CREATE INDEX tombstones_at ON tombstones (at);
 _COLUMNS = (
     "id, router_id, fn_hash, kind, window, frames, function, submitted, keep, state, "
     "attempts, started, finished, expires, status, outcome, error_type, error_message, "
-    "worker_group"
+    "worker_group, queue, priority, not_before, deadline"
 )
 
 
@@ -401,6 +408,7 @@ class SqliteStore:
                 t.state,
                 t.attempts,
                 t.group,
+                *(t.route or DEFAULT_ROUTE),
                 _size(t.frames),
             )
             for t in tasks
@@ -409,8 +417,8 @@ class SqliteStore:
         before = db.total_changes
         db.executemany(
             "INSERT OR IGNORE INTO tasks (id, router_id, fn_hash, kind, window, frames, "
-            "function, submitted, keep, state, attempts, worker_group, size) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "function, submitted, keep, state, attempts, worker_group, queue, priority, "
+            "not_before, deadline, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         added = db.total_changes - before
@@ -611,6 +619,7 @@ def _record(row: Any) -> KeptTask:
         error_type,
         error_message,
         group,
+        *route,
     ) = row
     return KeptTask(
         bytes(task_id),
@@ -632,7 +641,12 @@ def _record(row: Any) -> KeptTask:
         str(error_type),
         str(error_message),
         str(group),
+        _route(Route(str(route[0]), int(route[1]), float(route[2]), float(route[3]))),
     )
+
+
+def _route(route: Route) -> Route | None:
+    return None if route == DEFAULT_ROUTE else route
 
 
 def open_store(

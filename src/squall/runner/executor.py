@@ -709,7 +709,10 @@ class WorkerProcess:
         self._control.append(
             # Draining: say HELLO with no capacity, or the router would send work again.
             protocol.encode_hello(
-                Role.WORKER, os.getpid(), self.config.concurrency if self._accepting else 0
+                Role.WORKER,
+                os.getpid(),
+                self.config.concurrency if self._accepting else 0,
+                queues=self.config.queues,
             )
         )
         self._wake_sender.set()
