@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from squall.client.background import TaskInfo
     from squall.client.executor import Executor, ExecutorForked
     from squall.client.future import Future, as_completed
+    from squall.client.schedules import ScheduleInfo
     from squall.client.stream import Stream
     from squall.client.view import AsyncExecutorView, ExecutorView
 
@@ -52,6 +53,7 @@ __all__ = [
     "Stream",
     "as_completed",
     "TaskInfo",
+    "ScheduleInfo",
     "ExecutorView",
     "AsyncExecutorView",
     # errors: the task's own outcome
@@ -93,6 +95,7 @@ _CLIENT = {
     "AsyncExecutorView": "squall.client.view",
     "ExecutorForked": "squall.client.executor",
     "TaskInfo": "squall.client.background",
+    "ScheduleInfo": "squall.client.schedules",
 }
 
 

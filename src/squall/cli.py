@@ -351,6 +351,17 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback router without auth"
     )
 
+    schedules = commands.add_parser("schedules", help="list a router's periodic schedules")
+    schedules.add_argument(
+        "--connect", required=True, type=connect_address, metavar="ADDR", help="the router"
+    )
+    schedules.add_argument("--auth", metavar="DIR", help="CurveZMQ: this client's keys")
+    schedules.add_argument("--key", default="client", help="key pair name in --auth")
+    schedules.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback router without auth"
+    )
+    schedules.add_argument("--json", action="store_true", help="one JSON object per schedule")
+
     commands.add_parser("demo", help="start the embedded default and run a few real tasks")
     return parser
 
@@ -430,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             return _keygen(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "schedules":
+            return _schedules(args)
         return _demo()
     except _BadUsage as exc:
         sys.stderr.write(_usage_line(f"squall {args.command}", str(exc)))
@@ -567,6 +580,49 @@ def _bench(args: argparse.Namespace) -> int:
     runs = 1 if args.quick else max(1, args.runs)
     figures = bench.run(args.connect, args.quick, runs, insecure=args.insecure)
     print(bench.table(figures, args.connect or "the embedded default"))
+    return 0
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    import dataclasses
+    import datetime
+    import json
+
+    import squall
+
+    with squall.Executor(
+        args.connect, auth=args.auth, key=args.key, insecure=args.insecure, connect_timeout=10
+    ) as ex:
+        listed = ex.schedules()
+    if args.json:
+        for info in listed:
+            print(json.dumps(dataclasses.asdict(info)))
+        return 0
+
+    def when(t: float | None) -> str:
+        if t is None:
+            return "-"
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+
+    rows = [("NAME", "SPEC", "NEXT (UTC)", "LAST (UTC)", "LAST TASK", "PAUSED")]
+    rows += [
+        (
+            i.name,
+            i.spec,
+            when(i.next_fire),
+            when(i.last_fire),
+            i.last_id or "-",
+            "yes" if i.paused else "no",
+        )
+        for i in listed
+    ]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not listed:
+        print("(no schedules)")
     return 0
 
 

@@ -986,9 +986,11 @@ def decode_enqueued(body: bytes, payload: Sequence[Frame]) -> list[int]:
     return _decode_ids(body, payload, "ENQUEUED")
 
 
-def encode_query(request: int, query: dict[str, Any]) -> list[Frame]:
-    """QUERY: a JSON request about kept tasks, e.g. ``{"op": "info", "ids": [...]}``."""
-    return [_HEADERS[MsgType.QUERY] + _REQUEST.pack(request), json.dumps(query).encode()]
+def encode_query(request: int, query: dict[str, Any], frames: Sequence[Frame] = ()) -> list[Frame]:
+    """QUERY: a JSON request, e.g. ``{"op": "info", "ids": [...]}``; ``frames`` follow it
+    when the request carries opaque data (a schedule's function body and payload)."""
+    header = _HEADERS[MsgType.QUERY] + _REQUEST.pack(request)
+    return [header, json.dumps(query).encode(), *frames]
 
 
 def encode_answer(request: int, answer: Any) -> list[Frame]:
@@ -996,15 +998,24 @@ def encode_answer(request: int, answer: Any) -> list[Frame]:
     return [_HEADERS[MsgType.ANSWER] + _REQUEST.pack(request), json.dumps(answer).encode()]
 
 
-def decode_query(body: bytes, payload: Sequence[Frame]) -> tuple[int, Any]:
-    """A QUERY or an ANSWER: (request number, the JSON value)."""
+def decode_query(body: bytes, payload: Sequence[Frame]) -> tuple[int, Any, list[Frame]]:
+    """A QUERY: (request number, the JSON value, the opaque frames after it)."""
     (request,) = _fixed(body, _REQUEST, "QUERY")
+    if not payload:
+        raise ProtocolError("QUERY: expected a JSON frame")
+    return request, _json_frame(payload[0], "QUERY"), list(payload[1:])
+
+
+def decode_answer(body: bytes, payload: Sequence[Frame]) -> tuple[int, Any]:
+    """An ANSWER: (request number, the JSON value)."""
+    (request,) = _fixed(body, _REQUEST, "ANSWER")
     if len(payload) != 1:
-        raise ProtocolError("QUERY: expected one JSON frame")
+        raise ProtocolError("ANSWER: expected one JSON frame")
+    return request, _json_frame(payload[0], "ANSWER")
+
+
+def _json_frame(frame: Frame, what: str) -> Any:
     try:
-        return request, json.loads(bytes(payload[0]))
+        return json.loads(bytes(frame))
     except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"QUERY: bad JSON: {exc}"[:200]) from None
-
-
-decode_answer = decode_query
+        raise ProtocolError(f"{what}: bad JSON: {exc}"[:200]) from None

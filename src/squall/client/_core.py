@@ -28,7 +28,7 @@ import collections
 import itertools
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from squall import protocol
@@ -480,13 +480,13 @@ class ClientCore:
         self._stats_waiters.append(waiter)
         self._control.append(protocol.encode_stats_request())
 
-    def ask(self, query: dict[str, Any], waiter: StatsWaiter) -> bool:
-        """Send a QUERY about kept tasks; ``waiter`` gets the router's answer. Returns True
-        when the driver must be woken. (After the ENQUEUEs queued before it, so that an id
-        just enqueued is known.)"""
+    def ask(self, query: dict[str, Any], waiter: StatsWaiter, frames: Sequence[Frame] = ()) -> bool:
+        """Send a QUERY (with opaque ``frames`` after it); ``waiter`` gets the router's
+        answer. Returns True when the driver must be woken. (After the ENQUEUEs queued before
+        it, so that an id just enqueued is known.)"""
         request = next(self._query_ids)
         self._queries[request] = waiter
-        return self.add_after(protocol.encode_query(request, query))
+        return self.add_after(protocol.encode_query(request, query, frames))
 
     def take_outgoing(self) -> list[list[Frame]]:
         """Everything queued since the last call, as messages: new function bodies first,

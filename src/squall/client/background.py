@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -69,7 +69,7 @@ def calls_of(iterables: tuple[Iterable[Any], ...]) -> list[tuple[tuple[Any, ...]
     return [(args, {}) for args in zip(*iterables, strict=False)]
 
 
-def _name(fn: Callable[..., Any]) -> str:
+def function_name(fn: Callable[..., Any]) -> str:
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     return f"{module}.{name}" if module else name
@@ -143,7 +143,7 @@ class BackgroundMethods:
         if keep is not None and not (isinstance(keep, (int, float)) and keep > 0):
             raise ValueError(f"keep must be a positive number of seconds, not {keep!r}")
         fn_hash, body = serialization.dumps_function(fn)
-        name = _name(fn)
+        name = function_name(fn)
         batch: list[Call] = []
         futures: list[Future[T]] = []
         held = HeldBatch(len(calls))
@@ -225,18 +225,26 @@ class BackgroundMethods:
             parse_rate(rate)
         if concurrency is not None:
             concurrency = parse_concurrency(concurrency)
-        self._check_open()
         query = {"op": "limit", "queue": queue, "rate": rate, "concurrency": concurrency}
-        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if self._core.ask(query, waiter):
-            self._driver.wake()
-        try:
-            answer = waiter.result(QUERY_TIMEOUT)
-        except concurrent.futures.TimeoutError:
-            raise _no_answer() from None
+        answer = self._ask_router(query)
         if not isinstance(answer, dict) or "error" in answer:
             raise ValueError(f"the router refused the limit: {answer.get('error', answer)}")
         return answer
+
+    def _ask_router(self, query: dict[str, Any], frames: Sequence[Any] = ()) -> Any:
+        """Send a QUERY (and ``frames``); wait for the router's answer.
+
+        Raises:
+            Unavailable: no answer within QUERY_TIMEOUT.
+        """
+        self._check_open()
+        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._core.ask(query, waiter, frames):
+            self._driver.wake()
+        try:
+            return waiter.result(QUERY_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            raise _no_answer() from None
 
     def _query(self, op: str, task_ids: list[str]) -> list[dict[str, Any]]:
         waiter = self._ask(op, task_ids)

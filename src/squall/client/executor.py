@@ -23,6 +23,7 @@ from squall.client._core import Call, ClientCore, Driver, Withdrawal
 from squall.client.background import BackgroundMethods
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
+from squall.client.schedules import ScheduleMethods
 from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
 from squall.client.view import UNSET, ExecutorView, RetryOn, _Unset, merged
@@ -241,7 +242,7 @@ def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [fn(*args) for args in chunk]
 
 
-class Executor(BackgroundMethods, concurrent.futures.Executor):
+class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
     """Run Python callables on squall workers.
 
     With no address, starts the embedded default: a private router and one worker node as

@@ -58,7 +58,7 @@ _STATES: dict[int, str] = {
 }
 
 
-def _bytes(frames: Iterable[Any]) -> list[bytes]:
+def frame_bytes(frames: Iterable[Any]) -> list[bytes]:
     return [bytes(f.buffer if hasattr(f, "buffer") else f) for f in frames]
 
 
@@ -192,46 +192,50 @@ class Background(Scheduler):
             if refusal is not None:
                 self.decided.append((client, item.task_id, Status.ERROR, failure_outcome(*refusal)))
                 continue
-            self._next_id += 1
-            task = Task(
-                self._next_id,
-                KEPT,
-                self._next_id,
-                item.fn_hash,
-                item.kind,
-                item.frames,
-                window=item.window,
-                size=frames_size(item.frames),
-                group=known.group if known is not None else "",
-                key=item.key,
-                watchers=[],
-            )
-            if item.route is not None:
-                self.route(task, *item.route)
-            self._hold(task)
+            task, record = self._keep(item, known.group if known is not None else "", now)
             self._watch(task, client, item.task_id)
-            records.append(
-                KeptTask(
-                    item.key,
-                    task.id,
-                    item.fn_hash,
-                    item.kind,
-                    item.window,
-                    _bytes(item.frames),
-                    item.name,
-                    now,
-                    item.keep or self.result_ttl,
-                    group=task.group,
-                    route=item.route,
-                )
-            )
-            self.ready(task)
+            records.append(record)
             self.enqueued[client].append(item.task_id)
         if records:
             self.store.add(records)
             self.counters["enqueued"] += len(records)
             self.counters["submitted"] += len(records)
         return running
+
+    def _keep(self, item: SubmitItem, group: str, now: float) -> tuple[Task, KeptTask]:
+        """Hold a new background task, queued or delayed; its record for the store."""
+        self._next_id += 1
+        task = Task(
+            self._next_id,
+            KEPT,
+            self._next_id,
+            item.fn_hash,
+            item.kind,
+            item.frames,
+            window=item.window,
+            size=frames_size(item.frames),
+            group=group,
+            key=item.key,
+            watchers=[],
+        )
+        if item.route is not None:
+            self.route(task, *item.route)
+        self._hold(task)
+        self.ready(task)
+        record = KeptTask(
+            item.key,
+            task.id,
+            item.fn_hash,
+            item.kind,
+            item.window,
+            frame_bytes(item.frames),
+            item.name,
+            now,
+            item.keep or self.result_ttl,
+            group=group,
+            route=item.route,
+        )
+        return task, record
 
     def _kept_refusal(
         self, client: bytes, item: SubmitItem, uploads: Any
@@ -316,7 +320,7 @@ class Background(Scheduler):
         state = _STATES.get(status, "failed")
         out_status = Status.OK if status == Status.OK else Status.ERROR
         self.store.finished(
-            task.key, state, out_status, _bytes(frames), self.wall(), error_type, error_message
+            task.key, state, out_status, frame_bytes(frames), self.wall(), error_type, error_message
         )
         for watcher in task.watchers or ():
             self.by_client.pop(watcher, None)

@@ -20,13 +20,14 @@ import time
 from collections.abc import Callable, Iterable
 
 from squall.protocol import DEFAULT_QUEUE, FailureCode, Status
-from squall.router.background import DEFAULT_RESULT_TTL, KEPT, Background
+from squall.router.background import DEFAULT_RESULT_TTL, KEPT
 from squall.router.model import Client, Limits, Task, Worker, frames_size
+from squall.router.periodic import Periodic
 from squall.router.policy import CLIENT_LIVENESS, ISOLATE_AFTER, MAX_CHARGED
 from squall.router.store import Store
 
 
-class Peers(Background):
+class Peers(Periodic):
     """The scheduler, with its workers' and clients' membership, liveness and redelivery.
 
     Args:

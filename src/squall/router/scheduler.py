@@ -79,6 +79,7 @@ COUNTERS = (
     "attached",
     "not_found",
     "expired",
+    "schedule_firings",
 )
 
 #: the lane of tasks any worker of the default queue may run

@@ -163,6 +163,10 @@ class Authority(Protocol):
     def has_group(self, name: str) -> bool: ...
 
 
+#: QUERY ops about periodic schedules
+_SCHEDULE_OPS = frozenset(("schedule", "schedules", "unschedule", "pause", "resume"))
+
+
 class RouterState(Peers):
     """Everything the router knows and decides, driven by the messages its peers send.
 
@@ -574,17 +578,24 @@ class RouterState(Peers):
             if self._started_since is None:
                 self._started_since = self.clock()
 
-    def _on_query(self, peer: bytes, message: tuple[int, Any]) -> None:
+    def _on_query(self, peer: bytes, message: tuple[int, Any, list[Any]]) -> None:
         """A client asks about kept tasks by id: ``{"op": "info" | "cancel", "ids": [...]}``
-        (the answer has one entry per id, in order), or sets a queue's limits: ``{"op":
-        "limit", "queue": ..., "rate": "100/s" | null, "concurrency": 4 | null}``."""
+        (the answer has one entry per id, in order); sets a queue's limits: ``{"op":
+        "limit", "queue": ..., "rate": "100/s" | null, "concurrency": 4 | null}``; or
+        manages schedules (:meth:`_schedule_op`)."""
         if peer not in self.clients:
             self._tell_unknown(peer)
             return
-        request, query = message
-        if isinstance(query, dict) and query.get("op") == "limit":
+        request, query, frames = message
+        op = query.get("op") if isinstance(query, dict) else None
+        if op == "limit":
             self._replies.append(SendAnswer(peer, request, self._set_limit(query)))
             return
+        if op in _SCHEDULE_OPS:
+            self._replies.append(SendAnswer(peer, request, self._schedule_op(peer, query, frames)))
+            return
+        if frames:
+            raise ProtocolError(f"QUERY: {op!r} takes no frames")
         try:
             op, texts = query["op"], query["ids"]
             keys = [ids.from_text(text) for text in texts]
@@ -602,6 +613,27 @@ class RouterState(Peers):
         else:
             raise ProtocolError(f"QUERY: unknown op {op!r}"[:200])
         self._replies.append(SendAnswer(peer, request, answer))
+
+    def _schedule_op(self, peer: bytes, query: dict[str, Any], frames: list[Any]) -> Any:
+        """``{"op": "schedule", "spec": {...}, "function": name}`` with the body and payload
+        frames adds or replaces one; ``schedules`` lists them; ``unschedule``, ``pause`` and
+        ``resume`` take a ``name``."""
+        op = query["op"]
+        if op == "schedule":
+            answer = self.register(peer, query, frames)
+            if "error" not in answer:
+                self._log(
+                    "info", "schedule registered", schedule=answer["name"], spec=answer["spec"]
+                )
+            return answer
+        if op == "schedules":
+            return [self.describe(s) for s in self.timetable]
+        name = query.get("name")
+        if not isinstance(name, str):
+            return {"error": "a schedule's name is a string"}
+        if op == "unschedule":
+            return {"name": name, "done": self.unregister(name)}
+        return {"name": name, "done": self.set_paused(name, op == "pause")}
 
     def _set_limit(self, query: dict[str, Any]) -> dict[str, Any]:
         """Set a queue's global limits at run time; the answer is the limits now, or the

@@ -73,6 +73,23 @@ class KeptTask:
     route: Route | None = None
 
 
+@dataclass
+class StoredSchedule:
+    """A periodic schedule as the store keeps it: its spec (JSON), the task each firing makes
+    (function hash and payload frames; the body is in ``bodies``), and where it stands."""
+
+    name: str
+    spec: str
+    fn_hash: bytes
+    frames: list[bytes]
+    function: str
+    group: str
+    next_fire: float
+    last_fire: float | None = None
+    last_id: bytes = b""
+    paused: bool = False
+
+
 class Store(Protocol):
     """What the router's core needs of a store (see the module's docstring)."""
 
@@ -82,6 +99,12 @@ class Store(Protocol):
     def add(self, tasks: Sequence[KeptTask]) -> None: ...
 
     def put_body(self, fn_hash: bytes, body: bytes) -> None: ...
+
+    def put_schedule(self, schedule: StoredSchedule) -> None: ...
+
+    def delete_schedule(self, name: str) -> None: ...
+
+    def schedules(self) -> list[StoredSchedule]: ...
 
     def body(self, fn_hash: bytes) -> bytes | None: ...
 
@@ -163,6 +186,7 @@ class MemoryStore:
         #: finished task ids by expiry time, for the sweep (a heap would do too: few per call)
         self._expiry: list[tuple[float, bytes]] = []
         self._bodies: dict[bytes, bytes] = {}
+        self._schedules: dict[str, StoredSchedule] = {}
         self._bytes = 0
         self._tombstones = _Tombstones()
 
@@ -178,6 +202,15 @@ class MemoryStore:
         if fn_hash not in self._bodies:
             self._bodies[fn_hash] = body
             self._bytes += len(body)
+
+    def put_schedule(self, schedule: StoredSchedule) -> None:
+        self._schedules[schedule.name] = schedule
+
+    def delete_schedule(self, name: str) -> None:
+        self._schedules.pop(name, None)
+
+    def schedules(self) -> list[StoredSchedule]:
+        return list(self._schedules.values())
 
     def body(self, fn_hash: bytes) -> bytes | None:
         return self._bodies.get(fn_hash)
@@ -297,6 +330,18 @@ CREATE INDEX tasks_expires ON tasks (expires) WHERE expires IS NOT NULL;
 CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
 CREATE INDEX tasks_unfinished ON tasks (state) WHERE finished IS NULL;
 CREATE TABLE bodies (hash BLOB PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE schedules (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    fn_hash BLOB NOT NULL,
+    frames BLOB NOT NULL,
+    function TEXT NOT NULL,
+    worker_group TEXT NOT NULL,
+    next_fire REAL NOT NULL,
+    last_fire REAL,
+    last_id BLOB NOT NULL,
+    paused INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE tombstones (id BLOB PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX tombstones_at ON tombstones (at);
 """
@@ -440,6 +485,35 @@ class SqliteStore:
     def body(self, fn_hash: bytes) -> bytes | None:
         row = self._db.execute("SELECT body FROM bodies WHERE hash = ?", (fn_hash,)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def put_schedule(self, schedule: StoredSchedule) -> None:
+        s = schedule
+        self._begin().execute(
+            "INSERT OR REPLACE INTO schedules (name, spec, fn_hash, frames, function, "
+            "worker_group, next_fire, last_fire, last_id, paused) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                s.name,
+                s.spec,
+                s.fn_hash,
+                pack_frames(s.frames),
+                s.function,
+                s.group,
+                s.next_fire,
+                s.last_fire,
+                s.last_id,
+                int(s.paused),
+            ),
+        )
+
+    def delete_schedule(self, name: str) -> None:
+        self._begin().execute("DELETE FROM schedules WHERE name = ?", (name,))
+
+    def schedules(self) -> list[StoredSchedule]:
+        rows = self._db.execute(
+            "SELECT name, spec, fn_hash, frames, function, worker_group, next_fire, last_fire, "
+            "last_id, paused FROM schedules ORDER BY name"
+        ).fetchall()
+        return [_stored_schedule(row) for row in rows]
 
     def started(self, task_id: bytes, attempts: int, at: float) -> None:
         self._requeued.discard(task_id)
@@ -642,6 +716,22 @@ def _record(row: Any) -> KeptTask:
         str(error_message),
         str(group),
         _route(Route(str(route[0]), int(route[1]), float(route[2]), float(route[3]))),
+    )
+
+
+def _stored_schedule(row: tuple[Any, ...]) -> StoredSchedule:
+    name, spec, fn_hash, frames, function, group, next_fire, last_fire, last_id, paused = row
+    return StoredSchedule(
+        str(name),
+        str(spec),
+        bytes(fn_hash),
+        unpack_frames(bytes(frames)),
+        str(function),
+        str(group),
+        float(next_fire),
+        None if last_fire is None else float(last_fire),
+        bytes(last_id),
+        bool(paused),
     )
 
 
