@@ -1450,8 +1450,14 @@ def test_a_malformed_enqueue_or_query_is_a_protocol_error() -> None:
         protocol.decode_enqueue(body, payload)
     with pytest.raises(ProtocolError, match="JSON"):
         protocol.decode_query(struct.pack("!Q", 1), [b"{not json"])
-    request, value = protocol.decode_query(*_split(protocol.encode_query(5, {"op": "info"})))
-    assert (request, value) == (5, {"op": "info"})
+    request, value, frames = protocol.decode_query(
+        *_split(protocol.encode_query(5, {"op": "info"}))
+    )
+    assert (request, value, frames) == (5, {"op": "info"}, [])
+    carried = protocol.encode_query(6, {"op": "schedule"}, [b"body", b"call"])
+    assert protocol.decode_query(*_split(carried)) == (6, {"op": "schedule"}, [b"body", b"call"])
+    with pytest.raises(ProtocolError, match="ANSWER: expected one JSON frame"):
+        protocol.decode_answer(*_split(carried))
 
 
 def _split(frames: list[Any]) -> tuple[bytes, list[Any]]:
