@@ -68,6 +68,8 @@ STREAM_WIDE_WINDOW = 1024
 FIRST_ITEM_STREAMS = 200
 #: background tasks per durable run (the issue's figure: 20,000)
 DURABLE_TASKS = 20_000
+ROUTING_TASKS = 20_000
+HELD_TASKS = 100_000
 FIRST_ITEM_WARMUP_STREAMS = 20
 
 QUICK_RUNS = 2
@@ -77,6 +79,8 @@ QUICK_LATENCY_CALLS = 300
 QUICK_STREAM_ITEMS = 20_000
 QUICK_FIRST_ITEM_STREAMS = 50
 QUICK_DURABLE_TASKS = 2_000
+QUICK_ROUTING_TASKS = 4_000
+QUICK_HELD_TASKS = 10_000
 
 
 def echo(x: Any) -> Any:
@@ -181,14 +185,138 @@ def bench_sleep(runs: int, tasks: int) -> Figure:
 def _start_durable_cluster(folder: str) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """A router with ``--data`` on this machine's disk, and a worker node, as a user runs
     them (the embedded default keeps background tasks in memory)."""
+    return _start_cluster(folder, ["--data", f"{folder}/data"], [])
+
+
+def _start_cluster(
+    folder: str, router_args: list[str], worker_args: list[str]
+) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A router and a worker node (one process per core) on an ipc socket in ``folder``;
+    the router is the last process returned."""
     address = f"ipc://{folder}/router.sock"
     squall_cmd = [sys.executable, "-m", "squall"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    router = subprocess.Popen(
-        [*squall_cmd, "router", "--bind", address, "--data", f"{folder}/data"], **quiet
-    )
-    worker = subprocess.Popen([*squall_cmd, "worker", "--connect", address], **quiet)
+    router = subprocess.Popen([*squall_cmd, "router", "--bind", address, *router_args], **quiet)
+    worker = subprocess.Popen([*squall_cmd, "worker", "--connect", address, *worker_args], **quiet)
     return address, [worker, router]
+
+
+def _stop_cluster(procs: list[subprocess.Popen[bytes]], folder: str) -> None:
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_workers(ex: squall.Executor) -> None:
+    deadline = time.monotonic() + 30
+    while ex.stats()["workers"] < (os.cpu_count() or 1):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster's workers did not register")
+        time.sleep(0.05)
+
+
+def bench_routing(runs: int, tasks: int) -> list[Figure]:
+    """No-op dispatch with 10 named queues and 10 priorities in use against the default
+    queue alone, interleaved on the same router and workers (which serve all 11 queues)."""
+    queues = [f"q{i}" for i in range(10)]
+    folder = tempfile.mkdtemp(prefix=".squall-bench-", dir=os.getcwd())
+    address, procs = _start_cluster(folder, [], ["--queues", ",".join(["default", *queues])])
+    plain_rates: list[float] = []
+    routed_rates: list[float] = []
+    chunk = tasks // 100
+    expected = [list(range(k * chunk, (k + 1) * chunk)) for k in range(100)]
+    try:
+        with squall.Executor(address, connect_timeout=30) as ex:
+            _wait_for_workers(ex)
+            routed = [ex.options(queue=queues[k % 10], priority=k // 10) for k in range(100)]
+            plain = [ex.options() for _ in range(100)]
+            for run in range(runs + 1):
+                for views, rates in ((plain, plain_rates), (routed, routed_rates)):
+                    _settle()
+                    t0 = time.perf_counter()
+                    maps = [
+                        view.map(echo, values) for view, values in zip(views, expected, strict=True)
+                    ]
+                    if [list(m) for m in maps] != expected:
+                        raise RuntimeError("routed results came back wrong")
+                    if run:
+                        rates.append(tasks / (time.perf_counter() - t0))
+    finally:
+        _stop_cluster(procs, folder)
+    extra = {"tasks": tasks, "queues": 10, "priorities": 10}
+    return [
+        Figure(
+            f"no-op, default queue ({tasks:,} tasks)",
+            "tasks/s",
+            plain_rates,
+            higher_is_better=True,
+            extra=extra,
+        ),
+        Figure(
+            f"no-op, 10 queues x 10 priorities ({tasks:,} tasks)",
+            "tasks/s",
+            routed_rates,
+            higher_is_better=True,
+            extra=extra,
+        ),
+        Figure(
+            "10 queues x 10 priorities / default queue, same runs",
+            "×",
+            [r / p for r, p in zip(routed_rates, plain_rates, strict=True)],
+            target=0.9,
+            higher_is_better=True,
+            extra=extra,
+        ),
+    ]
+
+
+def bench_held(count: int) -> list[Figure]:
+    """What ``count`` delayed tasks (an hour away) cost a router: resident memory, and CPU
+    over 10 idle seconds while it holds them."""
+    import psutil
+
+    folder = tempfile.mkdtemp(prefix=".squall-bench-", dir=os.getcwd())
+    address, procs = _start_cluster(folder, [], [])
+    try:
+        with squall.Executor(address, connect_timeout=30) as ex:
+            _wait_for_workers(ex)
+            router = psutil.Process(procs[-1].pid)
+            time.sleep(1.0)
+            before = router.memory_info().rss
+            view = ex.options(delay=3600)
+            pending = view.map(echo, range(count))  # submitted at once; never read
+            while ex.stats()["scheduled"] < count:
+                time.sleep(0.1)
+            time.sleep(1.0)
+            held = router.memory_info().rss - before
+            cpu0, t0 = sum(router.cpu_times()[:2]), time.perf_counter()
+            time.sleep(10.0)
+            cpu = (sum(router.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0)
+            ex.shutdown(cancel_futures=True)
+            del pending
+    finally:
+        _stop_cluster(procs, folder)
+    extra = {"tasks": count}
+    return [
+        Figure(
+            f"router memory holding {count:,} delayed tasks",
+            "MB",
+            [held / 1e6],
+            target=100 if count >= HELD_TASKS else None,
+            extra=extra,
+        ),
+        Figure(
+            f"router CPU while idle holding {count:,} delayed tasks",
+            "%",
+            [cpu * 100],
+            target=1.0,
+            extra=extra,
+        ),
+    ]
 
 
 def bench_durable(runs: int, tasks: int) -> list[Figure]:
@@ -437,6 +565,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.3f} s"
     if unit == "µs":
         return f"{value:,.0f} µs"
+    if unit in ("MB", "%"):
+        return f"{value:,.1f} {unit}"
     return f"{value:g} {unit}"
 
 
@@ -494,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     stream_items = QUICK_STREAM_ITEMS if args.quick else STREAM_ITEMS
     first_item_streams = QUICK_FIRST_ITEM_STREAMS if args.quick else FIRST_ITEM_STREAMS
     durable_tasks = QUICK_DURABLE_TASKS if args.quick else DURABLE_TASKS
+    routing_tasks = QUICK_ROUTING_TASKS if args.quick else ROUTING_TASKS
+    held_tasks = QUICK_HELD_TASKS if args.quick else HELD_TASKS
 
     load_before = os.getloadavg()[0]  # other work on the machine skews every figure
     revision = _revision()
@@ -510,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_stream(runs, stream_items, STREAM_WIDE_WINDOW),
         *bench_first_item(runs, first_item_streams),
         *bench_durable(runs, durable_tasks),
+        *bench_routing(runs, routing_tasks),
+        *bench_held(held_tasks),
     ]
     elapsed = time.perf_counter() - started
 

@@ -231,6 +231,8 @@ class Scheduler:
         not-before time."""
         if task.not_before and task.not_before > self.wall():
             task.held = True
+            # Held for long, maybe by the 100,000: plain bytes cost a fraction of a zmq.Frame.
+            task.frames = [f.bytes if hasattr(f, "bytes") else f for f in task.frames]
             self._sequence += 1
             heapq.heappush(self.timers, (task.not_before, self._sequence, task))
         else:

@@ -288,10 +288,11 @@ class RouterServer:
                     self._reload()
                 if self.socket in events:
                     self._drain()
-                if self.state.tasks:
+                if self.socket in events:
                     self._trimmer.worked()
                 else:
-                    self._trimmer.idle()  # a burst is over: hand freed memory back
+                    # A quiet turn (tasks may be held for later): hand freed memory back.
+                    self._trimmer.idle()
                 if time.monotonic() >= next_beat:
                     self._on_beat()
                     next_beat = time.monotonic() + self.config.heartbeat
