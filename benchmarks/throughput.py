@@ -331,11 +331,7 @@ def bench_durable(runs: int, tasks: int) -> list[Figure]:
     address, procs = _start_durable_cluster(folder)
     try:
         with squall.Executor(address, connect_timeout=30) as ex:
-            deadline = time.monotonic() + 30
-            while ex.stats()["workers"] < (os.cpu_count() or 1):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the durable cluster's workers did not register")
-                time.sleep(0.05)
+            _wait_for_workers(ex)
             for run in range(runs + 1):
                 _settle()
                 t0 = time.perf_counter()

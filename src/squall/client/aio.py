@@ -120,22 +120,9 @@ class AsyncExecutor:
         """As :meth:`Executor.options`: a view whose ``submit``, ``map`` and ``stream`` give
         each task these options and pass every keyword argument to the function untouched.
         Checked here: a bad value raises ``TypeError`` or ``ValueError`` at this call."""
-        return AsyncExecutorView(
-            self,
-            merged(
-                TaskOptions(),
-                timeout=timeout,
-                retries=retries,
-                retry_on=retry_on,
-                backoff=backoff,
-                queue=queue,
-                priority=priority,
-                delay=delay,
-                at=at,
-                expires=expires,
-                key=key,
-            ),
-        )
+        given = dict(locals())  # the options, exactly as passed (nothing else is bound yet)
+        del given["self"]
+        return AsyncExecutorView(self, merged(TaskOptions(), **given))
 
     # -- what the options view calls ------------------------------------------------------
 

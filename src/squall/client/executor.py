@@ -741,22 +741,9 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
                 exception classes...), at this call.
             ValueError: a timeout that is not positive, negative retries or backoff.
         """
-        return ExecutorView(
-            self,
-            merged(
-                TaskOptions(),
-                timeout=timeout,
-                retries=retries,
-                retry_on=retry_on,
-                backoff=backoff,
-                queue=queue,
-                priority=priority,
-                delay=delay,
-                at=at,
-                expires=expires,
-                key=key,
-            ),
-        )
+        given = dict(locals())  # the options, exactly as passed (nothing else is bound yet)
+        del given["self"]
+        return ExecutorView(self, merged(TaskOptions(), **given))
 
     def stats(self) -> dict[str, Any]:
         """The router's counters and this client's, for monitoring and tests."""

@@ -117,22 +117,9 @@ class OptionsView(Generic[E]):
         Raises:
             TypeError, ValueError: an option's value is wrong (see ``Executor.options``).
         """
-        return type(self)(
-            self._target,
-            merged(
-                self._options,
-                timeout=timeout,
-                retries=retries,
-                retry_on=retry_on,
-                backoff=backoff,
-                queue=queue,
-                priority=priority,
-                delay=delay,
-                at=at,
-                expires=expires,
-                key=key,
-            ),
-        )
+        given = dict(locals())  # the options, exactly as passed (nothing else is bound yet)
+        del given["self"]
+        return type(self)(self._target, merged(self._options, **given))
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """As the executor's ``submit``, with this view's options; every keyword argument,
