@@ -350,13 +350,7 @@ def bench_durable(runs: int, tasks: int) -> list[Figure]:
                     durable_rates.append(tasks / (done - t0))
                     plain_rates.append(tasks / (plain_done - t1))
     finally:
-        for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        shutil.rmtree(folder, ignore_errors=True)
+        _stop_cluster(procs, folder)
     ratios = [d / p for d, p in zip(durable_rates, plain_rates, strict=True)]
     extra = {"tasks": tasks, "fsync": "full"}
     return [
