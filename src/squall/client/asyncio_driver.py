@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 import zmq.utils.monitor
 
+from squall import transport
 from squall.client._core import ClientCore, Step
 from squall.client.sync import client_socket
 from squall.config import DRAIN_BATCH, prepare_socket
@@ -245,7 +246,7 @@ class AsyncioDriver:
             return
         for _ in range(DRAIN_BATCH):
             try:
-                frames = self._raw.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = transport.recv(self._raw)
             except zmq.Again:
                 break
             self._receive(frames)
@@ -273,7 +274,7 @@ class AsyncioDriver:
             return
         while unsent:
             try:
-                raw.send_multipart(unsent[0], flags=zmq.NOBLOCK, copy=False)
+                transport.send(raw, unsent[0])
             except zmq.Again:
                 if self._writer is None and self._loop is not None and not self._closing:
                     self._writer = self._loop.create_task(self._wait_for_room())
@@ -284,7 +285,7 @@ class AsyncioDriver:
             not self._drain_scheduled
             and not self._closing
             and self._loop is not None
-            and int(raw.get(zmq.EVENTS)) & zmq.POLLIN
+            and transport.readable(raw)
         ):
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)

@@ -24,7 +24,7 @@ import zmq
 import zmq.green
 import zmq.utils.monitor
 
-from squall import protocol
+from squall import protocol, transport
 from squall.auth import apply_client_keys
 from squall.client._core import ClientCore, Step
 from squall.config import DRAIN_BATCH, prepare_socket
@@ -226,7 +226,7 @@ class ThreadDriver:
     def _flush(self) -> None:
         while self._unsent:
             try:
-                self.socket.send_multipart(self._unsent[0], flags=zmq.NOBLOCK, copy=False)
+                transport.send(self.socket, self._unsent[0])
             except zmq.Again:
                 return
             self._unsent.popleft()
@@ -234,7 +234,7 @@ class ThreadDriver:
     def _drain(self) -> None:
         for _ in range(DRAIN_BATCH):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = transport.recv(self.socket)
             except zmq.Again:
                 return
             try:

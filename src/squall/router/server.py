@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import zmq
 
-from squall import protocol
+from squall import protocol, transport
 from squall.auth import ServerKeys, ZapHandler
 from squall.config import DRAIN_BATCH, RouterConfig, bind_router_socket, prepare_socket
 from squall.errors import ProtocolError
@@ -325,7 +325,7 @@ class RouterServer:
         state, keys = self.state, self.keys
         for _ in range(DRAIN_BATCH):
             try:
-                frames: list[Any] = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames: list[Any] = transport.recv(self.socket)
             except zmq.Again:
                 return
             message = frames[1:]
@@ -444,7 +444,7 @@ class RouterServer:
         """Send now; on a full pipe keep the message in the peer's backlog; on a gone peer,
         tell the state."""
         try:
-            self.socket.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
+            transport.send(self.socket, frames, peer)
         except zmq.Again:
             backlog = self._backlogs.get(peer)
             if backlog is None:
@@ -461,9 +461,7 @@ class RouterServer:
         for peer, backlog in list(self._backlogs.items()):
             while backlog.messages:
                 try:
-                    self.socket.send_multipart(
-                        [peer, *backlog.messages[0]], flags=zmq.NOBLOCK, copy=False
-                    )
+                    transport.send(self.socket, backlog.messages[0], peer)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:
