@@ -422,3 +422,27 @@ def test_describe() -> None:
     assert serialization.describe(make_adder) == "make_adder"
     assert serialization.describe(make_adder(1)) == "make_adder.<locals>.add"
     assert serialization.describe(Point(1, 2).norm1) == "Point.norm1"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [5, "text", None, True, 2.5, b"raw", (1, "a"), [1, [2, 3]], {"k": (1, 2)}, ((7,), {}, None)],
+)
+def test_plain_values_take_the_standard_pickler_and_make_cloudpickles_bytes(value) -> None:
+    assert serialization._plain(value)
+    assert serialization.dumps(value) == serialization._dump(value)
+
+
+def test_values_holding_functions_or_local_classes_still_go_through_cloudpickle() -> None:
+    class Local:
+        def __eq__(self, other: object) -> bool:
+            return type(other).__name__ == "Local"
+
+    def shout(s: str) -> str:
+        return s.upper()
+
+    for value in [(shout,), {"f": lambda: 1}, [Local()], ((Local(),), {}, None)]:
+        assert not serialization._plain(value)
+    (fn,) = serialization.loads(serialization.dumps((shout,)))
+    assert fn("a") == "A"
+    assert serialization.loads(serialization.dumps([Local()])) == [Local()]

@@ -133,16 +133,56 @@ def _dump(obj: Any) -> list[Frame]:
     return [stream.getvalue(), *buffers]
 
 
+#: types that pickle the same with and without cloudpickle (it never sees them)
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
+#: containers looked into, up to this many items, for :func:`_plain`
+_PLAIN_ITEMS = 32
+
+
+def _plain(obj: Any, depth: int = 0) -> bool:
+    """Whether ``obj`` is atomic values only, or small tuples, lists and dicts of them (two
+    levels deep): the standard library's pickler makes the same bytes as cloudpickle's for
+    them, several times faster (no Pickler object to build for each value). Loops, not
+    generators: this runs for every task's arguments and result."""
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return True
+    if depth >= 2:
+        return False
+    if kind is tuple or kind is list:
+        if len(obj) > _PLAIN_ITEMS:
+            return False
+        for item in obj:
+            if type(item) not in _ATOMIC and not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is dict:
+        if len(obj) > _PLAIN_ITEMS:
+            return False
+        for key, value in obj.items():
+            if type(key) is not str or (
+                type(value) not in _ATOMIC and not _plain(value, depth + 1)
+            ):
+                return False
+        return True
+    return False
+
+
 def dumps(obj: Any) -> list[Frame]:
     """Pickle ``obj`` into frames: the pickle, then one frame per large buffer.
 
-    The common case (small values) is pickled once. Only a big pickle pays for a second pass
-    that moves big bytes and bytearrays out of band.
+    The common case (small values) is pickled once; plain small values (:func:`_plain`) by
+    the standard library's pickler. Only a big pickle pays for a second pass that moves big
+    bytes and bytearrays out of band.
 
     Raises:
         Exception: whatever pickling raised; callers turn it into a SerializationError that
             names the value.
     """
+    if _plain(obj):
+        data = pickle.dumps(obj, protocol=5)
+        if len(data) < OOB_THRESHOLD:
+            return [data]
     error: Exception | None = None
     try:
         frames = _dump(obj)

@@ -503,10 +503,11 @@ class WorkerProcess:
         callback: each runs until it first waits, or ends and waits for the next task)."""
         self._start_scheduled = False
         self._last_start = time.monotonic()
-        starting, idle, tasks = self._starting, self._idle, self._tasks
-        while starting:
-            task_id = next(iter(starting))
-            item, fn = starting.pop(task_id)
+        # Taken whole: popping a dict from the front one by one is quadratic. Nothing else
+        # runs meanwhile (a task that waits switches back here), so no CANCEL can miss these.
+        starting, self._starting = self._starting, {}
+        idle, tasks = self._idle, self._tasks
+        for task_id, (item, fn) in starting.items():
             runner = idle.pop() if idle else greenlet.greenlet(self._serve, parent=self._hub)
             tasks[task_id] = runner
             # Each task in a context of its own, as in a greenlet of its own: a contextvar one
