@@ -58,7 +58,9 @@ ROUTER_GONE_AFTER = 60.0
 SLOW_SHUTDOWN_NOTICE = 10.0
 
 #: containers whose elements may be futures to wait for
-_WALKED = (list, tuple, dict)
+_WALKED = frozenset({list, tuple, dict})
+#: argument types that are never futures
+_ATOMIC = frozenset({int, float, str, bytes, bool, type(None)})
 
 #: sessions not closed yet: each is finished (its pending work done) at interpreter exit
 _sessions: set[_Session] = set()
@@ -625,7 +627,11 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
         or cancelled one fails the new task at once. Returns (args, kwargs, dependency task
         ids, failure).
         """
-        if not any(type(a) in _WALKED or isinstance(a, Future) for a in (*args, *kwargs.values())):
+        for value in (*args, *kwargs.values()) if kwargs else args:
+            kind = type(value)
+            if kind in _WALKED or (kind not in _ATOMIC and isinstance(value, Future)):
+                break
+        else:  # the common case, checked in a plain loop: nothing to link
             return args, kwargs, (), None
         deps: list[int] = []
         refs: dict[int, DependencyRef] = {}

@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from squall import ids, serialization
 from squall.errors import SerializationError
@@ -157,7 +157,9 @@ class Future(concurrent.futures.Future[T]):
             if not isinstance(value, _Undecoded):
                 return value
         self._decode()
-        return super().result()  # done now: the value, or the decoded exception raised
+        if self._exception is None:  # done and decoded (under the lock): no second round
+            return cast("T", self._result)
+        return super().result()  # the decoded exception, raised
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         # A result is decoded too: one that cannot be unpickled is the SerializationError that
