@@ -9,10 +9,10 @@ stayed between 50 and 63 MB. So processes call :class:`Trimmer` when they fall i
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
 from collections.abc import Callable
+
+from squall import libc
 
 #: seconds between two trims at the most: malloc_trim walks the heap (milliseconds when big)
 TRIM_EVERY = 5.0
@@ -20,9 +20,8 @@ TRIM_EVERY = 5.0
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to do
+        trim: Callable[[int], int] = getattr(libc.load(), "malloc_trim")  # noqa: B009
+    except AttributeError:  # not glibc (or no C library): nothing to do
         return None
     return trim
 

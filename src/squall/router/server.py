@@ -32,7 +32,7 @@ from typing import Any, cast
 
 import zmq
 
-from squall import protocol, transport
+from squall import libc, protocol, transport
 from squall.auth import ServerKeys, ZapHandler
 from squall.config import DRAIN_BATCH, RouterConfig, bind_router_socket, prepare_socket
 from squall.errors import ProtocolError
@@ -85,11 +85,9 @@ def unpredictable_auto_ids() -> None:
     those ids explicitly makes libzmq abort when the next id-less peer connects. squall's
     own peers never go without an id; from a random start, no one can hold the next one.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "big")))
-    except (OSError, AttributeError):  # no libc rand to seed: libzmq seeds its own
-        pass
+    srand = getattr(libc.load(), "srand", None)
+    if srand is not None:  # else no libc rand to seed: libzmq seeds its own
+        srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "big")))
 
 
 class FailureLog:

@@ -19,7 +19,6 @@ for its worker's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -28,6 +27,7 @@ from typing import Any
 
 from gevent import monkey
 
+from squall import libc as c_library
 from squall.runner.watchdog import STATUS, StatusKind
 
 FATAL_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
@@ -49,9 +49,8 @@ def install(status_fd: int | None, blame: Callable[[], int | None]) -> None:
     """
     if status_fd is None or not sys.platform.startswith("linux") or _installed:
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
+    libc = c_library.load()
+    if libc is None:
         return
     libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
     libc.signal.restype = ctypes.c_void_p

@@ -21,8 +21,6 @@ affected, and a multiprocessing child ends through its own ``os._exit``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -31,6 +29,7 @@ from typing import Any
 import greenlet
 from gevent import _hub_local, monkey
 
+from squall import libc
 from squall.log import get_logger
 
 log = get_logger(__name__)
@@ -66,11 +65,8 @@ def leave_child(code: int) -> None:
 def _load_prctl() -> Any:
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        return libc.prctl
-    except (OSError, AttributeError):  # no libc to load: the process group still ends children
-        return None
+    # No C library (or no prctl in it): the process group still ends children.
+    return getattr(libc.load(), "prctl", None)
 
 
 def _before_fork() -> None:

@@ -5,8 +5,17 @@ gevent's monkey-patching happens on the first lines, before anything else is imp
 other tasks instead of blocking the whole process. Library modules never patch; only this one.
 """
 
+import os
+
+import gevent.events
 from gevent import monkey
 
+# gevent calls the plugins that installed packages declare (entry points) at each patch
+# event, and finds them through importlib.metadata: a scan of every installed distribution
+# and 2-6 MB resident (email, zipfile, csv...) in every worker process. squall's workers load
+# no such plugin; SQUALL_GEVENT_PLUGINS=1 brings the lookup back.
+if not os.environ.get("SQUALL_GEVENT_PLUGINS"):
+    gevent.events.notify_and_call_entry_points = gevent.events.notify
 monkey.patch_all()
 
 import argparse  # noqa: E402
