@@ -21,13 +21,13 @@ by ``submit``, ``map`` or ``stream``, all get the same rules:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import math
 import numbers
 import random
 import time
+import types
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -235,6 +235,14 @@ def retrying(
         sleep(options.pause(retry))
 
 
+def _asyncio() -> types.ModuleType:
+    """asyncio, imported by the coroutines that need it (its loop is running by then), not
+    with this module: a worker process that runs no coroutine does without its 4 MB."""
+    import asyncio
+
+    return asyncio
+
+
 async def retrying_async(
     make: Callable[[], Awaitable[T]],
     options: TaskOptions,
@@ -253,7 +261,7 @@ async def retrying_async(
             if retry >= options.retries:
                 raise
             retry += 1
-        await asyncio.sleep(options.pause(retry))
+        await _asyncio().sleep(options.pause(retry))
         awaitable = make()
 
 
@@ -270,6 +278,7 @@ async def within(
     """
     if timeout is None:
         return await awaitable
+    asyncio = _asyncio()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None

@@ -27,10 +27,9 @@ dropped rather than crashing a loop. Encoders trust their caller.
 from __future__ import annotations
 
 import enum
-import hashlib
 import json
 import math
-import secrets
+import os
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, TypeVar
@@ -165,8 +164,11 @@ def function_hash(body: bytes | memoryview) -> bytes:
     """The content hash a function body is known by on the wire: BLAKE2b, HASH_SIZE bytes.
 
     Peers check it (the router refuses a body planted under another's hash), so every
-    implementation computes it the same way.
+    implementation computes it the same way. (hashlib is imported here, not with the module:
+    with it comes OpenSSL's libcrypto, 3 MB resident in worker processes, which never hash.)
     """
+    import hashlib
+
     return hashlib.blake2b(body, digest_size=HASH_SIZE).digest()
 
 
@@ -181,7 +183,10 @@ def new_peer_id() -> bytes:
     bytes), the same sequence in every process: a peer could predict and claim another's.
     Random ids cannot be guessed, and ids starting with zero stay libzmq's own.
     """
-    return bytes([secrets.randbelow(255) + 1]) + secrets.token_bytes(PEER_ID_SIZE - 1)
+    while True:  # os.urandom, as secrets has it, without secrets' import of hashlib (see above)
+        peer = os.urandom(PEER_ID_SIZE)
+        if peer[0]:
+            return peer
 
 
 def is_peer_id(peer: bytes) -> bool:

@@ -6,9 +6,42 @@ other tasks instead of blocking the whole process. Library modules never patch; 
 """
 
 import os
+import sys
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+from typing import Any
 
 import gevent.events
 from gevent import monkey
+
+
+class _PatchSslOnImport:
+    """Patches :mod:`ssl` the moment it is first imported, not at boot.
+
+    ``ssl`` with OpenSSL's libssl is 6 MB resident that a worker whose tasks never open a TLS
+    connection does not need. gevent must patch ssl before any other module takes a name from
+    it; patching right after ssl's own code runs, inside the import that asked for it, comes
+    before the importer (``urllib3``, ``asyncio``...) reads a single name.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> ModuleSpec | None:
+        if name != "ssl":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+
+        spec = find_spec("ssl")
+        if spec is None or spec.loader is None:  # no ssl in this Python: nothing to patch
+            return spec
+        exec_ssl = spec.loader.exec_module
+
+        def exec_then_patch(module: ModuleType) -> None:
+            exec_ssl(module)
+            monkey.patch_ssl()
+
+        spec.loader.exec_module = exec_then_patch  # type: ignore[method-assign]
+        return spec
+
 
 # gevent calls the plugins that installed packages declare (entry points) at each patch
 # event, and finds them through importlib.metadata: a scan of every installed distribution
@@ -16,12 +49,15 @@ from gevent import monkey
 # no such plugin; SQUALL_GEVENT_PLUGINS=1 brings the lookup back.
 if not os.environ.get("SQUALL_GEVENT_PLUGINS"):
     gevent.events.notify_and_call_entry_points = gevent.events.notify
-monkey.patch_all()
+if "ssl" in sys.modules:  # imported already (by a sitecustomize?): patch it now
+    monkey.patch_all()
+else:
+    monkey.patch_all(ssl=False)
+    sys.meta_path.insert(0, _PatchSslOnImport())
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
 
 import gevent  # noqa: E402
 
