@@ -106,7 +106,13 @@ class Cluster:
         )
         return self.router
 
-    def start_workers(self, processes: int = 1, concurrency: int = 100, *extra: str) -> Proc:
+    def start_workers(
+        self,
+        processes: int = 1,
+        concurrency: int = 100,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> Proc:
         before = self.stats()["workers"]
         node = self.start(
             "worker",
@@ -117,6 +123,7 @@ class Cluster:
             "--concurrency",
             str(concurrency),
             *extra,
+            env=env,
         )
         wait_for(
             lambda: self.stats()["workers"] >= before + processes, 30, "workers did not register"

@@ -12,7 +12,7 @@ from squall import ids, protocol
 from squall.errors import ConfigError
 from squall.protocol import EnqueueFlag, FailureCode, MsgType, Role, Status
 from squall.router.state import RouterState
-from squall.router.store import KeptTask, MemoryStore, SqliteStore, open_store
+from squall.router.store import KeptTask, MemoryStore, SqliteStore, StoredFunction, open_store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -227,7 +227,9 @@ def test_a_recovered_task_keeps_its_worker_group(tmp_path) -> None:
     store.close()
     state = RouterState(store=SqliteStore(str(tmp_path)))
     assert state.kept[record.id].group == "gpu"
-    assert state.lanes[("gpu", "default")] and not state.queue  # only that group's workers get it
+    assert (
+        state.lanes[("gpu", "default", "")] and not state.queue
+    )  # only that group's workers get it
 
 
 def test_a_worker_gets_a_recovered_tasks_body_from_the_store(tmp_path) -> None:
@@ -248,3 +250,28 @@ def test_a_worker_gets_a_recovered_tasks_body_from_the_store(tmp_path) -> None:
     state.take_sends()
     state.handle(worker, protocol.encode_fn_fetch(fn_hash))
     assert [(s.peer, s.body) for s in _sent(state, SendBody)] == [(worker, body)]
+
+
+def test_a_format_2_store_is_upgraded_in_place_and_keeps_its_tasks(tmp_path) -> None:
+    """A router upgraded to calls by name opens the store an older one wrote: the new column
+    and table are added, the tasks stay."""
+    store = SqliteStore(str(tmp_path))
+    kept = _task(1)
+    store.add([kept])
+    store.commit()
+    store.close()
+    db = sqlite3.connect(tmp_path / "squall.db")  # make it what format 2 wrote
+    db.execute("ALTER TABLE tasks DROP COLUMN called")
+    db.execute("DROP TABLE functions")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    reopened = SqliteStore(str(tmp_path))
+    (task,) = reopened.unfinished()
+    assert task.id == kept.id and task.route is None
+    reopened.put_function(StoredFunction("a.b", 1, b"h" * 16, b"body", 1.0))
+    reopened.commit()
+    assert [f.name for f in reopened.functions()] == ["a.b"]
+    reopened.close()
+    version = sqlite3.connect(tmp_path / "squall.db").execute("PRAGMA user_version").fetchone()
+    assert version[0] == 3

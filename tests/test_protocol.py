@@ -70,7 +70,12 @@ def test_wire_numbers_are_stable() -> None:
         ("ANSWER", 23),
     ]
     assert {s.name: s.value for s in Status} == {"OK": 0, "ERROR": 1, "CANCELLED": 2}
-    assert {k.name: k.value for k in Kind} == {"CALL": 0, "STREAM": 1}
+    assert {k.name: k.value for k in Kind} == {
+        "CALL": 0,
+        "STREAM": 1,
+        "JSON_CALL": 2,
+        "JSON_STREAM": 3,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1462,3 +1467,28 @@ def test_a_malformed_enqueue_or_query_is_a_protocol_error() -> None:
 
 def _split(frames: list[Any]) -> tuple[bytes, list[Any]]:
     return protocol.parse_header(frames)[1], frames[1:]
+
+
+def test_calls_by_name_carry_the_name_in_their_route_and_workers_name_what_they_serve() -> None:
+    route = protocol.Route("emails", 3, 0.0, 0.0, "images.resize")
+    item = protocol.SubmitItem(
+        1,
+        protocol.name_hash("images.resize"),
+        protocol.Kind.JSON_CALL,
+        0,
+        (),
+        [b"{}"],
+        route=route,
+    )
+    frames = protocol.encode_submit([item])
+    _, body = protocol.parse_header(frames)
+    (decoded,) = protocol.decode_submit(body, frames[1:])
+    assert decoded.route == route and decoded.kind == protocol.Kind.JSON_CALL
+    hello = protocol.encode_hello(protocol.Role.WORKER, 7, 10, functions=("a.b", "c:d"))
+    _, body = protocol.parse_header(hello)
+    assert protocol.decode_hello(body, hello[1:]).functions == ("a.b", "c:d")
+    bad = [hello[0], b"default", b"a b"]
+    with pytest.raises(ProtocolError, match="function names"):
+        protocol.decode_hello(body, bad[1:])
+    assert protocol.name_hash("x") != protocol.function_hash(b"x")
+    assert protocol.valid_function_name("reports.daily") and not protocol.valid_function_name("")

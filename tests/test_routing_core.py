@@ -8,7 +8,16 @@ import random
 
 import pytest
 
-from squall.protocol import HASH_SIZE, FailureCode, Kind, Route, Status, SubmitItem
+from squall.protocol import (
+    HASH_SIZE,
+    FailureCode,
+    Kind,
+    Route,
+    Status,
+    SubmitItem,
+    name_hash,
+    read_error_summary,
+)
 from squall.router.limits import Limiter, parse_limit, parse_rate
 from squall.router.state import RouterState
 
@@ -187,3 +196,51 @@ def test_limit_specs_parse_or_fail_in_one_line() -> None:
     limiter.started("q", 2, 0.0)
     assert limiter.allowance("q", 0.5, 0) == 0 and limiter.next_room("q") > 1.0
     assert limiter.allowance("q", 1.1, 0) == 2
+
+
+def test_a_call_by_name_goes_only_to_workers_serving_that_name() -> None:
+    clock = Clock()
+    state = state_at(clock)
+    named = SubmitItem(
+        1, name_hash("img.resize"), Kind.CALL, 0, (), [b"x"], route=Route(function="img.resize")
+    )
+    state.submit(C, [named, item(2)])
+    state.add_worker(b"plain", 1, 10)
+    assert dispatched(state) == [2]  # the plain worker never gets the named call
+    assert state.stats()["functions"]["img.resize"]["queued"] == 1
+    state.add_worker(b"images", 2, 10, functions=("img.resize",))
+    assert [(w.peer, t.client_task_id) for w, ts in state.dispatch() for t in ts] == [
+        (b"images", 1)
+    ]
+
+
+def test_a_published_name_runs_its_current_version_on_any_worker() -> None:
+    clock = Clock()
+    state = state_at(clock)
+    answer = state.catalog_op({"op": "publish", "name": "reports.daily"}, [b"v1 body"])
+    assert answer == {"name": "reports.daily", "version": 1}
+    answer = state.catalog_op({"op": "publish", "name": "reports.daily"}, [b"v2 body"])
+    assert answer["version"] == 2
+    call = SubmitItem(
+        1,
+        name_hash("reports.daily"),
+        Kind.JSON_CALL,
+        0,
+        (),
+        [b"{}"],
+        route=Route(function="reports.daily"),
+    )
+    state.submit(C, [call])
+    state.add_worker(b"any", 1, 10)
+    ((worker, (task,)),) = state.dispatch()
+    assert task.fn_hash == hashlib.blake2b(b"v2 body", digest_size=HASH_SIZE).digest()
+    assert state.body_for(b"any", task.fn_hash)[0] == b"v2 body"
+
+
+def test_a_call_by_name_must_carry_its_names_hash_and_only_by_name_may_be_json() -> None:
+    state = state_at(Clock())
+    forged = SubmitItem(1, HASH, Kind.CALL, 0, (), [b"x"], route=Route(function="a.b"))
+    unnamed_json = SubmitItem(2, HASH, Kind.JSON_CALL, 0, (), [b"{}"])
+    state.submit(C, [forged, unnamed_json])
+    codes = [FailureCode(read_error_summary(frames[0]).code) for *_, frames in state.decided]
+    assert codes == [FailureCode.UNKNOWN_FUNCTION] * 2

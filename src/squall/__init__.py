@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from squall.client.schedules import ScheduleInfo
     from squall.client.stream import Stream
     from squall.client.view import AsyncExecutorView, ExecutorView
+    from squall.functions import function
 
 __all__ = [
     "__version__",
@@ -56,6 +57,8 @@ __all__ = [
     "ScheduleInfo",
     "ExecutorView",
     "AsyncExecutorView",
+    # functions called by name
+    "function",
     # errors: the task's own outcome
     "SquallError",
     "TaskError",
@@ -96,6 +99,7 @@ _CLIENT = {
     "ExecutorForked": "squall.client.executor",
     "TaskInfo": "squall.client.background",
     "ScheduleInfo": "squall.client.schedules",
+    "function": "squall.functions",
 }
 
 

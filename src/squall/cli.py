@@ -297,6 +297,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="Q1,Q2",
         help="run tasks of these named queues (default: default)",
     )
+    worker.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="serve the @squall.function(name) functions of MODULE by name (repeatable; "
+        "imported from the current directory too)",
+    )
     worker.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 1)")
     worker.add_argument(
         "--grace", type=float, help="on SIGTERM, seconds running tasks get to finish (default 30)"
@@ -563,7 +572,12 @@ def _worker(args: argparse.Namespace) -> int:
         max_tasks_per_process=args.max_tasks_per_process,
         max_memory_per_process=args.max_memory_per_process,
         queues=args.queues,
+        imports=tuple(args.imports),
     )
+    if config.imports:  # refused at once, here, not by each worker process in turn
+        from squall import functions
+
+        functions.import_modules(config.imports)
     log.configure(json=args.log_json, level=args.log_level, process="worker-node")
     if not config.auth and not is_loopback(config.connect):
         log.get_logger("squall.worker").warning(
@@ -698,7 +712,7 @@ def _demo() -> int:
 
         parts = [ex.submit(_sleep_then_echo, i) for i in range(1, 11)]
         # futures as arguments: values go worker to worker (a type checker sees futures)
-        total = ex.submit(sum, parts)  # type: ignore[arg-type]
+        total = ex.submit(sum, parts)  # type: ignore[call-overload]
         print(f"pipeline: sum of 10 tasks' results, computed remotely = {total.result()}")
 
         n = 10_000

@@ -179,6 +179,8 @@ class WorkerConfig:
         status_fd: the pipe a worker process's watchdog reports on to its node; set by the
             node.
         queues: the named queues whose tasks it runs (``--queues emails,default``).
+        imports: modules whose ``@squall.function(name)`` functions it serves by name
+            (``--import myapp.tasks``, repeatable).
 
     Raises:
         ConfigError: a bad setting, or a remote router without ``auth`` or ``insecure``.
@@ -199,8 +201,10 @@ class WorkerConfig:
     worker_id: str | None = None
     status_fd: int | None = None
     queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "imports", tuple(self.imports))
         queues = self.queues.split(",") if isinstance(self.queues, str) else self.queues
         object.__setattr__(self, "queues", tuple(q.strip() for q in queues))
         bad = [q for q in self.queues if not valid_queue(q)]

@@ -44,7 +44,9 @@ MAGIC = b"SQ"
 #: 4: background tasks (ENQUEUE, ENQUEUED, QUERY, ANSWER); TASK items carry flags.
 #: 5: SUBMIT and ENQUEUE items carry a route (queue, priority, not-before, expiry); a worker's
 #: HELLO names the queues it serves.
-VERSION = 5
+#: 6: calls by name: a route may name a function, a worker's HELLO names the functions it
+#: serves, and a call may carry JSON (Kind JSON_CALL, JSON_STREAM) instead of pickles.
+VERSION = 6
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
 Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
@@ -141,10 +143,22 @@ class EnqueueFlag(enum.IntFlag):
 
 
 class Kind(enum.IntEnum):
-    """What a task asks the worker to do with its function."""
+    """What a task asks the worker to do with its function, and how its values are encoded.
+
+    Bit 0: a stream. Bit 1: JSON: the call's one frame is ``{"args": [...], "kwargs": {...}}``
+    and each value (result, yielded value) is one JSON frame; an error outcome has an empty
+    frame in place of the pickled exception. Only calls by name may be JSON.
+    """
 
     CALL = 0  # one result
     STREAM = 1  # a generator: each yield as an ITEM, then an empty RESULT
+    JSON_CALL = 2
+    JSON_STREAM = 3
+
+
+#: the bits of a task's kind (see :class:`Kind`)
+KIND_STREAM = 1
+KIND_JSON = 2
 
 
 HASH_SIZE = 16
@@ -187,6 +201,24 @@ def new_peer_id() -> bytes:
         peer = os.urandom(PEER_ID_SIZE)
         if peer[0]:
             return peer
+
+
+#: longest function name, in characters (letters, digits, ``_ - . :``)
+MAX_FUNCTION_NAME = 200
+#: most function names one worker serves
+MAX_FUNCTIONS = 4096
+
+
+def valid_function_name(name: str) -> bool:
+    """Whether ``name`` can name a function: 1 to 200 letters, digits and ``_ - . :``, as
+    ``images.resize`` or ``reports:daily``."""
+    return 0 < len(name) <= MAX_FUNCTION_NAME and _QUEUE_CHARS.issuperset(name)
+
+
+def name_hash(name: str) -> bytes:
+    """The function hash a call by name carries: never a body's hash (the body hashes have no
+    such prefix), so a worker finds a function it serves by name where it finds bodies."""
+    return function_hash(b"squall function name\0" + name.encode())
 
 
 def is_peer_id(peer: bytes) -> bool:
@@ -234,6 +266,18 @@ class Hello(NamedTuple):
     group: str = ""
     #: a worker's queues: it is sent only tasks of these
     queues: tuple[str, ...] = ()
+    #: the functions a worker serves by name (``squall worker --import``)
+    functions: tuple[str, ...] = ()
+
+
+def _function_names(frame: Frame) -> tuple[str, ...]:
+    try:
+        names = tuple(bytes(frame).decode().split(","))
+    except UnicodeDecodeError:
+        raise ProtocolError("HELLO: the functions frame is not UTF-8") from None
+    if len(names) > MAX_FUNCTIONS or not all(valid_function_name(n) for n in names):
+        raise ProtocolError(f"HELLO: a worker serves up to {MAX_FUNCTIONS} valid function names")
+    return names
 
 
 class Welcome(NamedTuple):
@@ -299,11 +343,19 @@ MAX_GROUP = 64
 
 
 def encode_hello(
-    role: Role, pid: int, capacity: int = 0, group: str = "", queues: Sequence[str] = ()
+    role: Role,
+    pid: int,
+    capacity: int = 0,
+    group: str = "",
+    queues: Sequence[str] = (),
+    functions: Sequence[str] = (),
 ) -> list[Frame]:
     """HELLO; a payload frame names a client's worker group, or a worker's queues (comma
-    separated; none: the default queue)."""
+    separated; none: the default queue); a worker's second frame, the function names it
+    serves (comma separated)."""
     header = _HEADERS[MsgType.HELLO] + _HELLO.pack(role, pid, capacity)
+    if role == Role.WORKER and functions:
+        return [header, ",".join(queues or (DEFAULT_QUEUE,)).encode(), ",".join(functions).encode()]
     named = ",".join(queues) if role == Role.WORKER else group
     return [header, named.encode()] if named else [header]
 
@@ -314,7 +366,7 @@ def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
         role = Role(role)
     except ValueError:
         raise ProtocolError(f"HELLO: unknown role {role}") from None
-    if len(payload) > 1:
+    if len(payload) > (2 if role == Role.WORKER else 1):
         raise ProtocolError("HELLO: unexpected frames")
     if not payload:
         return Hello(role, pid, capacity, "", (DEFAULT_QUEUE,) if role == Role.WORKER else ())
@@ -327,7 +379,8 @@ def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
         queues = tuple(named.split(","))
         if not all(valid_queue(q) for q in queues) or len(queues) > MAX_QUEUES:
             raise ProtocolError(f"HELLO: a worker serves 1 to {MAX_QUEUES} valid queue names")
-        return Hello(role, pid, capacity, "", queues)
+        functions = _function_names(payload[1]) if len(payload) == 2 else ()
+        return Hello(role, pid, capacity, "", queues, functions)
     if not 0 < len(raw) <= MAX_GROUP or not named.isprintable():
         raise ProtocolError(f"HELLO: a group name has 1 to {MAX_GROUP} printable bytes")
     return Hello(role, pid, capacity, named)
@@ -552,18 +605,22 @@ class Route(NamedTuple):
     sees it.
 
     Times are Unix seconds (the router holds a delayed task by the wall clock); 0 means
-    none. ``priority``: higher first within the queue, FIFO among equals.
+    none. ``priority``: higher first within the queue, FIFO among equals. ``function``: a
+    call by name names its function here; the router sends it only to a worker serving that
+    name, or, for a function published to the router, with the published body.
     """
 
     queue: str = DEFAULT_QUEUE
     priority: int = 0
     not_before: float = 0.0
     expires: float = 0.0
+    function: str = ""
 
 
 #: the route of a task that names none: the default queue, at once, for ever
 DEFAULT_ROUTE = Route()
-_ROUTE = struct.Struct("!iddB")  # priority, not before, expires, queue name length
+#: priority, not before, expires, queue name length, function name length
+_ROUTE = struct.Struct("!iddBB")
 
 
 def _encode_routes(routes: Sequence[Route | None]) -> tuple[list[int], bytes]:
@@ -573,8 +630,11 @@ def _encode_routes(routes: Sequence[Route | None]) -> tuple[list[int], bytes]:
         if route is None or route == DEFAULT_ROUTE:
             lengths.append(0)
             continue
-        name = route.queue.encode()
-        part = _ROUTE.pack(route.priority, route.not_before, route.expires, len(name)) + name
+        name, function = route.queue.encode(), route.function.encode()
+        part = _ROUTE.pack(
+            route.priority, route.not_before, route.expires, len(name), len(function)
+        )
+        part += name + function
         lengths.append(len(part))
         parts.append(part)
     return lengths, b"".join(parts)
@@ -591,18 +651,22 @@ def _decode_routes(section: bytes, lengths: Sequence[int], what: str) -> list[Ro
             continue
         if length < _ROUTE.size:
             raise ProtocolError(f"{what}: a route is too short")
-        priority, not_before, expires, name_len = _ROUTE.unpack_from(section, at)
-        if length != _ROUTE.size + name_len:
-            raise ProtocolError(f"{what}: a route's queue name does not fit it")
+        priority, not_before, expires, name_len, function_len = _ROUTE.unpack_from(section, at)
+        if length != _ROUTE.size + name_len + function_len:
+            raise ProtocolError(f"{what}: a route's names do not fit it")
+        names_at = at + _ROUTE.size
         try:
-            queue = section[at + _ROUTE.size : at + length].decode()
+            queue = section[names_at : names_at + name_len].decode()
+            function = section[names_at + name_len : at + length].decode()
         except UnicodeDecodeError:
-            raise ProtocolError(f"{what}: a queue name is not UTF-8") from None
+            raise ProtocolError(f"{what}: a queue or function name is not UTF-8") from None
         if not valid_queue(queue):
             raise ProtocolError(f"{what}: {queue!r} is not a valid queue name")
+        if function and not valid_function_name(function):
+            raise ProtocolError(f"{what}: {function!r} is not a valid function name")
         if not (math.isfinite(not_before) and math.isfinite(expires)):
             raise ProtocolError(f"{what}: a route's times must be finite")
-        routes.append(Route(queue, priority, not_before, expires))
+        routes.append(Route(queue, priority, not_before, expires, function))
         at += length
     return routes
 

@@ -344,8 +344,9 @@ def loads_function(body: Any) -> Callable[..., Any]:
 # Exceptions
 
 
-def dumps_exception(exc: BaseException, function: str = "") -> list[Frame]:
-    """Frames for a task's exception: a JSON summary, then the pickled exception if it pickles.
+def dumps_exception(exc: BaseException, function: str = "", *, pickled: bool = True) -> list[Frame]:
+    """Frames for a task's exception: a JSON summary, then the pickled exception if it pickles
+    (an empty frame instead without ``pickled``: a JSON call's caller reads no pickle).
 
     The summary (type, message, traceback text, the task's ``function`` name) lets the caller
     raise ``TaskFailed`` when the exception itself cannot cross, and the router log the
@@ -357,13 +358,15 @@ def dumps_exception(exc: BaseException, function: str = "") -> list[Frame]:
     except Exception as broken:  # an exception whose __str__ raises still gets an outcome
         message = f"<unprintable {type(exc).__name__}: {type(broken).__name__}>"
         tb = ""
-    try:
-        pickled = dumps(exc)
-        pickle.loads(pickled[0], buffers=pickled[1:])  # some exceptions pickle but never load
-    except Exception:
-        pickled = [b""]
+    frames: list[Frame] = [b""]
+    if pickled:
+        try:
+            frames = dumps(exc)
+            pickle.loads(frames[0], buffers=frames[1:])  # some exceptions pickle, never load
+        except Exception:
+            frames = [b""]
     code = errors.failure_code_of(exc)
-    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, pickled, function, code)
+    return protocol.error_outcome(_qualified_name(type(exc)), message, tb, frames, function, code)
 
 
 def loads_exception(frames: Sequence[Any]) -> BaseException:

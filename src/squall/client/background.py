@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from squall import ids, protocol, serialization
+from squall import functions, ids, protocol, serialization
 from squall import options as task_options
 from squall.client._core import Call
 from squall.client.future import Future, HeldBatch
 from squall.errors import ProtocolError, TaskNotFound, Unavailable, UsageError
 from squall.options import TaskOptions
-from squall.protocol import HASH_SIZE, EnqueueFlag
+from squall.protocol import HASH_SIZE, EnqueueFlag, Kind
 
 if TYPE_CHECKING:
     from squall.client._core import ClientCore, Driver
@@ -47,7 +47,8 @@ class TaskInfo:
     ``running``, ``succeeded``, ``failed``, ``cancelled``. Times are Unix seconds (None until
     they happen); ``expires`` is when a finished task's outcome is dropped. ``error_type`` and
     ``error_message`` say why a failed task failed; ``queue`` is the named queue of an
-    unfinished task.
+    unfinished task. ``json``: a JSON call (its outcome is JSON, not a pickle). ``reason``:
+    why a queued task cannot start now (no worker serves its function or queue).
     """
 
     id: str
@@ -62,11 +63,26 @@ class TaskInfo:
     error_message: str | None
     queue: str | None = None
     not_before: float | None = None
+    json: bool = False
+    reason: str | None = None
 
 
 def calls_of(iterables: tuple[Iterable[Any], ...]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
     """``map``'s calls: the arguments of each, ``zip(*iterables)``, no keyword arguments."""
     return [(args, {}) for args in zip(*iterables, strict=False)]
+
+
+def json_options(options: TaskOptions | None) -> dict[str, Any] | None:
+    """The options a JSON call carries to its worker (timeout, retries, backoff), as JSON;
+    None for the defaults. (``retry_on`` is any Exception: a JSON caller names no classes.)"""
+    if options is None:
+        return None
+    sent = {
+        name: getattr(options, name)
+        for name in functions.WORKER_OPTIONS
+        if getattr(options, name) != getattr(task_options.DEFAULT, name)
+    }
+    return sent or None
 
 
 def function_name(fn: Callable[..., Any]) -> str:
@@ -132,18 +148,22 @@ class BackgroundMethods:
 
     def _enqueue_calls(
         self,
-        fn: Callable[..., T],
+        fn: Callable[..., T] | str,
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         keep: float | None,
         options: TaskOptions | None = None,
+        as_json: bool = False,
     ) -> list[Future[T]]:
         """Enqueue ``calls`` of ``fn``; with ``options`` (a view's), the keyword arguments
-        all go to ``fn``, else squall's own are taken out of them, as ``submit`` does."""
+        all go to ``fn``, else squall's own are taken out of them, as ``submit`` does.
+        ``as_json``: ``fn`` is a name, and the calls' arguments and outcomes are JSON."""
         self._check_open()
         if keep is not None and not (isinstance(keep, (int, float)) and keep > 0):
             raise ValueError(f"keep must be a positive number of seconds, not {keep!r}")
-        fn_hash, body = serialization.dumps_function(fn)
-        name = function_name(fn)
+        if as_json and not isinstance(fn, str):
+            raise TypeError("a JSON call names its function by a str")
+        fn_hash, body, called = functions.target(fn)
+        name = called if isinstance(fn, str) else function_name(fn)
         batch: list[Call] = []
         futures: list[Future[T]] = []
         held = HeldBatch(len(calls))
@@ -154,17 +174,24 @@ class BackgroundMethods:
                 route, call_options = task_options.split(task_options.from_kwargs(kwargs))
             else:
                 route, call_options = view_route, view_options
+            route = functions.named_route(route, called)
             if any(isinstance(a, Future) for a in itertools.chain(args, kwargs.values())):
                 raise UsageError("a background task cannot take a squall.Future as argument")
-            frames = serialization.dumps_call(args, kwargs, call_options)
             future: Future[T] = self._new_future()
+            if as_json:
+                frames = [functions.encode_json_call(args, kwargs, json_options(call_options))]
+                future.loads = functions.loads_json
+            else:
+                frames = serialization.dumps_call(args, kwargs, call_options)
             # A unique key names one task: every enqueue of it sends the same id, and the
             # router attaches the later ones to the task the first one made.
             future._key = ids.new_id() if unique is None else ids.for_key(unique)
             future._held = held
             futures.append(future)
             keep_s = float(keep or 0)
-            batch.append(Call(frames, future, key=future._key, keep=keep_s, name=name, route=route))
+            kind = Kind.JSON_CALL if as_json else Kind.CALL
+            call = Call(frames, future, kind, key=future._key, keep=keep_s, name=name, route=route)
+            batch.append(call)
         for start in range(0, len(batch), ENQUEUE_CHUNK):
             self._enqueue(fn_hash, body, batch[start : start + ENQUEUE_CHUNK])
         if self._core.caller_may_wait():  # not in the I/O thread or an event loop

@@ -13,14 +13,15 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED
-from typing import Any, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
+from squall import functions, protocol, serialization
 from squall import options as task_options
-from squall import protocol, serialization
 from squall.client._core import Call, ClientCore, Driver, Withdrawal
-from squall.client.background import BackgroundMethods
+from squall.client.background import BackgroundMethods, json_options
+from squall.client.catalog import CatalogMethods
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
 from squall.client.schedules import ScheduleMethods
@@ -244,7 +245,7 @@ def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [fn(*args) for args in chunk]
 
 
-class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
+class Executor(BackgroundMethods, ScheduleMethods, CatalogMethods, concurrent.futures.Executor):
     """Run Python callables on squall workers.
 
     With no address, starts the embedded default: a private router and one worker node as
@@ -365,8 +366,16 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
 
     # -- concurrent.futures.Executor --------------------------------------------------------
 
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """Run ``fn(*args, **kwargs)`` on a worker.
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Future[Any]: ...
+
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """Run ``fn(*args, **kwargs)`` on a worker; ``fn`` may be a function's name (see
+        "Functions by name" in the README): a worker serving it, or the router's published
+        version, runs it.
 
         ``squall.Future`` arguments (at top level, or inside a list, tuple or dict argument)
         make the task wait for them and receive their values, which go from worker to worker
@@ -382,7 +391,7 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
         fn, timeout=1)`` passes ``timeout=1`` to ``fn``. Typed as the standard library types
         ``Executor.submit`` (``ParamSpec``), so a type checker checks ``args`` and ``kwargs``
         against ``fn``: it flags these four unless ``fn`` takes them too (they are taken at
-        run time all the same; ``# type: ignore[call-arg]`` on such a call).
+        run time all the same; ``# type: ignore[call-overload]`` on such a call).
 
         Raises:
             SerializationError: ``fn`` or an argument cannot be pickled (named in the message);
@@ -402,7 +411,8 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
         """``submit`` with the task's options apart from ``fn``'s keyword arguments."""
         self._check_open()
         route, options = task_options.split(_plain(options))
-        fn_hash, body = serialization.dumps_function(fn)
+        fn_hash, body, name = functions.target(fn)
+        route = functions.named_route(route, name)
         future: Future[T] = self._new_future()
         linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
         if failed is not None:
@@ -411,6 +421,79 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
         frames = serialization.dumps_call(linked, linked_kw, options)
         self._enqueue(fn_hash, body, [Call(frames, future, deps=deps, route=route)])
         return future
+
+    def submit_json(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        options: TaskOptions | None = None,
+    ) -> Future[Any]:
+        """Call the function ``name`` with JSON arguments, as clients in other languages do
+        (through the HTTP gateway, which calls this).
+
+        The worker decodes the arguments, and encodes the result (or each value a generator
+        yields, with :meth:`stream_json`) as JSON: the future's result is the decoded JSON. A
+        failure is ``squall.TaskFailed`` with the remote type, message and traceback as text;
+        nothing is unpickled, here or in the router. ``options``: queue, priority, delay,
+        expires; timeout, retries and backoff (``retry_on`` is any Exception).
+
+        Raises:
+            ValueError: a bad name.
+            SerializationError: an argument JSON cannot encode, named by its type.
+        """
+        self._check_open()
+        future: Future[Any] = self._new_future()
+        fn_hash, call = self._json_call(name, args, kwargs, options, future, Kind.JSON_CALL)
+        self._enqueue(fn_hash, b"", [call])
+        return future
+
+    def stream_json(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        options: TaskOptions | None = None,
+    ) -> Stream[Any]:
+        """As :meth:`submit_json`, for a generator function: each value it yields, decoded
+        from JSON, as it comes."""
+        self._check_open()
+        stream: Stream[Any] = Stream(self.stream_window, self._driver.send)
+        stream.canceller = self._session.cancel_remote
+        fn_hash, call = self._json_call(name, args, kwargs, options, stream, Kind.JSON_STREAM)
+        self._enqueue(fn_hash, b"", [call])
+        return stream
+
+    def enqueue_json(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        options: TaskOptions | None = None,
+        keep: float | None = None,
+    ) -> Future[Any]:
+        """As :meth:`submit_json`, as a background task kept by the router (see
+        :meth:`enqueue`); ``options.key`` makes it unique."""
+        calls = [(tuple(args), dict(kwargs or {}))]
+        return self._enqueue_calls(name, calls, keep, options or task_options.DEFAULT, True)[0]
+
+    def _json_call(
+        self,
+        name: str,
+        args: Sequence[Any],
+        kwargs: dict[str, Any] | None,
+        options: TaskOptions | None,
+        target: Future[Any] | Stream[Any],
+        kind: Kind,
+    ) -> tuple[bytes, Call]:
+        """The name's hash and the call to send: one JSON frame, the name in its route."""
+        fn_hash, _, name = functions.target(functions.check_name(name))
+        route, _ = task_options.split(_plain(options))
+        frame = functions.encode_json_call(args, dict(kwargs or {}), json_options(options))
+        target.loads = functions.loads_json
+        window = self.stream_window if kind == Kind.JSON_STREAM else 0
+        call = Call([frame], target, kind, window, route=functions.named_route(route, name))
+        return fn_hash, call
 
     def stream(
         self, fn: Callable[P, Iterable[T] | AsyncIterable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -442,7 +525,8 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
         """``stream`` with the task's options apart from ``fn``'s keyword arguments."""
         self._check_open()
         route, options = task_options.split(_plain(options))
-        fn_hash, body = serialization.dumps_function(fn)
+        fn_hash, body, name = functions.target(fn)
+        route = functions.named_route(route, name)
         stream: Stream[Any] = Stream(self.stream_window, self._driver.send)
         stream.canceller = self._session.cancel_remote
         linked, linked_kw, deps, failed = self._link_dependencies(args, kwargs)
@@ -567,7 +651,8 @@ class Executor(BackgroundMethods, ScheduleMethods, concurrent.futures.Executor):
         each task with ``options``."""
         self._check_open()
         route, options = task_options.split(_plain(options))
-        fn_hash, body = serialization.dumps_function(fn)
+        fn_hash, body, name = functions.target(fn)
+        route = functions.named_route(route, name)
         futures: list[Future[T]] = []
         batch: list[Call] = []
         for args in calls:

@@ -103,6 +103,8 @@ class Future(concurrent.futures.Future[T]):
     #: set once the router holds a background task (see ``Executor.enqueue``)
     _held: HeldBatch | None = None
     _was_held = False
+    #: how the result's frames become the result: unpickled, or JSON for a JSON call
+    loads: Callable[[list[Frame]], Any] = staticmethod(serialization.loads)
 
     @property
     def id(self) -> str:
@@ -180,7 +182,7 @@ class Future(concurrent.futures.Future[T]):
         with self._condition:
             if isinstance(self._result, _Undecoded):
                 try:
-                    self._result = serialization.loads(self._result.frames)
+                    self._result = self.loads(self._result.frames)
                 except Exception as exc:
                     self._result = None
                     self._exception = _unreadable("the result could not be unpickled", exc)

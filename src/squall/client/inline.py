@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
+from squall import functions, serialization
 from squall import options as task_options
-from squall import serialization
 from squall.client._core import ClientCore
 from squall.client.executor import Executor, _Session
 from squall.client.future import Future
@@ -89,6 +89,7 @@ class InlineExecutor(Executor):
         """
         self._check_open()
         options = task_options.to_send(options)
+        fn = functions.local(fn)
         serialization.dumps_function(fn)  # a function that cannot travel fails here too
         future: Future[T] = self._new_future()
         linked, linked_kw, _, failed = self._link_dependencies(args, kwargs)
@@ -107,6 +108,7 @@ class InlineExecutor(Executor):
         """``map``'s submits: each call runs as it is read from ``calls``."""
         self._check_open()
         options = task_options.to_send(options)
+        fn = functions.local(fn)
         serialization.dumps_function(fn)
         futures: list[Future[T]] = []
         for args in calls:
@@ -130,6 +132,7 @@ class InlineExecutor(Executor):
         counts from now)."""
         self._check_open()
         options = task_options.to_send(options)
+        fn = functions.local(fn)
         serialization.dumps_function(fn)
         stream: InlineStream[Any] = InlineStream(self.stream_window)
         stream.task_id = next(self._ids)

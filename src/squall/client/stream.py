@@ -55,6 +55,8 @@ class Stream(Generic[T]):
     task_id: int = 0
     #: set by the executor: stops the remote generator and forgets the task
     canceller: Callable[[int], None] | None = None
+    #: how a value's frames become the value: unpickled, or JSON for a JSON call
+    loads: Callable[[list[Frame]], Any] = staticmethod(serialization.loads)
 
     def __init__(self, window: int, send: Callable[[list[Frame]], None]) -> None:
         self.window = window
@@ -123,7 +125,7 @@ class Stream(Generic[T]):
             while not self._buffer and self._end is None and not self._closed:
                 self._lock.wait()
             taken = self._take()
-        value = _open(taken)
+        value = _open(taken, self.loads)
         if value is _END:
             raise StopIteration
         return value  # type: ignore[no-any-return]
@@ -140,7 +142,7 @@ class Stream(Generic[T]):
                 waiter = asyncio.get_running_loop().create_future()
                 self._async_waiters.append((asyncio.get_running_loop(), waiter))
             await waiter
-        value = _open(taken)
+        value = _open(taken, self.loads)
         if value is _END:
             raise StopAsyncIteration
         return value  # type: ignore[no-any-return]
@@ -196,7 +198,7 @@ class Stream(Generic[T]):
         return f"<squall.Stream task={self.task_id} {state} buffered={len(self._buffer)}>"
 
 
-def _open(taken: Any) -> Any:
+def _open(taken: Any, loads: Callable[[list[Frame]], Any]) -> Any:
     """A value from what :meth:`Stream._take` took, unpickled in the reader's thread; _END as
     it is; raises the generator's error.
 
@@ -208,7 +210,7 @@ def _open(taken: Any) -> Any:
     if isinstance(taken, _Failed):
         raise taken.exception()
     try:
-        return serialization.loads(taken)
+        return loads(taken)
     except Exception as exc:
         raise SerializationError(f"a streamed value could not be unpickled: {exc!r}") from exc
 

@@ -32,9 +32,10 @@ from squall import ids
 from squall.errors import ProtocolError
 from squall.protocol import (
     ID_SIZE,
+    KIND_JSON,
+    KIND_STREAM,
     EnqueueFlag,
     FailureCode,
-    Kind,
     Status,
     SubmitItem,
     failure_outcome,
@@ -242,14 +243,15 @@ class Background(Scheduler):
     ) -> tuple[FailureCode, str] | None:
         """Why a background task is refused: the limits of the router's own queue, a body the
         client never uploaded (or that the router no longer has), a stream."""
-        if item.kind != Kind.CALL:
+        if item.kind & KIND_STREAM:
             return FailureCode.UNKNOWN_FUNCTION, (
                 "a background task is a call: stream a generator with ex.stream() instead"
             )
         refusal = self._refusal(KEPT, item, frames_size(item.frames), uploads)
         if refusal is not None:
             return refusal
-        if item.fn_hash not in self._stored_bodies:
+        called = item.route is not None and item.route.function
+        if not called and item.fn_hash not in self._stored_bodies:  # (a name has no body)
             body = self.bodies.get(item.fn_hash) or self.store.body(item.fn_hash)
             if body is None:
                 return FailureCode.UNKNOWN_FUNCTION, (
@@ -354,7 +356,21 @@ class Background(Scheduler):
             "not_before": (task.not_before or None) if task is not None else None,
             "error_type": record.error_type or None,
             "error_message": record.error_message or None,
+            "json": bool(record.kind & KIND_JSON),
+            "reason": self.waiting_reason(task) if state == "queued" else None,
         }
+
+    def waiting_reason(self, task: Task | None) -> str | None:
+        """Why a queued task has not started, when nothing will start it as things are."""
+        if task is None:
+            return None
+        if task.function and task.function not in self.published:
+            served = any(task.function in w.functions for w in self.workers.values())
+            if not served:
+                return f"no worker serves function {task.function!r} (squall worker --import)"
+        if not any(task.queue in w.queues for w in self.workers.values()):
+            return f"no worker serves queue {task.queue!r}"
+        return None
 
     def cancel_kept(self, key: bytes) -> tuple[bool, dict[bytes, list[int]]]:
         """Cancel a kept task by id: True if it had not finished (a queued one is dropped at

@@ -54,6 +54,9 @@ class Task:
     expires: float = 0.0
     #: held in the timers until ``not_before``, not in a queue
     held: bool = False
+    #: a call by name: the function it calls (only workers serving it, or the router's
+    #: published body, can run it); "" for a call of a function body
+    function: str = ""
 
 
 @dataclass(slots=True)
@@ -71,12 +74,26 @@ class Worker:
     blocked: bool = False
     #: the named queues it serves (``squall worker --queues``)
     queues: frozenset[str] = frozenset((DEFAULT_QUEUE,))
+    #: the functions it serves by name (``squall worker --import``)
+    functions: frozenset[str] = frozenset()
 
     @property
     def free(self) -> int:
         if self.isolating is not None or self.blocked:
             return 0
         return self.capacity - len(self.running)
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A function published to the router by value (``ex.publish``): the cloudpickled body
+    of its current version, never unpickled here, sent to workers by hash like any body."""
+
+    name: str
+    version: int
+    fn_hash: bytes
+    body: bytes
+    published_at: float
 
 
 @dataclass(slots=True)

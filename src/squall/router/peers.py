@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable
 
 from squall.protocol import DEFAULT_QUEUE, FailureCode, Status
 from squall.router.background import DEFAULT_RESULT_TTL, KEPT
+from squall.router.catalog import Catalog
 from squall.router.model import Client, Limits, Task, Worker, frames_size
-from squall.router.periodic import Periodic
 from squall.router.policy import CLIENT_LIVENESS, ISOLATE_AFTER, MAX_CHARGED
 from squall.router.store import Store
 
 
-class Peers(Periodic):
+class Peers(Catalog):
     """The scheduler, with its workers' and clients' membership, liveness and redelivery.
 
     Args:
@@ -72,9 +72,11 @@ class Peers(Periodic):
         capacity: int,
         group: str = "",
         queues: Iterable[str] = (DEFAULT_QUEUE,),
+        functions: Iterable[str] = (),
     ) -> None:
         """Register a worker; a known one saying HELLO again keeps what it runs (it only
-        thought we had forgotten it) and updates its capacity."""
+        thought we had forgotten it) and updates its capacity. ``functions``: the names it
+        serves."""
         capacity = min(capacity, self.limits.max_capacity)
         known = self.workers.get(peer)
         if known is not None and known.pid == pid:
@@ -84,7 +86,13 @@ class Peers(Periodic):
         if known is not None:  # same address, new process: the old one died
             self.remove_worker(peer, died=True)
         self.workers[peer] = Worker(
-            peer, pid, capacity, self.clock(), group=group, queues=frozenset(queues)
+            peer,
+            pid,
+            capacity,
+            self.clock(),
+            group=group,
+            queues=frozenset(queues),
+            functions=frozenset(functions),
         )
 
     def set_capacity(self, peer: bytes, capacity: int) -> None:

@@ -31,10 +31,26 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from squall.protocol import DEFAULT_QUEUE, FailureCode, Status, SubmitItem, failure_outcome
+from squall.protocol import (
+    DEFAULT_QUEUE,
+    KIND_JSON,
+    FailureCode,
+    Status,
+    SubmitItem,
+    failure_outcome,
+    name_hash,
+)
 from squall.router.lanes import Lane
 from squall.router.limits import Limiter
-from squall.router.model import BodyCache, Client, Limits, Task, Worker, frames_size
+from squall.router.model import (
+    BodyCache,
+    Client,
+    Limits,
+    Published,
+    Task,
+    Worker,
+    frames_size,
+)
 from squall.router.policy import MAX_REFUSED_BODIES
 
 #: what each worker-reported outcome counts as in ``stats()`` (a router-made failure, such as
@@ -83,7 +99,7 @@ COUNTERS = (
 )
 
 #: the lane of tasks any worker of the default queue may run
-DEFAULT_LANE = ("", DEFAULT_QUEUE)
+DEFAULT_LANE = ("", DEFAULT_QUEUE, "")
 
 
 class Scheduler:
@@ -127,7 +143,10 @@ class Scheduler:
         self.clients: dict[bytes, Client] = {}
         #: (worker group, queue) -> its waiting tasks, by priority, FIFO per client among
         #: equals, clients in turn; group "" is any worker's
-        self.lanes: dict[tuple[str, str], Lane[Task]] = {DEFAULT_LANE: Lane()}
+        #: (worker group, queue, function name) -> the tasks waiting there
+        self.lanes: dict[tuple[str, str, str], Lane[Task]] = {DEFAULT_LANE: Lane()}
+        #: functions published to the router by value (``ex.publish``), by name
+        self.published: dict[str, Published] = {}
         #: the default queue's lane, for any worker (always there)
         self.queue: Lane[Task] = self.lanes[DEFAULT_LANE]
         #: delayed tasks, as (not before, sequence, task): a min-heap by Unix time
@@ -217,10 +236,17 @@ class Scheduler:
         return n
 
     def route(
-        self, task: Task, queue: str, priority: int, not_before: float, expires: float
+        self,
+        task: Task,
+        queue: str,
+        priority: int,
+        not_before: float,
+        expires: float,
+        function: str = "",
     ) -> None:
-        """Give ``task`` its queue, priority, not-before and expiry times."""
-        task.queue, task.priority = queue, priority
+        """Give ``task`` its queue, priority, not-before and expiry times, and the function a
+        call by name calls."""
+        task.queue, task.priority, task.function = queue, priority, function
         task.not_before, task.expires = not_before, expires
         if expires:
             self._sequence += 1
@@ -286,7 +312,7 @@ class Scheduler:
             )
             due = self.clock() + max(0.0, at - self.wall())
         if self.limiter:
-            for (_, queue), lane in self.lanes.items():
+            for (_, queue, _), lane in self.lanes.items():
                 if lane and queue in self.limiter:
                     due = min(due, self.limiter.next_room(queue))
         return due
@@ -326,7 +352,13 @@ class Scheduler:
                 f"the router holds {self.held_bytes} bytes of arguments; {size} more would "
                 f"pass its limit of {limits.held_bytes} (--max-held-bytes)"
             )
-        if uploads is None or item.fn_hash not in uploads:
+        function = item.route.function if item.route is not None else ""
+        if function or item.kind & KIND_JSON:
+            if not function or item.fn_hash != name_hash(function):
+                return FailureCode.UNKNOWN_FUNCTION, (
+                    "a call by name carries its name's hash, and only a call by name is JSON"
+                )
+        elif uploads is None or item.fn_hash not in uploads:
             self.counters["unknown_bodies"] += 1
             scope = self.clients[client].scope if client in self.clients else ""
             reason = self.refused_bodies.get((scope, item.fn_hash))
@@ -396,11 +428,14 @@ class Scheduler:
                 if key != DEFAULT_LANE:
                     del self.lanes[key]
                 continue
-            group, queue = key
+            group, queue, function = key
+            published = self.published.get(function) if function else None
             workers = [
                 w
                 for w in self.workers.values()
-                if queue in w.queues and (not group or w.group == group)
+                if queue in w.queues
+                and (not group or w.group == group)
+                and (not function or published is not None or function in w.functions)
             ]
             if queue not in self.limiter:
                 self._spread(lane, workers, plan)
@@ -469,7 +504,7 @@ class Scheduler:
         return n - left
 
     def _queue_of(self, task: Task) -> Lane[Task]:
-        key = (task.group, task.queue)
+        key = (task.group, task.queue, task.function)
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane()
@@ -478,6 +513,9 @@ class Scheduler:
     def _assign(self, worker: Worker, tasks: list[Task]) -> None:
         for task in tasks:
             task.worker = worker.peer
+            if task.function and task.function in self.published:
+                # Run the version published now (any worker can: it gets the body by hash).
+                task.fn_hash = self.published[task.function].fn_hash
             worker.running[task.id] = task
             self.queued_by_client[task.client] -= 1
             if task.key:
@@ -650,7 +688,7 @@ class Scheduler:
         """A worker misses a function body: return ``(body, None)`` when the cache has it,
         else ``(None, client)`` naming a client to ask (``(None, None)`` if none can answer).
         """
-        body = self.bodies.get(fn_hash) or self.kept_body(fn_hash)
+        body = self.bodies.get(fn_hash) or self.kept_body(fn_hash) or self.published_body(fn_hash)
         if body is not None:
             self.counters["bodies_sent"] += 1
             return body, None
@@ -718,7 +756,7 @@ class Scheduler:
                 queues[name] = {"queued": 0, "running": 0, "scheduled": 0, "workers": 0}
             return queues[name]
 
-        for (_, name), lane in self.lanes.items():
+        for (_, name, _), lane in self.lanes.items():
             entry(name)["queued"] += len(lane)
         for worker in self.workers.values():
             for name in worker.queues:
@@ -732,6 +770,36 @@ class Scheduler:
             entry(name)["limit"] = limit.describe()
         return queues
 
+    def published_body(self, fn_hash: bytes) -> bytes | None:
+        """The body of a published function's version, by its hash."""
+        for published in self.published.values():
+            if published.fn_hash == fn_hash:
+                return published.body
+        return None
+
+    def function_stats(self) -> dict[str, dict[str, Any]]:
+        """Per function called by name: calls waiting, running, the workers serving it, and
+        its published version (0: none). A name nobody serves shows its calls waiting."""
+        named: dict[str, dict[str, Any]] = {}
+
+        def entry(name: str) -> dict[str, Any]:
+            if name not in named:
+                named[name] = {"queued": 0, "running": 0, "workers": 0, "version": 0}
+            return named[name]
+
+        for (_, _, name), lane in self.lanes.items():
+            if name:
+                entry(name)["queued"] += len(lane)
+        for worker in self.workers.values():
+            for name in worker.functions:
+                entry(name)["workers"] += 1
+            for task in worker.running.values():
+                if task.function:
+                    entry(task.function)["running"] += 1
+        for name, published in self.published.items():
+            entry(name)["version"] = published.version
+        return named
+
     def stats(self) -> dict[str, Any]:
         return {
             "workers": len(self.workers),
@@ -742,6 +810,7 @@ class Scheduler:
             + sum(len(lane) for lane in self.lanes.values()),
             "scheduled": sum(t.held and not t.cancelled for _, _, t in self.timers),
             "queues": self.queue_stats(),
+            "functions": self.function_stats(),
             "running": sum(len(w.running) for w in self.workers.values()),
             "bodies_cached": len(self.bodies),
             "held_bytes": self.held_bytes,

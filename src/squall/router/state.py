@@ -41,6 +41,7 @@ from squall.auth import CLIENT, WORKER
 from squall.errors import ProtocolError, VersionMismatch
 from squall.protocol import ErrorCode, MsgType, Role, Status, StreamItem, SubmitItem
 from squall.router.background import DEFAULT_RESULT_TTL
+from squall.router.catalog import CATALOG_OPS
 from squall.router.instructions import (
     CutOff,
     Log,
@@ -525,7 +526,7 @@ class RouterState(Peers):
             resumed = known is not None and known.pid == hello.pid
             # A worker's group is its key's folder, never what it says of itself.
             group = self.authority.group_of(owner) if self.authority is not None and owner else ""
-            self.add_worker(peer, hello.pid, hello.capacity, group, hello.queues)
+            self.add_worker(peer, hello.pid, hello.capacity, group, hello.queues, hello.functions)
             self._log(
                 "info",
                 "worker joined",
@@ -533,6 +534,7 @@ class RouterState(Peers):
                 capacity=hello.capacity,
                 group=group or None,
                 queues=",".join(hello.queues),
+                functions=len(hello.functions) or None,
                 workers=len(self.workers),
             )
         else:
@@ -593,6 +595,9 @@ class RouterState(Peers):
             return
         if op in _SCHEDULE_OPS:
             self._replies.append(SendAnswer(peer, request, self._schedule_op(peer, query, frames)))
+            return
+        if op in CATALOG_OPS:
+            self._replies.append(SendAnswer(peer, request, self.catalog_op(query, frames)))
             return
         if frames:
             raise ProtocolError(f"QUERY: {op!r} takes no frames")

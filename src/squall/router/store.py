@@ -34,7 +34,10 @@ from squall.errors import ConfigError
 from squall.protocol import DEFAULT_ROUTE, Route
 
 #: the store's file format; another number in an existing file is refused, never rewritten
-STORE_FORMAT = 2
+#: 3: kept tasks record the function a call by name calls; published functions
+STORE_FORMAT = 3
+#: the formats this code upgrades in place when it opens them (an added column and table)
+_UPGRADES = {2: ["ALTER TABLE tasks ADD COLUMN called TEXT NOT NULL DEFAULT ''"]}
 #: SQLite's application_id for squall's files ("SQal")
 APPLICATION_ID = 0x53516171
 #: expired or evicted ids remembered, to tell "expired" from "unknown"
@@ -90,6 +93,17 @@ class StoredSchedule:
     paused: bool = False
 
 
+@dataclass(frozen=True)
+class StoredFunction:
+    """A function published by value (``ex.publish``): its current version's body."""
+
+    name: str
+    version: int
+    fn_hash: bytes
+    body: bytes
+    published_at: float
+
+
 class Store(Protocol):
     """What the router's core needs of a store (see the module's docstring)."""
 
@@ -105,6 +119,12 @@ class Store(Protocol):
     def delete_schedule(self, name: str) -> None: ...
 
     def schedules(self) -> list[StoredSchedule]: ...
+
+    def put_function(self, function: StoredFunction) -> None: ...
+
+    def delete_function(self, name: str) -> None: ...
+
+    def functions(self) -> list[StoredFunction]: ...
 
     def body(self, fn_hash: bytes) -> bytes | None: ...
 
@@ -187,6 +207,7 @@ class MemoryStore:
         self._expiry: list[tuple[float, bytes]] = []
         self._bodies: dict[bytes, bytes] = {}
         self._schedules: dict[str, StoredSchedule] = {}
+        self._functions: dict[str, StoredFunction] = {}
         self._bytes = 0
         self._tombstones = _Tombstones()
 
@@ -211,6 +232,15 @@ class MemoryStore:
 
     def schedules(self) -> list[StoredSchedule]:
         return list(self._schedules.values())
+
+    def put_function(self, function: StoredFunction) -> None:
+        self._functions[function.name] = function
+
+    def delete_function(self, name: str) -> None:
+        self._functions.pop(name, None)
+
+    def functions(self) -> list[StoredFunction]:
+        return list(self._functions.values())
 
     def body(self, fn_hash: bytes) -> bytes | None:
         return self._bodies.get(fn_hash)
@@ -299,7 +329,18 @@ class MemoryStore:
         pass
 
 
-_SCHEMA = """
+_FUNCTIONS = """
+CREATE TABLE IF NOT EXISTS functions (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    fn_hash BLOB NOT NULL,
+    body BLOB NOT NULL,
+    published_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+_SCHEMA = (
+    """
 CREATE TABLE tasks (
     id BLOB PRIMARY KEY,
     router_id INTEGER NOT NULL,
@@ -324,7 +365,8 @@ CREATE TABLE tasks (
     priority INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL DEFAULT 0,
     deadline REAL NOT NULL DEFAULT 0,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    called TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 CREATE INDEX tasks_expires ON tasks (expires) WHERE expires IS NOT NULL;
 CREATE INDEX tasks_finished ON tasks (finished) WHERE finished IS NOT NULL;
@@ -345,11 +387,13 @@ CREATE TABLE schedules (
 CREATE TABLE tombstones (id BLOB PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 CREATE INDEX tombstones_at ON tombstones (at);
 """
+    + _FUNCTIONS
+)
 
 _COLUMNS = (
     "id, router_id, fn_hash, kind, window, frames, function, submitted, keep, state, "
     "attempts, started, finished, expires, status, outcome, error_type, error_message, "
-    "worker_group, queue, priority, not_before, deadline"
+    "worker_group, queue, priority, not_before, deadline, called"
 )
 
 
@@ -387,6 +431,8 @@ class SqliteStore:
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+        else:
+            self._upgrade(db)
         self._bytes = int(db.execute("SELECT COALESCE(SUM(size), 0) FROM tasks").fetchone()[0])
         self._bytes += int(
             db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM bodies").fetchone()[0]
@@ -402,6 +448,20 @@ class SqliteStore:
             db.execute("SELECT id, size FROM tasks WHERE finished IS NULL").fetchall()
         )
         self._next_sweep_due: float | None = None
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection) -> None:
+        """Bring a store of an older format (checked by :meth:`_check`) up to this one, in one
+        transaction: a router upgraded in place keeps its tasks."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == STORE_FORMAT:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _UPGRADES[version]:
+            db.execute(statement)
+        db.execute(_FUNCTIONS)
+        db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+        db.execute("COMMIT")
 
     @staticmethod
     def _check(path: str) -> None:
@@ -422,7 +482,7 @@ class SqliteStore:
                 f"{path} is another program's SQLite database, not a squall store; "
                 "nothing was changed"
             )
-        if version != STORE_FORMAT:
+        if version != STORE_FORMAT and version not in _UPGRADES:
             raise ConfigError(
                 f"{path} was written by store format {version}; this squall reads format "
                 f"{STORE_FORMAT}; nothing was changed"
@@ -453,8 +513,8 @@ class SqliteStore:
                 t.state,
                 t.attempts,
                 t.group,
-                *(t.route or DEFAULT_ROUTE),
-                _size(t.frames),
+                *(t.route or DEFAULT_ROUTE),  # queue, priority, not before, expiry, called
+                _size(t.frames),  # last: read as row[-1]
             )
             for t in tasks
         ]
@@ -463,7 +523,7 @@ class SqliteStore:
         db.executemany(
             "INSERT OR IGNORE INTO tasks (id, router_id, fn_hash, kind, window, frames, "
             "function, submitted, keep, state, attempts, worker_group, queue, priority, "
-            "not_before, deadline, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "not_before, deadline, called, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             rows,
         )
         added = db.total_changes - before
@@ -507,6 +567,25 @@ class SqliteStore:
 
     def delete_schedule(self, name: str) -> None:
         self._begin().execute("DELETE FROM schedules WHERE name = ?", (name,))
+
+    def put_function(self, function: StoredFunction) -> None:
+        f = function
+        self._begin().execute(
+            "INSERT OR REPLACE INTO functions (name, version, fn_hash, body, published_at) "
+            "VALUES (?,?,?,?,?)",
+            (f.name, f.version, f.fn_hash, f.body, f.published_at),
+        )
+
+    def delete_function(self, name: str) -> None:
+        self._begin().execute("DELETE FROM functions WHERE name = ?", (name,))
+
+    def functions(self) -> list[StoredFunction]:
+        rows = self._db.execute(
+            "SELECT name, version, fn_hash, body, published_at FROM functions ORDER BY name"
+        ).fetchall()
+        return [
+            StoredFunction(str(n), int(v), bytes(h), bytes(b), float(at)) for n, v, h, b, at in rows
+        ]
 
     def schedules(self) -> list[StoredSchedule]:
         rows = self._db.execute(
@@ -715,7 +794,9 @@ def _record(row: Any) -> KeptTask:
         str(error_type),
         str(error_message),
         str(group),
-        _route(Route(str(route[0]), int(route[1]), float(route[2]), float(route[3]))),
+        _route(
+            Route(str(route[0]), int(route[1]), float(route[2]), float(route[3]), str(route[4]))
+        ),
     )
 
 

@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -43,16 +43,17 @@ import greenlet
 import zmq.green as zmq
 from gevent import monkey
 
+from squall import functions, protocol, serialization, transport
 from squall import options as task_options
-from squall import protocol, serialization, transport
 from squall.config import DRAIN_BATCH, WorkerConfig, prepare_socket
 from squall.errors import Refused, SerializationError, SquallError
 from squall.log import get_logger
 from squall.options import TaskOptions
 from squall.protocol import (
+    KIND_JSON,
+    KIND_STREAM,
     MAX_ITEMS,
     ErrorCode,
-    Kind,
     MsgType,
     Role,
     Status,
@@ -66,8 +67,6 @@ if TYPE_CHECKING:
     import asyncio
 
 log = get_logger(__name__)
-
-_STREAM = int(Kind.STREAM)  # plain ints on the hot path: enum attribute lookups are slow
 
 FUNCTION_CACHE_SIZE = 1024
 #: stream values whose pickle is smaller than this are packed together into one frame
@@ -161,6 +160,12 @@ class WorkerProcess:
 
             apply_client_keys(self.socket, config.auth, config.key)
         self.functions = FunctionCache()
+        #: the functions this process serves by name (``--import``), by their name hash
+        self.named = {
+            protocol.name_hash(name): fn
+            for name, fn in functions.import_modules(config.imports).items()
+        }
+        self.function_names = tuple(sorted(functions.registered())) if config.imports else ()
         #: task id -> monotonic deadline, for tasks with a timeout (read by the watchdog)
         self.deadlines: dict[int, float] = {}
         self.hub_tick = time.monotonic()
@@ -440,7 +445,7 @@ class WorkerProcess:
         for item in items:
             if item.flags & _KEPT:
                 self._kept.add(item.task_id)
-            fn = self.functions.get(item.fn_hash)
+            fn = self.functions.get(item.fn_hash) or self.named.get(item.fn_hash)
             if fn is not None:
                 self._start(item, fn)
                 continue
@@ -544,22 +549,28 @@ class WorkerProcess:
         """
         task_id = item.task_id
         stream = None
-        if item.kind == _STREAM:
+        if item.kind & KIND_STREAM:
             stream = self._streams[task_id] = _StreamWindow(max(1, item.window))
+        as_json = bool(item.kind & KIND_JSON)
+        encode = _as_json if as_json else self._pickled
         status, frames = Status.CANCELLED, list[Any]()
         handed_off = False
+        args: Any
         try:
-            args, kwargs, options = serialization.loads(item.frames)
-            args, kwargs = calls.resolve(args, kwargs, item.deps)
+            if as_json:
+                args, kwargs, options = functions.json_call(item.frames)
+            else:
+                args, kwargs, options = serialization.loads(item.frames)
+                args, kwargs = calls.resolve(args, kwargs, item.deps)
             options = options or task_options.DEFAULT
             if options.retries:
                 attempt = functools.partial(
-                    self._attempt, task_id, fn, args, kwargs, options, stream
+                    self._attempt, task_id, fn, args, kwargs, options, stream, encode
                 )
                 veto = None if stream is None else stream.untouched
                 outcome = task_options.retrying(attempt, options, gevent.sleep, veto)
             else:
-                outcome = self._attempt(task_id, fn, args, kwargs, options, stream)
+                outcome = self._attempt(task_id, fn, args, kwargs, options, stream, encode)
             if outcome is None:  # handed to the asyncio loop, which finishes it
                 handed_off = True
                 return
@@ -567,7 +578,8 @@ class WorkerProcess:
         except gevent.GreenletExit:
             pass
         except BaseException as exc:  # SystemExit and KeyboardInterrupt in a task are its outcome
-            status, frames = Status.ERROR, serialization.dumps_exception(exc, qualified_name(fn))
+            status = Status.ERROR
+            frames = serialization.dumps_exception(exc, qualified_name(fn), pickled=not as_json)
         finally:
             if stream is not None:
                 self._move_chunk(task_id)
@@ -584,17 +596,19 @@ class WorkerProcess:
         kwargs: Any,
         options: TaskOptions,
         stream: _StreamWindow | None,
+        encode: Encoder,
     ) -> tuple[Status, list[Any]] | None:
         """One attempt, interrupted by TaskTimeout past ``options.timeout``: the call and all
-        it produces (a generator drained for submit, a stream's every value and pause)."""
+        it produces (a generator drained for submit, a stream's every value and pause), each
+        value made frames by ``encode``."""
         timeout = options.timeout
         if timeout is None:
-            return self._produce(task_id, fn, args, kwargs, options, stream)
+            return self._produce(task_id, fn, args, kwargs, options, stream, encode)
         self.deadlines[task_id] = time.monotonic() + timeout
         timer = gevent.Timeout(timeout)  # a BaseException: user code cannot swallow it
         timer.start()
         try:
-            return self._produce(task_id, fn, args, kwargs, options, stream)
+            return self._produce(task_id, fn, args, kwargs, options, stream, encode)
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -611,6 +625,7 @@ class WorkerProcess:
         kwargs: Any,
         options: TaskOptions,
         stream: _StreamWindow | None,
+        encode: Encoder,
     ) -> tuple[Status, list[Any]] | None:
         """Call ``fn`` and make the outcome of what it returns: a stream's values sent as
         they come, a coroutine handed to the asyncio loop (None), anything else collected
@@ -618,19 +633,27 @@ class WorkerProcess:
         try:
             result = fn(*args, **kwargs)
             if stream is not None:
-                return self._pump(task_id, fn, calls.iterate(result, fn, self.bridge), stream)
+                iterator = calls.iterate(result, fn, self.bridge)
+                return self._pump(task_id, fn, iterator, stream, encode)
             if inspect.iscoroutine(result):  # async def: runs on the process's asyncio loop
-                self._hand_off(task_id, fn, args, kwargs, options, result)
+                self._hand_off(task_id, fn, args, kwargs, options, result, encode)
                 return None
             value = calls.collect(result, self.bridge)
         except BaseException:
             forks.leave_child(forks.CHILD_RAISED)
             raise
         forks.leave_child(forks.CHILD_RETURNED)
-        return self._pickled(value, fn)
+        return encode(value, fn)
 
     def _hand_off(
-        self, task_id: int, fn: Any, args: Any, kwargs: Any, options: TaskOptions, coroutine: Any
+        self,
+        task_id: int,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        options: TaskOptions,
+        coroutine: Any,
+        encode: Encoder,
     ) -> None:
         """Run an ``async def`` task's coroutine as a task of the asyncio loop, its attempts
         under the same options (:func:`squall.options.retrying_async`); no greenlet waits."""
@@ -639,7 +662,8 @@ class WorkerProcess:
             again = functools.partial(fn, *args, **kwargs)
             mark = functools.partial(self._mark_deadline, task_id)
             work = task_options.retrying_async(again, options, mark, first=coroutine)
-        self.bridge.spawn(task_id, work, functools.partial(self._coroutine_done, task_id, fn))
+        done = functools.partial(self._coroutine_done, task_id, fn, encode)
+        self.bridge.spawn(task_id, work, done)
 
     def _mark_deadline(self, task_id: int, deadline: float | None) -> None:
         """Tell the watchdog a coroutine attempt's deadline (None: the attempt is over)."""
@@ -648,19 +672,27 @@ class WorkerProcess:
         else:
             self.deadlines[task_id] = deadline
 
-    def _coroutine_done(self, task_id: int, fn: Any, task: asyncio.Task[Any]) -> None:
+    def _coroutine_done(
+        self, task_id: int, fn: Any, encode: Encoder, task: asyncio.Task[Any]
+    ) -> None:
         if task.cancelled():
             self._finish(task_id, Status.CANCELLED, [])
             return
         error = task.exception()
         if error is not None:
-            summary = serialization.dumps_exception(error, qualified_name(fn))
+            pickled = encode is not _as_json
+            summary = serialization.dumps_exception(error, qualified_name(fn), pickled=pickled)
             self._finish(task_id, Status.ERROR, summary)
         else:
-            self._finish(task_id, *self._pickled(task.result(), fn))
+            self._finish(task_id, *encode(task.result(), fn))
 
     def _pump(
-        self, task_id: int, fn: Any, iterator: Iterator[Any], stream: _StreamWindow
+        self,
+        task_id: int,
+        fn: Any,
+        iterator: Iterator[Any],
+        stream: _StreamWindow,
+        encode: Encoder,
     ) -> tuple[Status, list[Any]]:
         """Send each value a stream's generator yields as it comes, pausing while ``window``
         values are unread; the outcome is the stream's end (or the value that would not
@@ -668,7 +700,7 @@ class WorkerProcess:
         when the reader left early."""
         try:
             for value in iterator:
-                status, frames = self._pickled(value, fn)
+                status, frames = encode(value, fn)
                 if status != Status.OK:
                     return status, frames
                 if len(frames) == 1 and len(frames[0]) < PACK_LIMIT:
@@ -681,7 +713,7 @@ class WorkerProcess:
                 stream.sent += 1
                 forks.leave_child(forks.CHILD_RETURNED)  # a fork in the generator: not here
                 stream.wait_for_room()
-            return self._pickled(None, fn)
+            return encode(None, fn)
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
@@ -764,6 +796,7 @@ class WorkerProcess:
                 os.getpid(),
                 self.config.concurrency if self._accepting else 0,
                 queues=self.config.queues,
+                functions=self.function_names,
             )
         )
         self._wake_sender.set()
@@ -781,6 +814,19 @@ class WorkerProcess:
                 self._last_heard = time.monotonic()
             self._control.append(protocol.encode_heartbeat())
             self._wake_sender.set()
+
+
+#: makes one value (a result, a yielded value) the frames of an outcome: pickles, or JSON
+Encoder = Callable[[Any, Any], tuple[Status, list[Any]]]
+
+
+def _as_json(value: Any, fn: Any) -> tuple[Status, list[Any]]:
+    """``value`` as a JSON frame, or the error outcome (no pickle) naming what JSON cannot
+    encode."""
+    try:
+        return Status.OK, [functions.json_value(value)]
+    except SerializationError as exc:
+        return Status.ERROR, serialization.dumps_exception(exc, qualified_name(fn), pickled=False)
 
 
 def qualified_name(fn: Any) -> str:
