@@ -371,6 +371,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     schedules.add_argument("--json", action="store_true", help="one JSON object per schedule")
 
+    http = commands.add_parser(
+        "http", help="serve squall's named functions over HTTP (needs squall[http])"
+    )
+    http.add_argument("--connect", required=True, type=connect_address, metavar="ADDR")
+    http.add_argument(
+        "--bind", default="127.0.0.1:8000", metavar="HOST:PORT", help="default 127.0.0.1:8000"
+    )
+    http.add_argument("--tokens", metavar="DIR", help="accept the bearer tokens made into DIR")
+    http.add_argument("--webhook-secret", metavar="S", help="signs callback deliveries")
+    http.add_argument("--hook-secret", metavar="S", help="inbound /v1/hooks need its signature")
+    http.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    http.add_argument("--tls-key", metavar="FILE", help="... and this key")
+    http.add_argument("--auth", metavar="DIR", help="CurveZMQ: this gateway's client keys")
+    http.add_argument("--key", default="gateway", help="key pair name in --auth")
+    http.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback bind without tokens, or router without auth",
+    )
+    http.add_argument(
+        "--max-body", type=count, default=16 << 20, metavar="BYTES", help="default 16 MiB"
+    )
+    _log_flags(http)
+
+    token = commands.add_parser("token", help="make a bearer token for squall http")
+    token.add_argument("action", choices=["create"])
+    token.add_argument("name", type=_key_name, metavar="NAME")
+    token.add_argument("--out", required=True, metavar="DIR", help="the gateway's --tokens DIR")
+    token.add_argument("--force", action="store_true", help="replace an existing token")
+
     commands.add_parser("demo", help="start the embedded default and run a few real tasks")
     return parser
 
@@ -452,6 +482,10 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "schedules":
             return _schedules(args)
+        if args.command == "http":
+            return _http(args)
+        if args.command == "token":
+            return _token(args)
         return _demo()
     except _BadUsage as exc:
         sys.stderr.write(_usage_line(f"squall {args.command}", str(exc)))
@@ -586,6 +620,47 @@ def _worker(args: argparse.Namespace) -> int:
             router=config.connect,
         )
     return WorkerNode(config, _log_args(args)).run()
+
+
+def _http(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from squall import log
+
+    try:
+        from squall.http.serve import HttpConfig, serve
+    except ImportError as exc:
+        raise ConfigError(
+            f"squall http needs the http extra: pip install 'squall[http]' ({exc})"
+        ) from None
+    config = HttpConfig(
+        connect=args.connect,
+        bind=args.bind,
+        tokens=args.tokens,
+        webhook_secret=args.webhook_secret,
+        hook_secret=args.hook_secret,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        auth=args.auth,
+        key=args.key,
+        insecure=args.insecure,
+        max_body=args.max_body,
+    )
+    config.host_port()  # a bad --bind is refused before anything starts
+    log.configure(json=args.log_json, level=args.log_level, process="gateway")
+    asyncio.run(serve(config))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from squall.http import tokens
+
+    secret = tokens.create(args.name, args.out, args.force)
+    print(
+        f"token {args.name!r} made in {args.out} (only its hash is kept); its secret, shown once:"
+    )
+    print(secret)
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -10,21 +10,30 @@ loop's own thread. What blocks in an :class:`Executor` is awaited here instead: 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from squall.client._core import WITHDRAW_TIMEOUT, Withdrawal
 from squall.client.asyncio_driver import AsyncioDriver
-from squall.client.background import TaskInfo, await_answer, await_held, calls_of, info_of
+from squall.client.background import (
+    QUERY_TIMEOUT,
+    TaskInfo,
+    await_answer,
+    await_held,
+    calls_of,
+    info_of,
+)
+from squall.client.catalog import FunctionInfo, functions_of
 from squall.client.executor import MAP_BATCH, ROUTER_GONE_AFTER, SLOW_SHUTDOWN_NOTICE, Executor
 from squall.client.future import Future, as_completed
 from squall.client.stream import Stream
 from squall.client.view import UNSET, AsyncExecutorView, RetryOn, _Unset, merged
-from squall.errors import StartupError, WorkerLost
+from squall.errors import StartupError, Unavailable, WorkerLost
 from squall.log import get_logger
 from squall.options import TaskOptions
 
@@ -218,6 +227,26 @@ class AsyncExecutor:
         if not answer.get("cancelled"):
             await self.task_info(task_id)  # raises TaskNotFound for an unknown id
         return bool(answer.get("cancelled"))
+
+    async def ask_router(self, query: dict[str, Any], frames: Sequence[Any] = ()) -> Any:
+        """Send the router a QUERY (docs/protocol.md, "Queries") and await its JSON answer.
+
+        Raises:
+            Unavailable: no answer within ``squall.client.background.QUERY_TIMEOUT``.
+        """
+        executor = self.executor
+        executor._check_open()
+        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if executor._core.ask(query, waiter, frames):
+            executor._driver.wake()
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(waiter), QUERY_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"the router did not answer within {QUERY_TIMEOUT:g} s") from None
+
+    async def functions(self) -> list[FunctionInfo]:
+        """As :meth:`Executor.functions`, awaited."""
+        return functions_of(await self.ask_router({"op": "functions"}))
 
     async def stats(self) -> dict[str, Any]:
         """The router's counters and this client's (as :meth:`Executor.stats`), awaited."""

@@ -66,8 +66,12 @@ class CatalogMethods:
 
     def functions(self) -> list[FunctionInfo]:
         """Every function name the router knows, published or served by workers, by name."""
-        answer = self._ask_router({"op": "functions"})
-        try:
-            return [FunctionInfo(**entry) for entry in answer]
-        except TypeError as exc:
-            raise ProtocolError(f"the router's list of functions cannot be read: {exc}") from None
+        return functions_of(self._ask_router({"op": "functions"}))
+
+
+def functions_of(answer: Any) -> list[FunctionInfo]:
+    """The router's answer to ``functions``, read."""
+    try:
+        return [FunctionInfo(**entry) for entry in answer]
+    except TypeError as exc:
+        raise ProtocolError(f"the router's list of functions cannot be read: {exc}") from None

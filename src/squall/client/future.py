@@ -12,8 +12,15 @@ from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING
 from typing import Any, Generic, TypeVar, cast
 
 from squall import ids, serialization
-from squall.errors import SerializationError
-from squall.protocol import Frame, Status, StreamItem
+from squall.errors import ProtocolError, SerializationError, SquallError, TaskFailed
+from squall.protocol import (
+    ErrorSummary,
+    FailureCode,
+    Frame,
+    Status,
+    StreamItem,
+    read_error_summary,
+)
 
 T = TypeVar("T")
 
@@ -172,6 +179,30 @@ class Future(concurrent.futures.Future[T]):
             self._decode()
             return super().exception()
         return error
+
+    def error_summary(self) -> ErrorSummary | None:
+        """A failed outcome's type, message and traceback as text, read without unpickling
+        anything (what the HTTP gateway reports); None unless the future failed remotely."""
+        with self._condition:
+            error = self._exception
+            if isinstance(error, _UndecodedError):
+                try:
+                    return read_error_summary(error.frames[0])
+                except ProtocolError:
+                    return None
+        if isinstance(error, TaskFailed):
+            return ErrorSummary(
+                FailureCode.RAISED,
+                error.type_name,
+                error.remote_message,
+                error.remote_traceback,
+                "",
+            )
+        if isinstance(error, SquallError):
+            return ErrorSummary(
+                FailureCode.RAISED, f"squall.{type(error).__name__}", str(error), "", ""
+            )
+        return None
 
     def _decode(self) -> None:
         """Unpickle the outcome's frames in place: once, by the first thread that asks.

@@ -21,13 +21,13 @@ from collections.abc import Callable, Iterable
 
 from squall.protocol import DEFAULT_QUEUE, FailureCode, Status
 from squall.router.background import DEFAULT_RESULT_TTL, KEPT
-from squall.router.catalog import Catalog
+from squall.router.callbacks import Callbacks
 from squall.router.model import Client, Limits, Task, Worker, frames_size
 from squall.router.policy import CLIENT_LIVENESS, ISOLATE_AFTER, MAX_CHARGED
 from squall.router.store import Store
 
 
-class Peers(Catalog):
+class Peers(Callbacks):
     """The scheduler, with its workers' and clients' membership, liveness and redelivery.
 
     Args:

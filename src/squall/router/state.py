@@ -41,6 +41,7 @@ from squall.auth import CLIENT, WORKER
 from squall.errors import ProtocolError, VersionMismatch
 from squall.protocol import ErrorCode, MsgType, Role, Status, StreamItem, SubmitItem
 from squall.router.background import DEFAULT_RESULT_TTL
+from squall.router.callbacks import CALLBACK_OPS
 from squall.router.catalog import CATALOG_OPS
 from squall.router.instructions import (
     CutOff,
@@ -598,6 +599,9 @@ class RouterState(Peers):
             return
         if op in CATALOG_OPS:
             self._replies.append(SendAnswer(peer, request, self.catalog_op(query, frames)))
+            return
+        if op in CALLBACK_OPS:
+            self._replies.append(SendAnswer(peer, request, self.callback_op(query)))
             return
         if frames:
             raise ProtocolError(f"QUERY: {op!r} takes no frames")

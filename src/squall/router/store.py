@@ -104,6 +104,15 @@ class StoredFunction:
     published_at: float
 
 
+@dataclass(frozen=True)
+class StoredCallback:
+    """A webhook the HTTP gateway owes for a kept task (see ``squall.router.callbacks``)."""
+
+    id: bytes
+    url: str
+    created: float
+
+
 class Store(Protocol):
     """What the router's core needs of a store (see the module's docstring)."""
 
@@ -125,6 +134,12 @@ class Store(Protocol):
     def delete_function(self, name: str) -> None: ...
 
     def functions(self) -> list[StoredFunction]: ...
+
+    def put_callback(self, callback: StoredCallback) -> None: ...
+
+    def delete_callback(self, task_id: bytes) -> None: ...
+
+    def callbacks(self) -> list[StoredCallback]: ...
 
     def body(self, fn_hash: bytes) -> bytes | None: ...
 
@@ -208,6 +223,7 @@ class MemoryStore:
         self._bodies: dict[bytes, bytes] = {}
         self._schedules: dict[str, StoredSchedule] = {}
         self._functions: dict[str, StoredFunction] = {}
+        self._callbacks: dict[bytes, StoredCallback] = {}
         self._bytes = 0
         self._tombstones = _Tombstones()
 
@@ -241,6 +257,15 @@ class MemoryStore:
 
     def functions(self) -> list[StoredFunction]:
         return list(self._functions.values())
+
+    def put_callback(self, callback: StoredCallback) -> None:
+        self._callbacks[callback.id] = callback
+
+    def delete_callback(self, task_id: bytes) -> None:
+        self._callbacks.pop(task_id, None)
+
+    def callbacks(self) -> list[StoredCallback]:
+        return list(self._callbacks.values())
 
     def body(self, fn_hash: bytes) -> bytes | None:
         return self._bodies.get(fn_hash)
@@ -336,6 +361,11 @@ CREATE TABLE IF NOT EXISTS functions (
     fn_hash BLOB NOT NULL,
     body BLOB NOT NULL,
     published_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS callbacks (
+    id BLOB PRIMARY KEY,
+    url TEXT NOT NULL,
+    created REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -459,7 +489,9 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         for statement in _UPGRADES[version]:
             db.execute(statement)
-        db.execute(_FUNCTIONS)
+        for statement in _FUNCTIONS.split(";"):  # (executescript would commit first)
+            if statement.strip():
+                db.execute(statement)
         db.execute(f"PRAGMA user_version={STORE_FORMAT}")
         db.execute("COMMIT")
 
@@ -586,6 +618,20 @@ class SqliteStore:
         return [
             StoredFunction(str(n), int(v), bytes(h), bytes(b), float(at)) for n, v, h, b, at in rows
         ]
+
+    def put_callback(self, callback: StoredCallback) -> None:
+        c = callback
+        self._begin().execute(
+            "INSERT OR REPLACE INTO callbacks (id, url, created) VALUES (?,?,?)",
+            (c.id, c.url, c.created),
+        )
+
+    def delete_callback(self, task_id: bytes) -> None:
+        self._begin().execute("DELETE FROM callbacks WHERE id = ?", (task_id,))
+
+    def callbacks(self) -> list[StoredCallback]:
+        rows = self._db.execute("SELECT id, url, created FROM callbacks ORDER BY created")
+        return [StoredCallback(bytes(i), str(u), float(c)) for i, u, c in rows.fetchall()]
 
     def schedules(self) -> list[StoredSchedule]:
         rows = self._db.execute(
