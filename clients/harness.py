@@ -62,7 +62,10 @@ def main() -> int:
         procs.append(proc)
         return proc
 
+    stopping = threading.Event()
+
     def stop(*_: object) -> None:
+        stopping.set()
         for proc in reversed(procs):
             if proc.poll() is None:
                 proc.terminate()
@@ -108,7 +111,7 @@ def main() -> int:
     print(json.dumps({"url": url, "token": token, "webhook_secret": secret, "pid": os.getpid(),
                       "logs": str(work / "stack.log")}), flush=True)
     threading.Thread(target=lambda: (sys.stdin.read(), stop()), daemon=True).start()
-    while all(p.poll() is None for p in procs):
+    while all(p.poll() is None for p in procs) or stopping.is_set():
         time.sleep(0.5)
     print("harness: a squall process exited; see " + str(work / "stack.log"), file=sys.stderr)
     stop()

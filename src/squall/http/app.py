@@ -162,7 +162,8 @@ class Gateway:
             if future.done():
                 task = {"id": task_id, "function": name, **tasks.outcome_fields(future)}
                 return web.json_response(task, headers=location)
-        return web.json_response({"id": task_id, "state": "queued"}, status=202, headers=location)
+        state = "scheduled" if options.delay or options.at else "queued"
+        return web.json_response({"id": task_id, "state": state}, status=202, headers=location)
 
     async def _enqueue(
         self, name: str, args: list[Any], kwargs: dict[str, Any], options: TaskOptions

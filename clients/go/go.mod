@@ -1,0 +1,3 @@
+module github.com/squall-dev/squall/clients/go
+
+go 1.19
