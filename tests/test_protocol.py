@@ -1492,3 +1492,56 @@ def test_calls_by_name_carry_the_name_in_their_route_and_workers_name_what_they_
         protocol.decode_hello(body, bad[1:])
     assert protocol.name_hash("x") != protocol.function_hash(b"x")
     assert protocol.valid_function_name("reports.daily") and not protocol.valid_function_name("")
+
+
+def _documented_frames(name: str) -> list[bytes]:
+    """The frames of docs/protocol.md's byte-level example ``name``, as bytes."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    block = re.search(rf"<!-- example {name} -->\n```\n(.*?)```", doc, re.S)
+    assert block is not None, name
+    frames: list[bytes] = []
+    for line in block.group(1).splitlines()[1:]:  # the first line says what it is
+        label, _, rest = line.partition(":") if line.startswith("frame") else ("", "", line)
+        if label:
+            frames.append(b"")
+        hex_part = re.split(r"\s{2,}\S*[\"']|\s{4,}", rest.strip(), maxsplit=1)[0]
+        frames[-1] += bytes.fromhex(hex_part.replace("|", " "))
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [
+        (
+            "hello-worker",
+            protocol.encode_hello(
+                Role.WORKER, 4242, 1000, queues=("default",), functions=("math.add",)
+            ),
+        ),
+        (
+            "submit-by-name",
+            protocol.encode_submit(
+                [
+                    protocol.SubmitItem(
+                        7,
+                        protocol.name_hash("math.add"),
+                        protocol.Kind.JSON_CALL,
+                        0,
+                        (),
+                        [b'{"args":[2,3]}'],
+                        route=protocol.Route("default", 0, 0.0, 0.0, "math.add"),
+                    )
+                ]
+            ),
+        ),
+        ("result-ok", protocol.encode_result([(7, Status.OK, [b"5"])])),
+        ("heartbeat", protocol.encode_heartbeat()),
+    ],
+)
+def test_the_byte_level_examples_of_the_protocol_doc_are_what_squall_sends(
+    name: str, frames: list[Any]
+) -> None:
+    assert _documented_frames(name) == [bytes(f) for f in frames]
