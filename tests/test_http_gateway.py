@@ -329,3 +329,110 @@ def test_a_full_queue_is_429_and_a_gone_router_is_503(cluster) -> None:
     wait_for(lambda: api.request("GET", "/v1/health")[0] == 503, 20, "health says no router")
     status, error = api.request("GET", "/v1/health")
     assert error["error"]["code"] == "no_router"
+
+
+def test_an_inbound_hook_runs_a_function_with_the_body_checking_its_signature(cluster) -> None:
+    api = start_stack(cluster, "--hook-secret", "inbound")
+    event = json.dumps({"type": "invoice.paid", "amount": 12}).encode()
+
+    def post(signature: str | None) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers["Squall-Signature"] = signature
+        req = urllib.request.Request(f"{api.url}/v1/hooks/hooks.receive", event, headers)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    assert post(None)[0] == 403
+    status, error = post(tokens.sign("wrong", event))
+    assert (status, error["error"]["code"]) == (403, "bad_signature")
+    status, accepted = post(tokens.sign("inbound", event))
+    assert status == 202
+    task = api.request("GET", f"/v1/tasks/{accepted['id']}?wait=10")[1]
+    assert task["result"] == {"received": {"type": "invoice.paid", "amount": 12}}
+
+
+def test_https_and_an_authenticated_router_with_the_gateways_own_key(cluster, tmp_path) -> None:
+    import ssl
+
+    from conftest import make_keys
+
+    keys = make_keys(tmp_path / "keys")
+    cluster.start_keyed_router(keys)
+    env = {"PYTHONPATH": str(FIXTURES)}
+    cluster.start(
+        "worker",
+        "--connect",
+        cluster.address,
+        "--processes",
+        "1",
+        "--auth",
+        str(keys["node1"]),
+        "--key",
+        "node1",
+        "--import",
+        "squall_fixtures",
+        env=env,
+    )
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    cluster.start(
+        "http",
+        "--connect",
+        cluster.address,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--auth",
+        str(keys["bob"]),
+        "--key",
+        "bob",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    url = f"https://127.0.0.1:{port}/v1/functions/math.add/calls?wait=10"
+
+    def called() -> Any:
+        req = urllib.request.Request(url, b'{"args": [20, 22]}', method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=context) as answer:
+                return json.loads(answer.read())
+        except (OSError, urllib.error.HTTPError):
+            return None
+
+    task = wait_for(
+        lambda: (t := called()) and t.get("state") == "succeeded" and t,
+        40,
+        "a call over HTTPS through the keyed router",
+    )
+    assert task["result"] == 42
+    with pytest.raises(OSError):  # plain HTTP is not served there
+        urllib.request.urlopen(url.replace("https", "http"), timeout=5)

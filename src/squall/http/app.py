@@ -20,6 +20,7 @@ from aiohttp import web
 
 from squall import functions, ids
 from squall.client.aio import AsyncExecutor
+from squall.client.background import await_held
 from squall.errors import (
     QueueFull,
     SerializationError,
@@ -168,11 +169,8 @@ class Gateway:
     async def _enqueue(
         self, name: str, args: list[Any], kwargs: dict[str, Any], options: TaskOptions
     ) -> Any:
-        executor = self.executor
-        future = executor.executor.enqueue_json(name, args, kwargs, options)
-        from squall.client.background import await_held  # the router's confirmation
-
-        await await_held([future])
+        future = self.executor.executor.enqueue_json(name, args, kwargs, options)
+        await await_held([future])  # the router holds it (with --data: on disk)
         return future
 
     async def _start_stream(
