@@ -322,6 +322,7 @@ def test_a_full_queue_is_429_and_a_gone_router_is_503(cluster) -> None:
     api = start_stack(cluster, router=("--max-queued", "2"), concurrency=1)
     answers = [api.call("sleep.echo", 5)[0] for _ in range(6)]
     assert 429 in answers, answers
+    assert api.call("sleep.echo", 5, wait=0.5)[0] == 429  # refused, however it is asked
     status, error = api.call("sleep.echo", 5)
     if status == 429:
         assert error["error"]["code"] == "queue_full"

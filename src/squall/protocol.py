@@ -27,6 +27,7 @@ dropped rather than crashing a loop. Encoders trust their caller.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import os
@@ -215,6 +216,7 @@ def valid_function_name(name: str) -> bool:
     return 0 < len(name) <= MAX_FUNCTION_NAME and _QUEUE_CHARS.issuperset(name)
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names, called thousands of times a second
 def name_hash(name: str) -> bytes:
     """The function hash a call by name carries: never a body's hash (the body hashes have no
     such prefix), so a worker finds a function it serves by name where it finds bodies."""
