@@ -137,39 +137,20 @@ def test_published_functions_are_versioned_and_kept_by_the_router(cluster, tmp_p
 def test_bad_names_and_imports_fail_at_once_in_one_line(cluster, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not 'no spaces'"):
         squall.function("no spaces")
-    ran = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "squall",
-            "worker",
-            "--connect",
-            "ipc:///nowhere/x",
-            "--import",
-            "no_such_module_here",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+
+    def worker_importing(module: str) -> subprocess.CompletedProcess[str]:
+        command = ["worker", "--connect", "ipc:///nowhere/x", "--import", module]
+        return subprocess.run(
+            [sys.executable, "-m", "squall", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+
+    ran = worker_importing("no_such_module_here")
     assert ran.returncode != 0
     assert "--import no_such_module_here: ModuleNotFoundError" in ran.stderr
     (tmp_path / "plain_module.py").write_text("x = 1\n")
-    ran = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "squall",
-            "worker",
-            "--connect",
-            "ipc:///nowhere/x",
-            "--import",
-            "plain_module",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+    ran = worker_importing("plain_module")
     assert ran.returncode != 0 and "no function is marked" in ran.stderr
