@@ -844,10 +844,20 @@ def encode_result(items: Sequence[tuple[int, int, Sequence[Frame]]]) -> list[Fra
 
 
 def decode_result(body: bytes, payload: Sequence[Frame]) -> list[ResultItem]:
-    return [
-        ResultItem(row[0], row[1], frames)
-        for row, frames in _decode_framed(body, payload, _RESULT_ITEM, "RESULT")
-    ]
+    """RESULT's items. One pass, each item made by ``tuple.__new__`` (a NamedTuple's own
+    ``__new__`` is a Python call): this runs for every outcome a client receives."""
+    rows, extra = _decode_rows(body, _RESULT_ITEM, "RESULT")
+    _check_no_extra("RESULT", extra)
+    _check_frames("RESULT", sum(row[2] for row in rows), payload)
+    frames = payload if type(payload) is list else list(payload)
+    items, at = [], 0
+    for task_id, status, n in rows:
+        items.append(_new_tuple(ResultItem, (task_id, status, frames[at : at + n])))
+        at += n
+    return items
+
+
+_new_tuple = tuple.__new__
 
 
 def encode_items(items: Sequence[StreamItem]) -> list[Frame]:

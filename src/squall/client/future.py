@@ -230,7 +230,8 @@ class Future(concurrent.futures.Future[T]):
                 self.set_exception(_UndecodedError(frames))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the caller meanwhile
-        self._settle_held()  # an outcome (a refusal, say) also ends an enqueue's wait
+        if self._held is not None:  # an outcome (a refusal, say) also ends an enqueue's wait
+            self._settle_held()
 
     def _squall_started(self) -> None:
         """A worker has the task: the future is running (and can no longer be cancelled).
