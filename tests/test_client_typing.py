@@ -32,7 +32,9 @@ SCRIPT = textwrap.dedent("""
         items: list[int] = list(ex.stream(count, 3))
         mapped: list[int] = list(ex.map(double, [1, 2]))
         awaited: squall.Future[int] = aex.submit(double, 1)
-        print(value, named, items, mapped, awaited)
+        by_name: squall.Future[object] = ex.submit("math.add", 1, 2)  # a call by name
+        awaited_by_name: squall.Future[object] = aex.submit("math.add", 1, 2)
+        print(value, named, items, mapped, awaited, by_name, awaited_by_name)
 
 
     def bad(ex: squall.Executor, aex: squall.AsyncExecutor) -> None:

@@ -154,3 +154,15 @@ def test_bad_names_and_imports_fail_at_once_in_one_line(cluster, tmp_path: Path)
     (tmp_path / "plain_module.py").write_text("x = 1\n")
     ran = worker_importing("plain_module")
     assert ran.returncode != 0 and "no function is marked" in ran.stderr
+
+
+def test_inline_mode_calls_the_functions_registered_in_this_process() -> None:
+    @squall.function("inline.triple")
+    def triple(x: int) -> int:
+        return 3 * x
+
+    with squall.Executor(inline=True) as ex:
+        assert ex.submit("inline.triple", 5).result() == 15
+        assert list(ex.map("inline.triple", [1, 2])) == [3, 6]
+        with pytest.raises(squall.UnknownFunction, match="no function named 'inline.absent'"):
+            ex.submit("inline.absent", 1)

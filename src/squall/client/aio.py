@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 from squall.client._core import WITHDRAW_TIMEOUT, Withdrawal
 from squall.client.asyncio_driver import AsyncioDriver
@@ -87,8 +87,14 @@ class AsyncExecutor:
             raise RuntimeError("AsyncExecutor not started: use 'async with' or 'await start()'")
         return self._executor
 
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        """As :meth:`Executor.submit`; ``await`` the returned future."""
+    @overload
+    def submit(self, fn: str, /, *args: Any, **kwargs: Any) -> Future[Any]: ...
+
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]: ...
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """As :meth:`Executor.submit` (a function's name too); ``await`` the returned future."""
         return self.executor.submit(fn, *args, **kwargs)
 
     def stream(
