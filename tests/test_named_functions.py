@@ -41,6 +41,12 @@ def odd():
 """
 
 
+def _worker_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
 def deploy(tmp_path: Path, name: str, source: str) -> dict[str, str]:
     """Write module ``name`` where a worker started with the returned env imports it."""
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
@@ -60,6 +66,8 @@ def test_deployed_functions_are_called_by_name_from_python(cluster, tmp_path: Pa
             ex.submit("text.shout", "").result(30)  # a Python caller gets the exception
         served = {f.name: f.workers for f in ex.functions()}
         assert served == {"count.up": 1, "math.add": 1, "odd.result": 1, "text.shout": 1}
+        pid = ex.submit(_worker_pid).result(30)
+        assert {f.served_by for f in ex.functions()} == {(pid,)}  # where each is served
     assert "unpickling=disabled" in router.output()
 
 

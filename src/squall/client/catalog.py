@@ -21,7 +21,7 @@ from squall.errors import ProtocolError, UsageError
 class FunctionInfo:
     """A function name the router knows: its published ``version`` (0: not published, only
     served by workers), when it was published (Unix seconds), how many worker processes serve
-    it by import, and its calls waiting and running now."""
+    it by import and their pids (``served_by``), and its calls waiting and running now."""
 
     name: str
     version: int
@@ -29,6 +29,10 @@ class FunctionInfo:
     workers: int
     queued: int
     running: int
+    served_by: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "served_by", tuple(self.served_by))
 
 
 class CatalogMethods:

@@ -81,8 +81,13 @@ class Catalog(Periodic):
 
     def describe_functions(self) -> list[dict[str, Any]]:
         """Every function name the router knows, sorted: its published version (0: none),
-        when it was published, the workers serving it, its calls waiting and running."""
+        when it was published, the workers serving it (how many, and their pids), its calls
+        waiting and running."""
         described = []
+        serving: dict[str, list[int]] = {}
+        for worker in self.workers.values():
+            for name in worker.functions:
+                serving.setdefault(name, []).append(worker.pid)
         for name, figures in sorted(self.function_stats().items()):
             published = self.published.get(name)
             described.append(
@@ -91,6 +96,7 @@ class Catalog(Periodic):
                     "version": figures["version"],
                     "published_at": published.published_at if published is not None else None,
                     "workers": figures["workers"],
+                    "served_by": sorted(serving.get(name, [])),
                     "queued": figures["queued"],
                     "running": figures["running"],
                 }
