@@ -157,22 +157,17 @@ class Gateway:
             raise ApiError(400, "bad_request", str(exc)) from None
         task_id = future.id
         location = {"Location": f"/v1/tasks/{task_id}"}
-        if wait and callback is None:
-            # An outcome implies the router held the task: no separate wait for its word.
+        if callback is not None:  # recorded with the router only once it holds the task
+            assert self.deliveries is not None
+            await await_held([future])
+            await self.deliveries.add(task_id, callback)
+        if wait:  # an outcome implies the router held it: no separate wait for its word
             await settled(future, wait)
             if future.done():
                 raise_refusal([future])  # refused (queue full...) rather than held
                 task = {"id": task_id, "function": name, **tasks.outcome_fields(future)}
                 return web.json_response(task, headers=location)
-        await await_held([future])  # the router holds it (with --data: on disk)
-        if callback is not None:
-            assert self.deliveries is not None
-            await self.deliveries.add(task_id, callback, future)
-            if wait:
-                await settled(future, wait)
-                if future.done():
-                    task = {"id": task_id, "function": name, **tasks.outcome_fields(future)}
-                    return web.json_response(task, headers=location)
+        await await_held([future])  # a 202 says the router holds it (with --data: on disk)
         state = "scheduled" if options.delay or options.at else "queued"
         return web.json_response({"id": task_id, "state": state}, status=202, headers=location)
 

@@ -14,6 +14,7 @@ from typing import Any
 from squall.client.background import TaskInfo
 from squall.client.future import Future
 from squall.client.stream import Stream
+from squall.protocol import FailureCode
 
 #: the states in which a task has its outcome
 ENDED = frozenset(("succeeded", "failed", "cancelled"))
@@ -26,7 +27,7 @@ def outcome_fields(future: Future[Any]) -> dict[str, Any]:
     summary = future.error_summary()
     if summary is not None:
         error = {"type": summary.type, "message": summary.message, "traceback": summary.traceback}
-        state = "cancelled" if summary.type == "squall.Cancelled" else "failed"
+        state = "cancelled" if summary.code is FailureCode.CANCELLED else "failed"
         return {"state": state, "error": error}
     error_raised = future.exception()
     if error_raised is not None:  # (a local error: the result could not be decoded)

@@ -40,7 +40,7 @@ class Deliveries:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def add(self, task_id: str, url: str, future: Any = None) -> None:
+    async def add(self, task_id: str, url: str) -> None:
         """Record a delivery with the router (before the call is answered), then start it."""
         answer = await self.executor.ask_router({"op": "callback", "id": task_id, "url": url})
         if "error" in answer:
