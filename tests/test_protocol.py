@@ -56,7 +56,7 @@ def prefix(version: int = VERSION, type_: int = MsgType.HEARTBEAT, magic: bytes 
 
 def test_wire_numbers_are_stable() -> None:
     # Peers of the same version must agree on these numbers: they are part of the protocol.
-    assert [(t.name, t.value) for t in MsgType][-11:] == [
+    assert [(t.name, t.value) for t in MsgType][-13:] == [
         ("ITEM", 13),
         ("ACK", 14),
         ("CANCEL", 15),
@@ -68,6 +68,8 @@ def test_wire_numbers_are_stable() -> None:
         ("ENQUEUED", 21),
         ("QUERY", 22),
         ("ANSWER", 23),
+        ("EVENTS", 24),
+        ("RETRIED", 25),
     ]
     assert {s.name: s.value for s in Status} == {"OK": 0, "ERROR": 1, "CANCELLED": 2}
     assert {k.name: k.value for k in Kind} == {
@@ -143,13 +145,21 @@ def test_fn_fetch_roundtrip() -> None:
 @pytest.mark.parametrize("fn_body", [b"cloudpickled function", b""])
 def test_fn_body_roundtrip(fn_body: bytes) -> None:
     body, payload = roundtrip(protocol.encode_fn_body(H2, fn_body), MsgType.FN_BODY)
-    assert protocol.decode_fn_body(body, payload) == (H2, fn_body)
+    assert protocol.decode_fn_body(body, payload) == (H2, fn_body, "")
 
 
-@pytest.mark.parametrize("n_payload", [0, 2])
-def test_fn_body_wants_exactly_one_payload_frame(n_payload: int) -> None:
+def test_fn_body_may_name_its_function() -> None:
+    frames = protocol.encode_fn_body(H2, b"body", "app.tasks.<locals>.resize")
+    body, payload = roundtrip(frames, MsgType.FN_BODY)
+    assert protocol.decode_fn_body(body, payload) == (H2, b"body", "app.tasks.<locals>.resize")
+    with pytest.raises(ProtocolError, match="at most 255 bytes"):
+        protocol.decode_fn_body(body, [b"body", b"n" * 256])
+
+
+@pytest.mark.parametrize("n_payload", [0, 3])
+def test_fn_body_wants_one_or_two_payload_frames(n_payload: int) -> None:
     body, _ = roundtrip(protocol.encode_fn_body(H2, b"x"), MsgType.FN_BODY)
-    with pytest.raises(ProtocolError, match="expected 1 payload frame"):
+    with pytest.raises(ProtocolError, match="expected 1 or 2 payload frames"):
         protocol.decode_fn_body(body, [b"x"] * n_payload)
 
 
@@ -1354,8 +1364,8 @@ def test_fuzz_truncations_of_real_messages() -> None:
             with pytest.raises(ProtocolError):
                 decode_any([header[:cut], *frames[1:]])
         if type_ in _ROW_SIZES or type_ is MsgType.FN_BODY:  # these count their payload
-            with pytest.raises(ProtocolError):
-                decode_any([header, *frames[1:], b"extra"])
+            with pytest.raises(ProtocolError):  # (FN_BODY may carry a name frame, not two)
+                decode_any([header, *frames[1:], b"extra", b"extra"])
             if len(frames) > 1:
                 with pytest.raises(ProtocolError):
                     decode_any(frames[:-1])
@@ -1545,3 +1555,26 @@ def test_the_byte_level_examples_of_the_protocol_doc_are_what_squall_sends(
     name: str, frames: list[Any]
 ) -> None:
     assert _documented_frames(name) == [bytes(f) for f in frames]
+
+
+def test_events_retried_and_the_operators_fields_roundtrip() -> None:
+    events = [{"type": "task.started", "t": 1.5, "id": "00000000000000ff", "worker": 7}]
+    frames = protocol.encode_events(events)
+    body, payload = roundtrip(frames, MsgType.EVENTS)
+    assert protocol.decode_events(body, payload) == events
+    with pytest.raises(ProtocolError, match="array of objects"):
+        protocol.decode_events(b"", [b"[1, 2]"])
+    retried = protocol.Retried(9, 2, "ConnectionError", "refused")
+    body, payload = roundtrip(protocol.encode_retried([retried]), MsgType.RETRIED)
+    assert protocol.decode_retried(body, payload) == [retried]
+    with pytest.raises(ProtocolError):
+        protocol.decode_retried(body, [])
+    hello = protocol.encode_hello(Role.WORKER, 7, 10, host="node-1")
+    body, payload = roundtrip(hello, MsgType.HELLO)
+    decoded = protocol.decode_hello(body, payload)
+    assert decoded.host == "node-1" and decoded.functions == () and decoded.queues == ("default",)
+    beat = protocol.encode_heartbeat(rss=123 << 20)
+    body, payload = roundtrip(beat, MsgType.HEARTBEAT)
+    assert protocol.decode_heartbeat(body, payload).rss == 123 << 20
+    with pytest.raises(ProtocolError, match="does not report memory"):
+        protocol.decode_heartbeat(body, [b"worker id"])

@@ -438,7 +438,9 @@ def test_cancelling_100_000_queued_tasks_in_reverse_order_is_linear() -> None:
         state.cancel(c, (i,))
     elapsed = time.process_time() - start
     print(f"{n} queued cancels in reverse order: {elapsed:.3f} s CPU")
-    assert elapsed < 1.0, f"{n} cancels took {elapsed:.2f} s (router loop blocked)"
+    # Linear is about 10 us a cancel here (each is also recorded in the history); a search of
+    # the queue per cancel would take minutes.
+    assert elapsed < 3.0, f"{n} cancels took {elapsed:.2f} s (router loop blocked)"
     assert state.stats()["queued"] == 0 and state.counters["cancelled"] == n
     w = worker(state)
     submit(state, c, range(n + 1, n + 2))

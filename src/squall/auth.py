@@ -4,6 +4,7 @@ An auth directory on the router holds its own key pair and two allow-lists of pu
 
     keys/router.key, keys/router.key_secret     squall keygen --out keys router
     keys/clients/*.key                           may submit tasks
+    keys/clients/operators/*.key                 ... and see and act on the whole fleet
     keys/workers/*.key                           may register as workers and run them
     keys/workers/GROUP/*.key                     ... as workers of that group
 
@@ -46,6 +47,8 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 CLIENT, WORKER = "client", "worker"
 #: where each role's public keys go in the router's auth directory
 ALLOW_LISTS = {CLIENT: "clients", WORKER: "workers"}
+#: the subfolder of clients/ whose keys are operators'
+OPERATORS = "operators"
 #: the folder of ``keys/peers/NAME`` hand-off folders (router.key and the peer's pair)
 PEERS = "peers"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -179,6 +182,7 @@ def keygen_peer(
     role: str,
     *,
     group: str | None = None,
+    operator: bool = False,
     force: bool = False,
 ) -> PeerKeys:
     """Make a client's or worker node's key pair in one step, as the router and the peer need
@@ -194,6 +198,8 @@ def keygen_peer(
         name: the peer's name (its ``--key`` / ``key=``).
         role: ``client`` or ``worker``.
         group: for a worker, the group folder (``workers/GROUP/``) it joins.
+        operator: for a client, an operator's key (``clients/operators/``): it may also see
+            the whole fleet and act on any task or worker.
         force: replace an existing pair instead of refusing.
 
     Raises:
@@ -209,6 +215,10 @@ def keygen_peer(
         if role != WORKER:
             raise ConfigError("only workers form groups: --group goes with --worker")
         allow_dir /= check_name(group, "group name")
+    if operator:
+        if role != CLIENT:
+            raise ConfigError("only clients are operators: --operator goes with --client")
+        allow_dir /= OPERATORS
     allowed, folder = allow_dir / f"{name}.key", root / PEERS / name
     router_key = _router_public_file(root)
     _refuse_taken(root, name, allowed)
@@ -278,6 +288,9 @@ class ServerKeys:
     #: worker key -> its group (the subfolder of workers/ it is in); keys directly in
     #: workers/ belong to no group
     groups: dict[bytes, str] = field(default_factory=dict)
+    #: client keys in clients/operators/: they may also see the fleet (squall status, the
+    #: dashboard, /metrics, events) and act on any task or worker (cancel, retry, drain)
+    operators: set[bytes] = field(default_factory=set)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ServerKeys:
@@ -297,10 +310,15 @@ class ServerKeys:
         ``workers/GROUP/*.key``."""
         roles: dict[bytes, str] = {}
         groups: dict[bytes, str] = {}
+        operators: set[bytes] = set()
         clients = self.directory / "clients"
         if clients.is_dir():
             for path in sorted(clients.glob("*.key")):
                 roles[_load_public(path)] = CLIENT
+            for path in sorted((clients / OPERATORS).glob("*.key")):
+                key = _load_public(path)
+                roles[key] = CLIENT
+                operators.add(key)
         workers = self.directory / "workers"
         if workers.is_dir():
             for path in sorted(workers.glob("*.key")):
@@ -310,10 +328,11 @@ class ServerKeys:
                     key = _load_public(path)
                     roles[key] = WORKER
                     groups[key] = folder.name
-        self.roles, self.groups = roles, groups
+        self.roles, self.groups, self.operators = roles, groups, operators
         log.info(
             "keys loaded",
             clients=sum(r == CLIENT for r in roles.values()),
+            operators=len(operators),
             workers=sum(r == WORKER for r in roles.values()),
             groups=sorted(set(groups.values())),
         )
@@ -329,6 +348,11 @@ class ServerKeys:
 
     def has_group(self, name: str) -> bool:
         return name in self.groups.values()
+
+    def is_operator(self, user_id: str) -> bool:
+        """Whether a ZAP user id's key is an operator's (``clients/operators/``)."""
+        role, _, key = user_id.partition(":")
+        return role == CLIENT and key.encode() in self.operators
 
     def apply(self, socket: zmq.Socket[Any]) -> None:
         """Make ``socket`` a CURVE server (before it binds)."""

@@ -128,6 +128,25 @@ def count(text: str) -> int:
     return value
 
 
+def whole(text: str) -> int:
+    """argparse type of a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
+
+
+def metrics_address(text: str) -> str:
+    """argparse type of ``--metrics-bind``: HOST:PORT."""
+    host, _, port = text.rpartition(":")
+    if not host.strip("[]") or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9191)")
+    return text
+
+
 def _directory(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a directory")
@@ -277,6 +296,21 @@ def _parser() -> argparse.ArgumentParser:
         help="bytes of background tasks and outcomes kept; past it the oldest finished "
         "outcomes expire first (default 1GiB)",
     )
+    router.add_argument(
+        "--history",
+        type=whole,
+        default=100_000,
+        metavar="N",
+        help="finished tasks remembered for squall status, squall inspect and the dashboard "
+        "(default 100,000; 0: none)",
+    )
+    router.add_argument(
+        "--metrics-bind",
+        type=metrics_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (a loopback address unless "
+        "--insecure: the figures name your queues and functions)",
+    )
     router.add_argument("--parent-pid", type=count, help=argparse.SUPPRESS)
     _log_flags(router)
 
@@ -370,6 +404,7 @@ def _parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback router without auth"
     )
     schedules.add_argument("--json", action="store_true", help="one JSON object per schedule")
+    _operator_flags(commands)
 
     http = commands.add_parser(
         "http", help="serve squall's named functions over HTTP (needs squall[http])"
@@ -405,9 +440,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _operator_flags(commands: Any) -> None:
+    """``squall status`` and ``squall inspect`` (squall/status.py)."""
+    from squall.status import DEFAULT_INTERVAL, interval, task_id
+
+    status = commands.add_parser(
+        "status", help="show a router's workers, queues, totals and recent failures"
+    )
+    inspect = commands.add_parser("inspect", help="show one task: timeline, worker, error")
+    inspect.add_argument("task_id", type=task_id, metavar="TASK_ID", help="the task's id")
+    for command in (status, inspect):
+        command.add_argument(
+            "--connect", required=True, type=connect_address, metavar="ADDR", help="the router"
+        )
+        command.add_argument("--auth", metavar="DIR", help="CurveZMQ: this client's keys")
+        command.add_argument("--key", default="client", help="key pair name in --auth")
+        command.add_argument(
+            "--insecure", action="store_true", help="allow a non-loopback router without auth"
+        )
+        command.add_argument("--json", action="store_true", help="the router's answer, as JSON")
+    status.add_argument(
+        "--watch", action="store_true", help="a live view (rich, on a terminal) until Ctrl-C"
+    )
+    status.add_argument(
+        "--interval",
+        type=interval,
+        default=DEFAULT_INTERVAL,
+        metavar="S",
+        help=f"with --watch: seconds between views (default {DEFAULT_INTERVAL:g})",
+    )
+
+
 _KEYGEN: dict[str, Any] = {
     "help": "write CurveZMQ keys: the router's pair, or a client's or worker's in one step",
-    "usage": "%(prog)s --out DIR (router | NAME | --client NAME | --worker NAME [--group GROUP])"
+    "usage": "%(prog)s --out DIR (router | NAME | --client NAME [--operator] | --worker NAME "
+    "[--group GROUP])"
     " [--force]",
     "formatter_class": argparse.RawDescriptionHelpFormatter,
     "description": """\
@@ -415,10 +482,12 @@ _KEYGEN: dict[str, Any] = {
   squall keygen --out keys --client alice          keys/clients/alice.key + keys/peers/alice/
   squall keygen --out keys --worker node1          keys/workers/node1.key + keys/peers/node1/
   squall keygen --out keys --worker node7 --group gpu   keys/workers/gpu/node7.key + ...
+  squall keygen --out keys --client ops --operator keys/clients/operators/ops.key + ...
 
-The router admits the public keys in keys/clients and keys/workers (a subfolder is a worker
-group). keys/peers/NAME/ holds router.key and NAME's pair: copy it to NAME's host, then delete
-it here. squall keygen --out DIR NAME writes one bare pair.""",
+The router admits the public keys in keys/clients and keys/workers (a subfolder of workers is
+a worker group; keys/clients/operators holds operators, clients who may also see and act on
+the whole fleet). keys/peers/NAME/ holds router.key and NAME's pair: copy it to NAME's host,
+then delete it here. squall keygen --out DIR NAME writes one bare pair.""",
 }
 
 
@@ -445,6 +514,12 @@ def _keygen_flags(keygen: argparse.ArgumentParser) -> None:
         metavar="GROUP",
         help="with --worker: put its key in the worker group GROUP (keys/workers/GROUP/)",
     )
+    keygen.add_argument(
+        "--operator",
+        action="store_true",
+        help="with --client: an operator's key (keys/clients/operators/), which may also see "
+        "the fleet (squall status, the dashboard, /metrics) and cancel, retry and drain",
+    )
     keygen.add_argument("--force", action="store_true", help="replace an existing key pair")
 
 
@@ -461,6 +536,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise _BadUsage(f"{LEVEL_ENV}={level!r} is not a level: use {', '.join(_LEVELS)}")
     if args.command == "keygen" and args.group is not None and args.worker is None:
         raise _BadUsage("--group goes with --worker NAME: only workers form groups")
+    if args.command == "keygen" and args.operator and args.client is None:
+        raise _BadUsage("--operator goes with --client NAME: operators are clients")
     if args.command == "worker":
         try:  # here, not as its type: --connect must say what is wrong before anything starts
             connect_address(args.connect)
@@ -482,6 +559,10 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "schedules":
             return _schedules(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "inspect":
+            return _inspect(args)
         if args.command == "http":
             return _http(args)
         if args.command == "token":
@@ -506,12 +587,17 @@ def _router(args: argparse.Namespace) -> int:
     import zmq
 
     from squall import log
-    from squall.config import check_listen_policy, validate_address
+    from squall.config import check_listen_policy, is_loopback, validate_address
     from squall.router.server import RouterServer, forbid_unpickling
 
     address = validate_address(args.bind, bind=True)
     config = _router_config(address, args)
     check_listen_policy(address, args.auth, args.insecure)
+    if config.metrics_bind and not (args.insecure or is_loopback(f"tcp://{config.metrics_bind}")):
+        raise _BadUsage(
+            f"refusing to serve metrics on {config.metrics_bind}: they name your queues and "
+            "functions to anyone who reaches it; bind a loopback address, or pass --insecure"
+        )
     log.configure(json=args.log_json, level=args.log_level, process="router")
     forbid_unpickling()
     server = RouterServer(config)
@@ -565,6 +651,8 @@ def _router_config(address: str, args: argparse.Namespace) -> RouterConfig:
             result_ttl=args.result_ttl,
             max_kept_bytes=args.max_kept_bytes,
             queue_limits=tuple(args.limit),
+            history=args.history,
+            metrics_bind=args.metrics_bind,
         )
     except SquallError as exc:
         raise _BadUsage(str(exc)) from None
@@ -672,6 +760,18 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from squall.status import run_status
+
+    return run_status(args)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from squall.status import run_inspect
+
+    return run_inspect(args)
+
+
 def _schedules(args: argparse.Namespace) -> int:
     import dataclasses
     import datetime
@@ -723,8 +823,11 @@ def _keygen(args: argparse.Namespace) -> int:
         print(f"wrote {public} (public: share it) and {secret} (secret, mode 0600: keep it)")
         return 0
     role, name = (CLIENT, args.client) if args.client is not None else (WORKER, args.worker)
-    peer = keygen_peer(args.out, name, role, group=args.group, force=args.force)
-    print(f"wrote {peer.allowed} (the router admits this key as a {role})")
+    peer = keygen_peer(
+        args.out, name, role, group=args.group, operator=args.operator, force=args.force
+    )
+    as_what = "an operator (a client that may see and act on the fleet)" if args.operator else role
+    print(f"wrote {peer.allowed} (the router admits this key as {as_what})")
     print(
         f"wrote {peer.folder}{os.sep} (router.key, {name}.key, {name}.key_secret mode 0600): "
         f"copy it to {name}'s host, then delete it here"

@@ -83,6 +83,10 @@ class RouterConfig:
             across all workers.
         max_kept_bytes: bytes of kept background tasks and outcomes; past it the oldest
             finished outcomes go first.
+        history: finished tasks the router remembers for ``squall status``, the dashboard
+            and task queries (``--history``); 0 remembers none.
+        metrics_bind: HOST:PORT to serve Prometheus metrics on (``--metrics-bind``); None:
+            not served (the HTTP gateway serves them too).
     """
 
     bind: str
@@ -107,6 +111,8 @@ class RouterConfig:
     max_kept_bytes: int = 1 << 30
     #: global limits per queue, as (queue, starts per period or None, period, concurrency)
     queue_limits: tuple[tuple[str, int | None, float, int | None], ...] = ()
+    history: int = 100_000
+    metrics_bind: str | None = None
 
     @classmethod
     def from_env(cls, bind: str, **overrides: object) -> RouterConfig:

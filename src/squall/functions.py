@@ -153,7 +153,8 @@ def import_modules(modules: Iterable[str]) -> dict[str, Callable[..., Any]]:
 
 def json_call(frames: list[Any]) -> tuple[list[Any], dict[str, Any], TaskOptions | None]:
     """The arguments of a JSON call, and how it runs: its one frame, ``{"args": [...],
-    "kwargs": {...}, "options": {"timeout": s, "retries": n, "backoff": s}}``.
+    "kwargs": {...}, "options": {"timeout": s, "retries": n, "backoff": s, "traceparent":
+    "00-..."}}``.
 
     Raises:
         SerializationError: the frame is not such an object.
@@ -175,7 +176,7 @@ def json_call(frames: list[Any]) -> tuple[list[Any], dict[str, Any], TaskOptions
 
 
 #: the options a JSON call carries to its worker (the others are the router's: its route)
-WORKER_OPTIONS = ("timeout", "retries", "backoff")
+WORKER_OPTIONS = ("timeout", "retries", "backoff", "traceparent")
 
 
 def encode_json_call(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 LEVEL_ENV = "SQUALL_LOG_LEVEL"
@@ -71,6 +71,16 @@ def configure(*, json: bool | None = None, level: str | None = None, process: st
     _configured = True
 
 
+#: callables whose fields go on every event of this process (see :func:`add_context`)
+_context_hooks: list[Callable[[], Mapping[str, Any]]] = []
+
+
+def add_context(hook: Callable[[], Mapping[str, Any]]) -> None:
+    """Put ``hook()``'s fields on every event from now on: a worker process adds the id
+    of the task running in the greenlet that logs (``squall.tracing.log_context``)."""
+    _context_hooks.append(hook)
+
+
 def _structlog() -> Any:
     """structlog, configured as :func:`configure` asked, on the first call after it."""
     global _pending
@@ -97,6 +107,9 @@ def _apply(structlog: Any, json: bool, level: Any, colors: bool, tags: dict[str,
         # Static tags rather than contextvars: gevent starts each greenlet with an empty context.
         for key, value in tags.items():
             event.setdefault(key, value)
+        for context in _context_hooks:  # the task a worker's greenlet runs, say
+            for key, value in context().items():
+                event.setdefault(key, value)
         return event
 
     structlog.configure(

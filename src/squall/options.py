@@ -32,13 +32,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from squall import tracing
 from squall.errors import TaskTimeout
 from squall.protocol import DEFAULT_QUEUE, DEFAULT_ROUTE, Route, valid_queue
 
 T = TypeVar("T")
 
 #: keyword arguments ``submit`` and ``stream`` keep for themselves (not ``ex.options()``'s views)
-RESERVED = ("timeout", "retries", "retry_on", "backoff")
+RESERVED = ("timeout", "retries", "retry_on", "backoff", "traceparent")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class TaskOptions:
             fails with ``squall.TaskExpired`` and never runs.
         key: a background task's unique key: enqueueing the same key while a task with it is
             kept gives that task's future, not a new task.
+        traceparent: a W3C trace context (``00-<trace id>-<span id>-<flags>``): the task runs
+            as a child span of it on its worker (``squall.tracing``); by default, the current
+            OpenTelemetry span's when the caller uses OpenTelemetry.
 
     Raises:
         TypeError: a value of the wrong type (``retries`` not an int, ``retry_on`` not
@@ -79,9 +83,12 @@ class TaskOptions:
     at: datetime.datetime | None = None
     expires: float | datetime.datetime | None = None
     key: str | None = None
+    traceparent: str | None = None
 
     def __post_init__(self) -> None:
         self._check_routing()
+        if self.traceparent is not None:
+            tracing.check(self.traceparent)
         if self.timeout is not None:
             _check_seconds("timeout", self.timeout)
             if self.timeout <= 0:
@@ -203,7 +210,12 @@ def to_send(options: TaskOptions | None) -> TaskOptions | None:
 
 def split(options: TaskOptions | None) -> tuple[Route | None, TaskOptions | None]:
     """The route of a task with ``options`` (None: the default one) and what goes in its
-    payload (see :func:`to_send`)."""
+    payload (see :func:`to_send`), with the caller's current trace context when it has one
+    and the options name none."""
+    if options is None or options.traceparent is None:
+        traceparent = tracing.current()
+        if traceparent is not None:
+            options = (options or DEFAULT).merged(traceparent=traceparent)
     if options is None or options == DEFAULT:
         return None, None
     return options.route(), to_send(options)
@@ -214,24 +226,31 @@ def timed_out(timeout: float) -> TaskTimeout:
     return TaskTimeout(f"the task ran past its timeout of {timeout:g} s")
 
 
+#: told of each retry: the number of the attempt that failed (1, 2, ...) and its error
+OnRetry = Callable[[int, BaseException], object]
+
+
 def retrying(
     attempt: Callable[[], T],
     options: TaskOptions,
     sleep: Callable[[float], object],
     may_retry: Callable[[], bool] | None = None,
+    on_retry: OnRetry | None = None,
 ) -> T:
     """``attempt()``, run again on ``options.retry_on`` errors, up to ``options.retries``
     times, ``sleep``-ing the backoff in between. ``may_retry`` can veto a retry (a stream that
-    has yielded already). The attempt applies the timeout itself: a greenlet's timer on a
-    worker, a helper thread inline."""
+    has yielded already); ``on_retry`` hears of each (a worker tells the router). The attempt
+    applies the timeout itself: a greenlet's timer on a worker, a helper thread inline."""
     retry = 0
     while True:
         try:
             return attempt()
-        except options.retry_on:
+        except options.retry_on as exc:
             if retry >= options.retries or (may_retry is not None and not may_retry()):
                 raise
             retry += 1
+            if on_retry is not None:
+                on_retry(retry, exc)
         sleep(options.pause(retry))
 
 
@@ -248,6 +267,7 @@ async def retrying_async(
     options: TaskOptions,
     mark: Callable[[float | None], object] | None = None,
     first: Awaitable[T] | None = None,
+    on_retry: OnRetry | None = None,
 ) -> T:
     """The coroutine form of :func:`retrying`, for ``async def`` tasks: each attempt awaits a
     fresh ``make()`` (``first`` for the first one, when the call was made already) under the
@@ -257,10 +277,12 @@ async def retrying_async(
     while True:
         try:
             return await within(awaitable, options.timeout, mark)
-        except options.retry_on:
+        except options.retry_on as exc:
             if retry >= options.retries:
                 raise
             retry += 1
+            if on_retry is not None:
+                on_retry(retry, exc)
         await _asyncio().sleep(options.pause(retry))
         awaitable = make()
 

@@ -47,7 +47,10 @@ MAGIC = b"SQ"
 #: HELLO names the queues it serves.
 #: 6: calls by name: a route may name a function, a worker's HELLO names the functions it
 #: serves, and a call may carry JSON (Kind JSON_CALL, JSON_STREAM) instead of pickles.
-VERSION = 6
+#: 7: the operator's view: FN_BODY may name its function, a worker's HELLO names its host and
+#: its HEARTBEAT its resident memory, EVENTS streams task and worker events to subscribers,
+#: and RETRIED tells the router of a worker's retries (the ``retries`` option).
+VERSION = 7
 
 #: Anything ``zmq`` accepts as a frame: bytes, a ``zmq.Frame``, a buffer.
 Frame = Any  # bytes, a zmq.Frame, or any buffer zmq accepts
@@ -79,6 +82,8 @@ class MsgType(enum.IntEnum):
     ENQUEUED = 21  # router -> client: these background tasks are held (committed, with --data)
     QUERY = 22  # client -> router: a JSON request about kept tasks (info, cancel)
     ANSWER = 23  # router -> client: the JSON answer to a QUERY, under its request number
+    EVENTS = 24  # router -> client: a batch of task and worker events (to subscribers only)
+    RETRIED = 25  # worker -> router: these running tasks failed an attempt and will try again
 
 
 class Role(enum.IntEnum):
@@ -234,6 +239,7 @@ _COUNT = struct.Struct("!I")
 _HELLO = struct.Struct("!BII")
 _WELCOME = struct.Struct("!dIQB")
 _BLOCKED = struct.Struct("!IQ")  # hub blocked for ms, highest task id the hub has received
+_RSS = struct.Struct("!Q")  # a worker's own heartbeat: its resident memory in bytes
 _HASH = struct.Struct(f"!{HASH_SIZE}s")
 _CREDIT = struct.Struct("!I")
 # Per-item layouts of the batch messages.
@@ -252,6 +258,7 @@ _VALUE_LEN = struct.Struct("!I")
 _ACK_ITEM = struct.Struct("!QI")  # task id, items consumed
 _CANCEL_ITEM = struct.Struct("!Q")  # task id
 _WITHDRAW_ITEM = struct.Struct("!QB")  # task id, withdrawn (in the router's answer)
+_RETRIED_ITEM = struct.Struct("!QH")  # task id, the attempt that failed (1, 2, ...)
 
 _HEADERS = {t: _PREFIX.pack(MAGIC, VERSION, t) for t in MsgType}
 
@@ -270,9 +277,17 @@ class Hello(NamedTuple):
     queues: tuple[str, ...] = ()
     #: the functions a worker serves by name (``squall worker --import``)
     functions: tuple[str, ...] = ()
+    #: the host a worker runs on, for people (``squall status``)
+    host: str = ""
+
+
+#: bytes of a host name in a worker's HELLO
+MAX_HOST = 255
 
 
 def _function_names(frame: Frame) -> tuple[str, ...]:
+    if not len(frame):
+        return ()
     try:
         names = tuple(bytes(frame).decode().split(","))
     except UnicodeDecodeError:
@@ -298,6 +313,8 @@ class Heartbeat(NamedTuple):
     blocked_ms: int = 0
     #: the highest router task id the worker's hub has received: later ones sit unread
     last_task: int = 0
+    #: a worker's own beat: its resident memory in bytes (0: not said)
+    rss: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,13 +368,16 @@ def encode_hello(
     group: str = "",
     queues: Sequence[str] = (),
     functions: Sequence[str] = (),
+    host: str = "",
 ) -> list[Frame]:
     """HELLO; a payload frame names a client's worker group, or a worker's queues (comma
     separated; none: the default queue); a worker's second frame, the function names it
-    serves (comma separated)."""
+    serves (comma separated, maybe none), and its third the host it runs on."""
     header = _HEADERS[MsgType.HELLO] + _HELLO.pack(role, pid, capacity)
-    if role == Role.WORKER and functions:
-        return [header, ",".join(queues or (DEFAULT_QUEUE,)).encode(), ",".join(functions).encode()]
+    if role == Role.WORKER and (functions or host):
+        frames = [header, ",".join(queues or (DEFAULT_QUEUE,)).encode()]
+        frames.append(",".join(functions).encode())
+        return frames + ([host.encode()[:MAX_HOST]] if host else [])
     named = ",".join(queues) if role == Role.WORKER else group
     return [header, named.encode()] if named else [header]
 
@@ -368,7 +388,7 @@ def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
         role = Role(role)
     except ValueError:
         raise ProtocolError(f"HELLO: unknown role {role}") from None
-    if len(payload) > (2 if role == Role.WORKER else 1):
+    if len(payload) > (3 if role == Role.WORKER else 1):
         raise ProtocolError("HELLO: unexpected frames")
     if not payload:
         return Hello(role, pid, capacity, "", (DEFAULT_QUEUE,) if role == Role.WORKER else ())
@@ -381,8 +401,9 @@ def decode_hello(body: bytes, payload: Sequence[Frame] = ()) -> Hello:
         queues = tuple(named.split(","))
         if not all(valid_queue(q) for q in queues) or len(queues) > MAX_QUEUES:
             raise ProtocolError(f"HELLO: a worker serves 1 to {MAX_QUEUES} valid queue names")
-        functions = _function_names(payload[1]) if len(payload) == 2 else ()
-        return Hello(role, pid, capacity, "", queues, functions)
+        functions = _function_names(payload[1]) if len(payload) >= 2 else ()
+        host = bytes(payload[2])[:MAX_HOST].decode("utf-8", "replace") if len(payload) == 3 else ""
+        return Hello(role, pid, capacity, "", queues, functions, host)
     if not 0 < len(raw) <= MAX_GROUP or not named.isprintable():
         raise ProtocolError(f"HELLO: a group name has 1 to {MAX_GROUP} printable bytes")
     return Hello(role, pid, capacity, named)
@@ -422,16 +443,24 @@ def decode_fn_fetch(body: bytes) -> bytes:
     return bytes(_fixed(body, _HASH, "FN_FETCH")[0])
 
 
-def encode_fn_body(fn_hash: bytes, body: Frame) -> list[Frame]:
-    """A function body by hash; an empty body means "nobody has it any more"."""
-    return [_HEADERS[MsgType.FN_BODY] + _HASH.pack(fn_hash), body]
+def encode_fn_body(fn_hash: bytes, body: Frame, name: str = "") -> list[Frame]:
+    """A function body by hash; an empty body means "nobody has it any more". A client names
+    the function (its qualified name, in a second frame): the router shows that name for
+    every task of this hash, and never has to look into the body for it."""
+    header = _HEADERS[MsgType.FN_BODY] + _HASH.pack(fn_hash)
+    return [header, body, name.encode()[:MAX_NAME]] if name else [header, body]
 
 
-def decode_fn_body(body: bytes, payload: Sequence[Frame]) -> tuple[bytes, Frame]:
+def decode_fn_body(body: bytes, payload: Sequence[Frame]) -> tuple[bytes, Frame, str]:
     fn_hash = bytes(_fixed(body, _HASH, "FN_BODY")[0])
-    if len(payload) != 1:
-        raise ProtocolError(f"FN_BODY: expected 1 payload frame, got {len(payload)}")
-    return fn_hash, payload[0]
+    if len(payload) not in (1, 2):
+        raise ProtocolError(f"FN_BODY: expected 1 or 2 payload frames, got {len(payload)}")
+    if len(payload) == 1:
+        return fn_hash, payload[0], ""
+    raw = bytes(payload[1])
+    if len(raw) > MAX_NAME:
+        raise ProtocolError(f"FN_BODY: a function's name has at most {MAX_NAME} bytes")
+    return fn_hash, payload[0], raw.decode("utf-8", "replace")
 
 
 def encode_credit(n: int) -> list[Frame]:
@@ -443,20 +472,27 @@ def decode_credit(body: bytes) -> int:
 
 
 def encode_heartbeat(
-    on_behalf_of: bytes = b"", blocked_ms: int = 0, last_task: int = 0
+    on_behalf_of: bytes = b"", blocked_ms: int = 0, last_task: int = 0, rss: int = 0
 ) -> list[Frame]:
     """HEARTBEAT; a worker's watchdog thread names the worker it speaks for (its own socket
     has another identity), so a hub blocked by a long task does not look like a dead worker,
-    and says how long the hub has been blocked, so that no new tasks go there meanwhile."""
+    and says how long the hub has been blocked, so that no new tasks go there meanwhile. A
+    worker's own beat may say its resident memory (``rss``, bytes), for ``squall status``."""
     header = _HEADERS[MsgType.HEARTBEAT]
     if blocked_ms or last_task:
         header += _BLOCKED.pack(min(blocked_ms, 0xFFFFFFFF), last_task)
+    elif rss and not on_behalf_of:
+        header += _RSS.pack(rss)
     return [header, *([on_behalf_of] if on_behalf_of else [])]
 
 
 def decode_heartbeat(body: bytes, payload: Sequence[Frame]) -> Heartbeat:
-    if len(payload) > 1 or (body and len(body) != _BLOCKED.size):
+    if len(payload) > 1 or (body and len(body) not in (_BLOCKED.size, _RSS.size)):
         raise ProtocolError("HEARTBEAT: unexpected content")
+    if len(body) == _RSS.size:
+        if payload:
+            raise ProtocolError("HEARTBEAT: a watchdog does not report memory")
+        return Heartbeat(rss=_RSS.unpack(body)[0])
     if body and not payload:
         raise ProtocolError("HEARTBEAT: only a watchdog reports a blocked hub")
     on_behalf_of = bytes(payload[0]) if payload else b""
@@ -972,6 +1008,43 @@ def decode_crashed(body: bytes, payload: Sequence[Frame]) -> tuple[bytes, list[i
     return bytes(payload[0]), [row[0] for row in rows]
 
 
+class Retried(NamedTuple):
+    """A running task's attempt failed and it will run again (a worker's ``retries``)."""
+
+    task_id: int
+    attempt: int
+    error_type: str
+    error_message: str
+
+
+def encode_retried(items: Sequence[Retried]) -> list[Frame]:
+    """RETRIED: per task, the attempt that failed; one JSON frame per task, ``{"type",
+    "message"}`` of its error (text: nothing pickled), for the router's events."""
+    rows = [(item.task_id, min(item.attempt, 0xFFFF)) for item in items]
+    frames = [
+        json.dumps({"type": item.error_type, "message": item.error_message[:1000]}).encode()
+        for item in items
+    ]
+    return _encode_batch(MsgType.RETRIED, _RETRIED_ITEM, rows, frames)
+
+
+def decode_retried(body: bytes, payload: Sequence[Frame]) -> list[Retried]:
+    rows, extra = _decode_rows(body, _RETRIED_ITEM, "RETRIED")
+    _check_no_extra("RETRIED", extra)
+    _check_frames("RETRIED", len(rows), payload)
+    items = []
+    for (task_id, attempt), frame in zip(rows, payload, strict=True):
+        error = _json_frame(frame, "RETRIED")
+        if not isinstance(error, dict):
+            raise ProtocolError("RETRIED: an error is a JSON object")
+        items.append(
+            Retried(
+                task_id, attempt, str(error.get("type", ""))[:200], str(error.get("message", ""))
+            )
+        )
+    return items
+
+
 def encode_withdraw(answers: Sequence[tuple[int, bool]]) -> list[Frame]:
     """WITHDRAW: from a client, drop these tasks only if no worker has them yet (the flag is
     ignored); from the router, for each, whether it was dropped (it never ran, never will)."""
@@ -1093,6 +1166,21 @@ def decode_answer(body: bytes, payload: Sequence[Frame]) -> tuple[int, Any]:
     if len(payload) != 1:
         raise ProtocolError("ANSWER: expected one JSON frame")
     return request, _json_frame(payload[0], "ANSWER")
+
+
+def encode_events(events: Sequence[dict[str, Any]]) -> list[Frame]:
+    """EVENTS: task and worker events, oldest first, as one JSON array (see docs/protocol.md
+    for their fields); sent only to clients that subscribed (QUERY ``subscribe``)."""
+    return [_HEADERS[MsgType.EVENTS], json.dumps(events, separators=(",", ":")).encode()]
+
+
+def decode_events(body: bytes, payload: Sequence[Frame]) -> list[dict[str, Any]]:
+    if body or len(payload) != 1:
+        raise ProtocolError("EVENTS: expected one JSON frame")
+    events = _json_frame(payload[0], "EVENTS")
+    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+        raise ProtocolError("EVENTS: not a JSON array of objects")
+    return events
 
 
 def _json_frame(frame: Frame, what: str) -> Any:

@@ -317,9 +317,36 @@ def dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     return pickled
 
 
+#: function body hash -> the function's qualified name, for the router to show (FN_BODY)
+_labels: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+_LABELS_KEPT = 4096
+
+
+def function_label(fn_hash: bytes) -> str:
+    """The qualified name (``module.qualname``) of a function this process pickled, by its
+    body's hash; "" if unknown. Sent beside the body, so the router can name every task of
+    it without looking into the pickle."""
+    return _labels.get(fn_hash, "")
+
+
+def label_of(fn: Any) -> str:
+    target = getattr(fn, "func", fn)  # functools.partial: the function it wraps
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
 def _dumps_function(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
+    pickled = _dumps_callable(fn)
+    _labels[pickled[0]] = label_of(fn)[:255]
+    if len(_labels) > _LABELS_KEPT:
+        _labels.popitem(last=False)
+    return pickled
+
+
+def _dumps_callable(fn: Callable[..., Any]) -> tuple[bytes, bytes]:
     target = getattr(fn, "__func__", fn)  # bound methods: the function's module matters
     _ship_module_by_value(getattr(target, "func", target))  # functools.partial
     try:
@@ -455,9 +482,13 @@ def with_source_lines(tb: str) -> str:
     return "".join(out)
 
 
-def _qualified_name(kind: type) -> str:
+def type_name(kind: type) -> str:
+    """An exception type's name as error summaries give it: ``ValueError``, ``app.Bad``."""
     module = kind.__module__
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+_qualified_name = type_name
 
 
 def describe(fn: Any) -> str:

@@ -28,7 +28,7 @@ import collections
 import itertools
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from squall import protocol
@@ -36,6 +36,7 @@ from squall.config import BEATS_PER_LIVENESS, ROUTER_SILENCE_BEATS
 from squall.errors import ProtocolError, Refused, SerializationError, SquallError, WorkerLost
 from squall.log import get_logger
 from squall.protocol import ErrorCode, Frame, Kind, MsgType, ResultItem, Role, StreamItem
+from squall.serialization import function_label
 
 log = get_logger(__name__)
 
@@ -74,6 +75,10 @@ class Receiver(Protocol):
 
     def _squall_held(self) -> None:
         """The router holds the task (a background task: committed, with --data)."""
+
+
+#: a reader of router events: called in the I/O thread with each batch (must not block)
+EventSink = Callable[[list[dict[str, Any]]], None]
 
 
 class StatsWaiter(Protocol):
@@ -186,6 +191,7 @@ class Step:
         "answered",
         "stats",
         "held",
+        "events",
     )
 
     def __init__(self) -> None:
@@ -198,6 +204,8 @@ class Step:
         self.answered: list[Withdrawal] = []
         self.stats: list[tuple[StatsWaiter, Any]] = []
         self.held: list[Receiver] = []
+        #: batches of router events, each with the sinks (ex.events() readers) to hand it to
+        self.events: list[tuple[list[EventSink], list[dict[str, Any]]]] = []
 
     def deliver(self) -> None:
         """Hand the outcomes to their futures and streams (runs their callers' callbacks)."""
@@ -224,6 +232,9 @@ class Step:
                     waiter.set_result(stats)
                 except Exception:  # cancelled meanwhile, from another thread
                     pass
+        for sinks, batch in self.events:
+            for sink in sinks:
+                sink(batch)
 
 
 class ClientCore:
@@ -247,6 +258,8 @@ class ClientCore:
         self._queries: dict[int, StatsWaiter] = {}
         self._query_ids = itertools.count(1)
         self._new_bodies: list[tuple[bytes, bytes]] = []
+        #: readers of router events (``ex.events()``), fed from the I/O thread
+        self.event_sinks: list[EventSink] = []
         #: messages naming tasks (WITHDRAW, CANCEL): they go out after the SUBMITs queued
         #: before them, in the same hand-over, so that the router knows every task they name
         self._after: list[list[Frame]] = []
@@ -354,6 +367,9 @@ class ClientCore:
             waiter = self._queries.pop(request, None)
             if waiter is not None:
                 step.stats.append((waiter, answer))
+        elif type_ is MsgType.EVENTS:
+            if self.event_sinks:
+                step.events.append((list(self.event_sinks), protocol.decode_events(body, payload)))
         elif type_ is MsgType.WELCOME:
             self._welcome(protocol.decode_welcome(body), step)
         elif type_ is MsgType.ERROR:
@@ -393,6 +409,8 @@ class ClientCore:
         else:
             again = self._resubmit_all(step)
             log.warning("router back; unfinished tasks submitted again", tasks=again)
+            if self.event_sinks:  # a new router knows no subscription of ours
+                self._resubscribe(step)
 
     def _on_error(self, code: int, reason: str, step: Step) -> None:
         log.warning("router refused a message", code=code, reason=reason)
@@ -480,6 +498,24 @@ class ClientCore:
         self._stats_waiters.append(waiter)
         self._control.append(protocol.encode_stats_request())
 
+    def add_event_sink(self, sink: EventSink) -> None:
+        """``sink`` gets every batch of router events from now on (the first one added
+        subscribes this client: the caller sends the ``subscribe`` query)."""
+        with self._lock:
+            self.event_sinks.append(sink)
+
+    def remove_event_sink(self, sink: EventSink) -> bool:
+        """Stop handing events to ``sink``; True when it was the last one (the caller then
+        unsubscribes)."""
+        with self._lock:
+            if sink in self.event_sinks:
+                self.event_sinks.remove(sink)
+            return not self.event_sinks
+
+    def _resubscribe(self, step: Step) -> None:
+        request = next(self._query_ids)
+        step.send.append(protocol.encode_query(request, {"op": "subscribe", "types": None}))
+
     def ask(self, query: dict[str, Any], waiter: StatsWaiter, frames: Sequence[Frame] = ()) -> bool:
         """Send a QUERY (with opaque ``frames`` after it); ``waiter`` gets the router's
         answer. Returns True when the driver must be woken. (After the ENQUEUEs queued before
@@ -501,7 +537,7 @@ class ClientCore:
             bodies, self._new_bodies = self._new_bodies, []
             after, self._after = self._after, []
             self._wake_pending = False
-        messages = [protocol.encode_fn_body(h, b) for h, b in bodies]
+        messages = [protocol.encode_fn_body(h, b, function_label(h)) for h, b in bodies]
         self.bodies_sent += len(bodies)
         messages += map(protocol.encode_submit, protocol.batches(outbox))
         messages += map(protocol.encode_enqueue, protocol.batches(kept))

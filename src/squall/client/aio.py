@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
+from squall.client import operator
 from squall.client._core import WITHDRAW_TIMEOUT, Withdrawal
 from squall.client.asyncio_driver import AsyncioDriver
 from squall.client.background import (
@@ -253,6 +254,47 @@ class AsyncExecutor:
     async def functions(self) -> list[FunctionInfo]:
         """As :meth:`Executor.functions`, awaited."""
         return functions_of(await self.ask_router({"op": "functions"}))
+
+    async def status(self) -> dict[str, Any]:
+        """As :meth:`Executor.status`, awaited."""
+        return dict(operator.checked(await self.ask_router({"op": "status"}), "status"))
+
+    async def tasks(
+        self,
+        state: str | Iterable[str] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """As :meth:`Executor.tasks`, awaited."""
+        query = operator.task_query(state, name, queue, since, until, limit, offset)
+        return dict(operator.checked(await self.ask_router(query), "tasks"))
+
+    async def inspect(self, task_id: str) -> dict[str, Any]:
+        """As :meth:`Executor.inspect`, awaited."""
+        answer = await self.ask_router({"op": "task", "id": task_id})
+        return dict(operator.checked(answer, task_id))
+
+    async def metrics(self) -> dict[str, Any]:
+        """As :meth:`Executor.metrics`, awaited."""
+        return dict(operator.checked(await self.ask_router({"op": "metrics"}), "metrics"))
+
+    async def drain_worker(self, pid: int) -> dict[str, Any]:
+        """As :meth:`Executor.drain_worker`, awaited."""
+        answer = await self.ask_router({"op": "drain", "pid": pid})
+        return dict(operator.checked(answer, f"drain {pid}"))
+
+    async def retry(self, task_id: str) -> str:
+        """As :meth:`Executor.retry`, awaited."""
+        answer = await self.ask_router({"op": "retry", "id": task_id})
+        return str(operator.checked(answer, task_id)["id"])
+
+    def events(self, types: Iterable[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """As :meth:`Executor.events`: ``async for event in aex.events(): ...``."""
+        return operator.async_events(self, types)
 
     async def stats(self) -> dict[str, Any]:
         """The router's counters and this client's (as :meth:`Executor.stats`), awaited."""

@@ -91,6 +91,15 @@ def function_name(fn: Callable[..., Any]) -> str:
     return f"{module}.{name}" if module else name
 
 
+def _is_router_number(task_id: object) -> bool:
+    """Whether ``task_id`` is the router's 16-hex-digit number for a task tied to its client."""
+    return (
+        isinstance(task_id, str)
+        and len(task_id) == 16
+        and all(c in "0123456789abcdef" for c in task_id)
+    )
+
+
 def _key_of(task_id: str) -> bytes:
     if not isinstance(task_id, str):
         raise TypeError(f"a task id is a str, not {type(task_id).__name__}")
@@ -224,9 +233,16 @@ class BackgroundMethods:
         """Cancel background task ``task_id``: a queued one never runs, a running one is
         stopped. False if it had finished already.
 
+        Also takes the 16-hex id ``ex.tasks()`` and the dashboard show for a task tied to its
+        client (any client's: an operator's cancel; that client's future then raises
+        ``CancelledError``).
+
         Raises:
             TaskNotFound: no kept task has this id.
         """
+        if _is_router_number(task_id):
+            (answer,) = self._ask_router({"op": "cancel", "ids": [task_id]})
+            return bool(answer.get("cancelled"))
         (answer,) = self._query("cancel", [task_id])
         if not answer.get("cancelled"):
             self.task_info(task_id)  # raises TaskNotFound for an unknown id

@@ -24,6 +24,7 @@ from squall.client.background import BackgroundMethods, json_options
 from squall.client.catalog import CatalogMethods
 from squall.client.embedded import LocalCluster
 from squall.client.future import Future
+from squall.client.operator import OperatorMethods
 from squall.client.schedules import ScheduleMethods
 from squall.client.stream import DEFAULT_WINDOW, Stream
 from squall.client.sync import ThreadDriver
@@ -245,7 +246,13 @@ def _apply_chunk(fn: Callable[..., T], chunk: list[tuple[Any, ...]]) -> list[T]:
     return [fn(*args) for args in chunk]
 
 
-class Executor(BackgroundMethods, ScheduleMethods, CatalogMethods, concurrent.futures.Executor):
+class Executor(
+    BackgroundMethods,
+    ScheduleMethods,
+    CatalogMethods,
+    OperatorMethods,
+    concurrent.futures.Executor,
+):
     """Run Python callables on squall workers.
 
     With no address, starts the embedded default: a private router and one worker node as

@@ -118,7 +118,9 @@ class Background(Scheduler):
                 key=record.id,
                 watchers=[],
                 group=record.group,
+                submitted_at=record.submitted,
             )
+            self.monitor.name_function(record.fn_hash, record.function)
             if record.route is not None:
                 self.route(task, *record.route)
             if record.state == "running":
@@ -218,10 +220,14 @@ class Background(Scheduler):
             group=group,
             key=item.key,
             watchers=[],
+            submitted_at=now,
         )
         if item.route is not None:
             self.route(task, *item.route)
         self._hold(task)
+        if item.name:
+            self.monitor.name_function(item.fn_hash, item.name)
+        self.monitor.submitted((task,))
         self.ready(task)
         record = KeptTask(
             item.key,

@@ -122,6 +122,13 @@ class SendStats(NamedTuple):
     stats: dict[str, Any]
 
 
+class SendEvents(NamedTuple):
+    """EVENTS to each of these subscribed clients: one batch, encoded once."""
+
+    peers: list[bytes]
+    events: list[dict[str, Any]]
+
+
 class SendHeartbeats(NamedTuple):
     """HEARTBEAT to each of these peers."""
 
@@ -167,6 +174,7 @@ Send = (
     | SendEnqueued
     | SendAnswer
     | SendStats
+    | SendEvents
     | SendHeartbeats
     | CutOff
     | Log

@@ -57,6 +57,11 @@ class Task:
     #: a call by name: the function it calls (only workers serving it, or the router's
     #: published body, can run it); "" for a call of a function body
     function: str = ""
+    #: wall-clock times it came in and last went to a worker (0: not yet), for the history
+    submitted_at: float = 0.0
+    started_at: float = 0.0
+    #: attempts its worker made again after a failure (its ``retries`` option), so far
+    retries: int = 0
 
 
 @dataclass(slots=True)
@@ -76,10 +81,18 @@ class Worker:
     queues: frozenset[str] = frozenset((DEFAULT_QUEUE,))
     #: the functions it serves by name (``squall worker --import``)
     functions: frozenset[str] = frozenset()
+    #: for people: the host it runs on, its resident memory (bytes, 0: not said), tasks it
+    #: finished, when it joined (monotonic)
+    host: str = ""
+    rss: int = 0
+    done: int = 0
+    joined: float = 0.0
+    #: an operator drained it (``drain`` op): it finishes what it runs and gets nothing new
+    draining: bool = False
 
     @property
     def free(self) -> int:
-        if self.isolating is not None or self.blocked:
+        if self.isolating is not None or self.blocked or self.draining:
             return 0
         return self.capacity - len(self.running)
 

@@ -73,6 +73,7 @@ class Peers(Callbacks):
         group: str = "",
         queues: Iterable[str] = (DEFAULT_QUEUE,),
         functions: Iterable[str] = (),
+        host: str = "",
     ) -> None:
         """Register a worker; a known one saying HELLO again keeps what it runs (it only
         thought we had forgotten it) and updates its capacity. ``functions``: the names it
@@ -80,20 +81,26 @@ class Peers(Callbacks):
         capacity = min(capacity, self.limits.max_capacity)
         known = self.workers.get(peer)
         if known is not None and known.pid == pid:
+            if capacity == 0 and known.capacity and not known.draining:
+                self.monitor.worker_event("drained", known, self.wall(), self.clock())
             known.capacity = capacity
             known.last_seen = self.clock()
             return
         if known is not None:  # same address, new process: the old one died
             self.remove_worker(peer, died=True)
-        self.workers[peer] = Worker(
+        now = self.clock()
+        worker = self.workers[peer] = Worker(
             peer,
             pid,
             capacity,
-            self.clock(),
+            now,
             group=group,
             queues=frozenset(queues),
             functions=frozenset(functions),
+            host=host,
+            joined=now,
         )
+        self.monitor.worker_event("joined", worker, self.wall(), now)
 
     def set_capacity(self, peer: bytes, capacity: int) -> None:
         worker = self.workers.get(peer)
@@ -126,6 +133,7 @@ class Peers(Callbacks):
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
+        self.monitor.worker_event("lost" if died else "drained", worker, self.wall(), self.clock())
         blamed = set(culprits)
         if died:
             self.counters["worker_deaths"] += 1
@@ -173,6 +181,7 @@ class Peers(Callbacks):
             if task.key:
                 self.store.requeued(task.key)
         self.counters["redelivered"] += len(requeued) + len(isolated)
+        self.monitor.redelivered(requeued + isolated, self.wall())
         for waiting in self.body_waiters.values():
             waiting.discard(peer)
         return requeued + isolated
@@ -212,6 +221,7 @@ class Peers(Callbacks):
                     task.cancelled = True
                     self._stop_on_worker.setdefault(worker.peer, []).append(task.id)
         self.clients.pop(peer, None)
+        self.monitor.unsubscribe(peer)
         dropped = sum(lane.drop_client(peer) for lane in self.lanes.values())
         self.suspects = collections.deque(t for t in self.suspects if t.client != peer)
         self.queued_by_client.pop(peer, None)

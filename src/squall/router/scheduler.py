@@ -51,6 +51,7 @@ from squall.router.model import (
     Worker,
     frames_size,
 )
+from squall.router.monitor import Monitor
 from squall.router.policy import MAX_REFUSED_BODIES
 
 #: what each worker-reported outcome counts as in ``stats()`` (a router-made failure, such as
@@ -71,6 +72,7 @@ COUNTERS = (
     "failed",
     "stopped",
     "redelivered",
+    "retried",
     "worker_deaths",
     "worker_lost",
     "timed_out",
@@ -179,6 +181,8 @@ class Scheduler:
         # must not report them under ids this router has given to other tasks.
         self._next_id = int.from_bytes(os.urandom(6), "big") << 8
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: the history, figures and event feed operators read (squall status, /metrics)
+        self.monitor = Monitor()
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -192,6 +196,8 @@ class Scheduler:
         n = 0
         known = self.clients.get(client)
         uploads = self.uploaded.get(known.scope) if known is not None else None
+        now = self.wall()
+        accepted = []
         for item in items:
             key = (client, item.task_id)
             if key in self.by_client:
@@ -222,9 +228,11 @@ class Scheduler:
                 window=item.window,
                 size=size,
                 group=known.group if known is not None else "",
+                submitted_at=now,
             )
             if item.route is not None:
                 self.route(task, *item.route)
+            accepted.append(task)
             self.tasks[task.id] = task
             self.by_client[(client, item.task_id)] = task
             if item.deps:
@@ -233,6 +241,7 @@ class Scheduler:
                 self.ready(task)
             n += 1
         self.counters["submitted"] += n
+        self.monitor.submitted(accepted)
         return n
 
     def route(
@@ -511,6 +520,7 @@ class Scheduler:
         return lane
 
     def _assign(self, worker: Worker, tasks: list[Task]) -> None:
+        self.monitor.started(tasks, worker, self.wall())
         for task in tasks:
             task.worker = worker.peer
             if task.function and task.function in self.published:
@@ -555,11 +565,13 @@ class Scheduler:
         if task is None:
             self.counters["stale_results"] += 1
             return None
-        if worker is not None and worker.isolating == task_id:
-            worker.isolating = None
+        if worker is not None:
+            worker.done += 1
+            if worker.isolating == task_id:
+                worker.isolating = None
         self.counters["completed"] += 1
         self.counters[_OUTCOME_COUNTERS.get(status, "failed")] += 1
-        self._settle(task, status, frames or [])
+        self._settle(task, status, frames or [], worker.pid if worker is not None else 0)
         if (
             task.key
             or task.client not in self.clients
@@ -569,11 +581,16 @@ class Scheduler:
             return None  # a background task's watchers have it already (kept_settled)
         return task
 
-    def _settle(self, task: Task, status: int, frames: list[Any]) -> None:
-        """Forget a finished task; hand its outcome to the tasks waiting for it.
+    def _settle(self, task: Task, status: int, frames: list[Any], worker_pid: int = -1) -> None:
+        """Forget a finished task; hand its outcome to the tasks waiting for it. The monitor
+        records it (``worker_pid``: the worker that ran it, -1 to look it up).
 
         On the path of every outcome and every cancel: kept to a few dict operations.
         """
+        if worker_pid < 0:
+            worker = self.workers.get(task.worker) if task.worker is not None else None
+            worker_pid = worker.pid if worker is not None else 0
+        self.monitor.finished(task, status, frames, worker_pid, self.wall())
         if task.key:
             self.kept_settled(task, status, frames)
             return

@@ -24,11 +24,12 @@ import ctypes
 import math
 import os
 import pickle
+import resource
 import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -38,6 +39,7 @@ from squall.config import DRAIN_BATCH, RouterConfig, bind_router_socket, prepare
 from squall.errors import ProtocolError
 from squall.log import get_logger
 from squall.memory import Trimmer
+from squall.procinfo import resident_bytes
 from squall.protocol import ErrorCode, TaskFlag, TaskItem
 from squall.router.instructions import (
     CutOff,
@@ -49,6 +51,7 @@ from squall.router.instructions import (
     SendCancel,
     SendEnqueued,
     SendError,
+    SendEvents,
     SendFetch,
     SendHeartbeats,
     SendItems,
@@ -65,7 +68,13 @@ from squall.router.policy import STARTED_DELAY
 from squall.router.state import RouterState
 from squall.router.store import open_store
 
+if TYPE_CHECKING:
+    from squall.metrics import MetricsServer
+
 log = get_logger(__name__)
+
+#: events in one EVENTS message at the most (a burst goes out as several)
+EVENTS_PER_MESSAGE = 5_000
 
 #: the instructions that are a peer and a list of entries, and what encodes a batch of them
 _BATCHES: dict[type, Callable[[Any], list[Any]]] = {
@@ -124,7 +133,7 @@ class FailureLog:
             summary = None
         self._emit(
             "task failed",
-            task=task_id,
+            task_id=f"{task_id:016x}",
             function=(summary and summary.function) or fn_hash.hex(),
             error=summary.type if summary else "?",
             message=summary.message[:200] if summary else "",
@@ -200,7 +209,10 @@ class RouterServer:
             started_delay=STARTED_DELAY,
             store=open_store(config.data, config.fsync, config.max_kept_bytes),
             result_ttl=config.result_ttl,
+            history=config.history,
         )
+        self.started_at = time.time()
+        self.state.process_info = self.process_info
         for queue, count, period, concurrency in config.queue_limits:
             self.state.limiter.set(queue, count, period, concurrency)
         if config.data is not None:
@@ -219,6 +231,28 @@ class RouterServer:
         #: this router process: a client seeing a new epoch knows its tasks are gone
         self.epoch = int.from_bytes(os.urandom(8), "big")
         self._running = False
+        #: with --metrics-bind: the "metrics" answer as of the last heartbeat, which the
+        #: metrics thread reads (it never touches the state, which is not thread-safe)
+        self.metrics_snapshot: dict[str, Any] | None = None
+        self._metrics_server: MetricsServer | None = None
+
+    def process_info(self) -> dict[str, Any]:
+        """This router process's own figures, for status and metrics."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            open_fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            open_fds = None
+        return {
+            "pid": os.getpid(),
+            "started": self.started_at,
+            "uptime": time.time() - self.started_at,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "rss": resident_bytes(),
+            "open_fds": open_fds,
+            "endpoint": self.endpoint,
+            "backlogged_peers": len(self._backlogs),
+        }
 
     def bind(self) -> str:
         """Bind the socket; return the endpoint actually bound (with the real port).
@@ -230,6 +264,11 @@ class RouterServer:
         self.endpoint = bind_router_socket(
             self.socket, self.config.bind, private=self.config.auth is None
         )
+        if self.config.metrics_bind is not None:
+            from squall.metrics import serve  # ConfigError: no prometheus_client, or no bind
+
+            self.metrics_snapshot = self.state.metrics()
+            self._metrics_server = serve(self.config.metrics_bind, lambda: self.metrics_snapshot)
         return self.endpoint
 
     # -- loop -------------------------------------------------------------------------------
@@ -306,6 +345,8 @@ class RouterServer:
             self.state.store.close()
             if self.zap is not None:
                 self.zap.close()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
 
     def _stalled(self, seconds: float, cpu: float) -> None:
         """The loop did not poll for ``seconds``: it was stopped (SIGSTOP, a swapped-out VM)
@@ -389,6 +430,11 @@ class RouterServer:
         elif isinstance(send, SendStats):
             stats = {**send.stats, "backlogged_peers": len(self._backlogs)}
             self._send(send.peer, protocol.encode_stats(stats))
+        elif isinstance(send, SendEvents):
+            for start in range(0, len(send.events), EVENTS_PER_MESSAGE):
+                message = protocol.encode_events(send.events[start : start + EVENTS_PER_MESSAGE])
+                for peer in send.peers:
+                    self._send(peer, list(message))
         elif isinstance(send, SendHeartbeats):
             beat = protocol.encode_heartbeat()
             for peer in send.peers:
@@ -485,6 +531,8 @@ class RouterServer:
 
     def _on_beat(self) -> None:
         self.state.tick()
+        if self._metrics_server is not None:
+            self.metrics_snapshot = self.state.metrics()
         parent = self.config.parent_pid
         if parent is not None and os.getppid() != parent:
             log.info("parent process gone; router exits", parent_pid=parent)

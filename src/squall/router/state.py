@@ -43,6 +43,7 @@ from squall.protocol import ErrorCode, MsgType, Role, Status, StreamItem, Submit
 from squall.router.background import DEFAULT_RESULT_TTL
 from squall.router.callbacks import CALLBACK_OPS
 from squall.router.catalog import CATALOG_OPS
+from squall.router.inspection import INSPECTION_OPS, Inspection
 from squall.router.instructions import (
     CutOff,
     Log,
@@ -53,6 +54,7 @@ from squall.router.instructions import (
     SendCancel,
     SendEnqueued,
     SendError,
+    SendEvents,
     SendFetch,
     SendHeartbeats,
     SendItems,
@@ -66,6 +68,7 @@ from squall.router.instructions import (
 )
 from squall.router.limits import parse_concurrency, parse_rate
 from squall.router.model import BodyCache, Client, Limits, Task, Worker
+from squall.router.monitor import DEFAULT_HISTORY, Monitor, parse_task_id
 from squall.router.peers import Peers
 from squall.router.policy import (
     CLIENT_LIVENESS,
@@ -110,6 +113,7 @@ _WORKER_ONLY = frozenset(
         MsgType.CREDIT,
         MsgType.TIMEOUT,
         MsgType.CRASHED,
+        MsgType.RETRIED,
     }
 )
 _CLIENT_ONLY = frozenset(
@@ -147,6 +151,7 @@ _DECODERS: dict[MsgType, Callable[[bytes, Sequence[Any]], Any]] = {
     MsgType.TIMEOUT: protocol.decode_timeout,
     MsgType.WITHDRAW: protocol.decode_withdraw,
     MsgType.CRASHED: protocol.decode_crashed,
+    MsgType.RETRIED: protocol.decode_retried,
     MsgType.ENQUEUE: protocol.decode_enqueue,
     MsgType.QUERY: protocol.decode_query,
 }
@@ -164,12 +169,20 @@ class Authority(Protocol):
 
     def has_group(self, name: str) -> bool: ...
 
+    def is_operator(self, user_id: str) -> bool: ...
+
+
+#: why a client key may not ask for the operator's view
+_NOT_OPERATOR = (
+    "this needs an operator's key (squall keygen --out DIR --client NAME --operator): a "
+    "client key may only submit and follow its own tasks"
+)
 
 #: QUERY ops about periodic schedules
 _SCHEDULE_OPS = frozenset(("schedule", "schedules", "unschedule", "pause", "resume"))
 
 
-class RouterState(Peers):
+class RouterState(Inspection):
     """Everything the router knows and decides, driven by the messages its peers send.
 
     Args:
@@ -202,6 +215,7 @@ class RouterState(Peers):
         store: Store | None = None,
         result_ttl: float = DEFAULT_RESULT_TTL,
         wall: Callable[[], float] = time.time,
+        history: int = DEFAULT_HISTORY,
     ) -> None:
         limits = limits or Limits()
         if max_queued is not None:
@@ -217,6 +231,8 @@ class RouterState(Peers):
             wall=wall,
         )
         self.authority = authority
+        if history != DEFAULT_HISTORY:
+            self.monitor = Monitor(history)
         # What the socket loop is to send, gathered per pass: replies in arrival order, then
         # per peer (batched) cancels, tasks, stream items, results, STARTED and acks.
         self._replies: list[Send] = []
@@ -254,6 +270,7 @@ class RouterState(Peers):
             MsgType.TIMEOUT: self._on_timeout,
             MsgType.WITHDRAW: self._on_withdraw,
             MsgType.CRASHED: self._on_crashed,
+            MsgType.RETRIED: self._on_retried,
             MsgType.ENQUEUE: self._on_enqueue,
             MsgType.QUERY: self._on_query,
         }
@@ -320,7 +337,9 @@ class RouterState(Peers):
     def tick(self, now: float | None = None) -> None:
         """A heartbeat interval passed: beat to every peer, declare the silent ones gone."""
         self._replies.append(SendHeartbeats([*self.workers, *(c for c in self.clients if c)]))
-        released = self.release_limbo(self.clock() if now is None else now)
+        now = self.clock() if now is None else now
+        self.monitor.sample(now)
+        released = self.release_limbo(now)
         if released:
             self._log(
                 "warning",
@@ -391,6 +410,8 @@ class RouterState(Peers):
             sends.extend(SendAcks(peer, counts) for peer, counts in acks.items())
         if self.enqueued:
             sends.extend(SendEnqueued(c, t) for c, t in self.take_enqueued().items())
+        if self.monitor.pending:
+            sends.extend(SendEvents(p, e) for p, e in self.monitor.take_events())
         return sends
 
     def started_due(self) -> float:
@@ -512,6 +533,15 @@ class RouterState(Peers):
             self._refuse(peer, f"{type_.name} is not allowed for your key")
         return allowed
 
+    def _operator(self, peer: bytes) -> bool:
+        """Whether ``peer`` may see the fleet and act on any task or worker: anyone without
+        authentication (the router is then reachable by its own user only), else a key of
+        clients/operators/."""
+        if self.authority is None:
+            return True
+        owner = self._owners.get(peer)
+        return owner is not None and self.authority.is_operator(owner)
+
     def _same_key(self, peer: bytes, other: bytes) -> bool:
         """Whether two routing ids came under one key (always, without authentication): a
         watchdog or a node speaks only for a worker of its own key."""
@@ -527,7 +557,9 @@ class RouterState(Peers):
             resumed = known is not None and known.pid == hello.pid
             # A worker's group is its key's folder, never what it says of itself.
             group = self.authority.group_of(owner) if self.authority is not None and owner else ""
-            self.add_worker(peer, hello.pid, hello.capacity, group, hello.queues, hello.functions)
+            self.add_worker(
+                peer, hello.pid, hello.capacity, group, hello.queues, hello.functions, hello.host
+            )
             self._log(
                 "info",
                 "worker joined",
@@ -603,19 +635,34 @@ class RouterState(Peers):
         if op in CALLBACK_OPS:
             self._replies.append(SendAnswer(peer, request, self.callback_op(query)))
             return
+        if op in INSPECTION_OPS:
+            allowed = self._operator(peer)
+            refusal = {"error": _NOT_OPERATOR, "code": "not_operator"}
+            view = self.inspection_op(peer, query) if allowed else refusal
+            self._replies.append(SendAnswer(peer, request, view))
+            return
         if frames:
             raise ProtocolError(f"QUERY: {op!r} takes no frames")
         try:
             op, texts = query["op"], query["ids"]
-            keys = [ids.from_text(text) for text in texts]
+            if op == "cancel":  # by an operator too: any task's id (squall.router.monitor)
+                for text in texts:
+                    parse_task_id(text)
+                keys = []
+            else:
+                keys = [ids.from_text(text) for text in texts]
         except (TypeError, KeyError, ValueError) as exc:
             raise ProtocolError(f"QUERY: {exc}"[:200]) from None
         answer: list[dict[str, Any]] = []
         if op == "info":
             answer = [self.task_info(key) for key in keys]
         elif op == "cancel":
-            for key, text in zip(keys, texts, strict=True):
-                cancelled, stops = self.cancel_kept(key)
+            operator = self._operator(peer)
+            for text in texts:
+                if not operator and not self.may_cancel(peer, text):
+                    answer.append({"id": text, "cancelled": False, "error": _NOT_OPERATOR})
+                    continue
+                cancelled, stops = self.cancel_by_id(text)
                 for worker, task_ids in stops.items():
                     self._stop_on_worker.setdefault(worker, []).extend(task_ids)
                 answer.append({"id": text, "cancelled": cancelled})
@@ -705,8 +752,8 @@ class RouterState(Peers):
         for worker, task_ids in self.cancel(peer, client_task_ids).items():
             self._stop_on_worker.setdefault(worker, []).extend(task_ids)
 
-    def _on_fn_body(self, peer: bytes, message: tuple[bytes, Any]) -> None:
-        fn_hash, fn_body = message
+    def _on_fn_body(self, peer: bytes, message: tuple[bytes, Any, str]) -> None:
+        fn_hash, fn_body, name = message
         limit = self.limits.body_size
         if len(fn_body) > limit:  # refused before it is copied or hashed
             reason = (
@@ -718,6 +765,8 @@ class RouterState(Peers):
             return
         fn_bytes = bytes(memoryview(fn_body))
         waiting, good = self.body_arrived(fn_hash, fn_bytes, peer)
+        if good and peer in self.clients:
+            self.monitor.name_function(fn_hash, name)
         for worker in waiting:
             self._replies.append(SendBody(worker, fn_hash, fn_bytes if good else b""))
 
@@ -737,7 +786,11 @@ class RouterState(Peers):
     def _on_heartbeat(self, peer: bytes, beat: protocol.Heartbeat) -> None:
         on_behalf_of = beat.on_behalf_of
         if not on_behalf_of:
-            if peer not in self.workers and peer not in self.clients:
+            worker = self.workers.get(peer)
+            if worker is not None:
+                if beat.rss:
+                    worker.rss = beat.rss
+            elif peer not in self.clients:
                 self._tell_unknown(peer)
             return
         # A worker's watchdog thread: its hub may be busy with a long task. It speaks only
@@ -781,6 +834,18 @@ class RouterState(Peers):
             requeued=len(affected) if known else None,
             refunded=None if known else len(affected),
         )
+
+    def _on_retried(self, peer: bytes, items: list[protocol.Retried]) -> None:
+        """A worker's tasks failed an attempt and run again there (their ``retries``)."""
+        worker = self.workers.get(peer)
+        if worker is None:
+            return
+        for item in items:
+            task = worker.running.get(item.task_id)
+            if task is not None:
+                task.retries = item.attempt
+                self.counters["retried"] += 1
+                self.monitor.retried(task, item, self.wall())
 
     def _on_withdraw(self, peer: bytes, requests: list[tuple[int, bool]]) -> None:
         """Drop tasks only if they have not started, and say which were dropped."""

@@ -293,8 +293,11 @@ class MemoryStore:
         task = self._tasks.get(task_id)
         if task is None or task.finished is not None:
             return
-        self._bytes += _size(outcome) - _size(task.frames)
-        task.frames = []
+        if state == "failed":  # its arguments stay: an operator may run it again (retry)
+            self._bytes += _size(outcome)
+        else:
+            self._bytes += _size(outcome) - _size(task.frames)
+            task.frames = []
         task.state, task.status, task.outcome = state, status, list(outcome)
         task.finished, task.expires = at, at + task.keep
         task.error_type, task.error_message = error_type, error_message
@@ -667,7 +670,8 @@ class SqliteStore:
             finished, self._finished = self._finished, []
             self._begin().executemany(
                 "UPDATE tasks SET state = ?, status = ?, outcome = ?, finished = ?, "
-                "expires = ? + keep, error_type = ?, error_message = ?, frames = x'', size = ? "
+                "expires = ? + keep, error_type = ?, error_message = ?, "
+                "frames = CASE WHEN ? THEN frames ELSE x'' END, size = ? "
                 "WHERE id = ? AND finished IS NULL",
                 finished,
             )
@@ -686,10 +690,12 @@ class SqliteStore:
         if size is None:
             return  # not kept, or finished already
         blob = pack_frames(outcome)
+        failed = state == "failed"  # its arguments stay: an operator may run it again (retry)
+        new_size = len(blob) + (size if failed else 0)
         self._finished.append(
-            (state, status, blob, at, at, error_type, error_message, len(blob), task_id)
+            (state, status, blob, at, at, error_type, error_message, failed, new_size, task_id)
         )
-        self._bytes += len(blob) - size
+        self._bytes += new_size - size
 
     def get(self, task_id: bytes) -> KeptTask | None:
         self._flush_states()

@@ -43,12 +43,13 @@ import greenlet
 import zmq.green as zmq
 from gevent import monkey
 
-from squall import functions, protocol, serialization, transport
+from squall import functions, protocol, serialization, tracing, transport
 from squall import options as task_options
 from squall.config import DRAIN_BATCH, WorkerConfig, prepare_socket
 from squall.errors import Refused, SerializationError, SquallError
 from squall.log import get_logger
 from squall.options import TaskOptions
+from squall.procinfo import resident_bytes
 from squall.protocol import (
     KIND_JSON,
     KIND_STREAM,
@@ -390,7 +391,8 @@ class WorkerProcess:
             elif type_ is MsgType.CANCEL:
                 self._on_cancel(protocol.decode_cancel(body, frames[1:]))
             elif type_ is MsgType.FN_BODY:
-                self._on_fn_body(*protocol.decode_fn_body(body, frames[1:]))
+                fn_hash, fn_body, _ = protocol.decode_fn_body(body, frames[1:])
+                self._on_fn_body(fn_hash, fn_body)
             elif type_ is MsgType.ERROR:
                 code, reason = protocol.decode_error(body)
                 log.warning("router refused a message", code=code, reason=reason)
@@ -548,6 +550,8 @@ class WorkerProcess:
         loop instead, with the rest of its attempts (see :meth:`_hand_off`).
         """
         task_id = item.task_id
+        runner = gevent.getcurrent()
+        runner.squall_task_id = task_id  # for its log lines (squall.tracing.log_context)
         stream = None
         if item.kind & KIND_STREAM:
             stream = self._streams[task_id] = _StreamWindow(max(1, item.window))
@@ -563,14 +567,10 @@ class WorkerProcess:
                 args, kwargs, options = serialization.loads(item.frames)
                 args, kwargs = calls.resolve(args, kwargs, item.deps)
             options = options or task_options.DEFAULT
-            if options.retries:
-                attempt = functools.partial(
-                    self._attempt, task_id, fn, args, kwargs, options, stream, encode
-                )
-                veto = None if stream is None else stream.untouched
-                outcome = task_options.retrying(attempt, options, gevent.sleep, veto)
+            if options.traceparent is not None:  # the caller's trace: run as its child span
+                outcome = self._traced(item, fn, args, kwargs, options, stream, encode)
             else:
-                outcome = self._attempt(task_id, fn, args, kwargs, options, stream, encode)
+                outcome = self._attempts(task_id, fn, args, kwargs, options, stream, encode)
             if outcome is None:  # handed to the asyncio loop, which finishes it
                 handed_off = True
                 return
@@ -581,12 +581,63 @@ class WorkerProcess:
             status = Status.ERROR
             frames = serialization.dumps_exception(exc, qualified_name(fn), pickled=not as_json)
         finally:
+            runner.squall_task_id = None
             if stream is not None:
                 self._move_chunk(task_id)
                 del self._streams[task_id]
             self._forget_task(task_id)
             if not handed_off:
                 self._finish(task_id, status, frames)
+
+    def _attempts(
+        self,
+        task_id: int,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        options: TaskOptions,
+        stream: _StreamWindow | None,
+        encode: Encoder,
+    ) -> tuple[Status, list[Any]] | None:
+        """The task's attempts: one, or as many as its retries allow."""
+        if not options.retries:
+            return self._attempt(task_id, fn, args, kwargs, options, stream, encode)
+        attempt = functools.partial(
+            self._attempt, task_id, fn, args, kwargs, options, stream, encode
+        )
+        veto = None if stream is None else stream.untouched
+        told = functools.partial(self._report_retry, task_id)
+        return task_options.retrying(attempt, options, gevent.sleep, veto, told)
+
+    def _report_retry(self, task_id: int, attempt: int, error: BaseException) -> None:
+        """Tell the router an attempt failed and the task runs again here (its events and
+        records count the attempts); the error goes as text only."""
+        retried = protocol.Retried(
+            task_id, attempt, serialization.type_name(type(error)), str(error)
+        )
+        self._control.append(protocol.encode_retried([retried]))
+        self._wake_sender.set()
+
+    def _traced(
+        self,
+        item: TaskItem,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        options: TaskOptions,
+        stream: _StreamWindow | None,
+        encode: Encoder,
+    ) -> tuple[Status, list[Any]] | None:
+        """:meth:`_attempts` as the child span of the caller's trace, its log lines tagged
+        with the trace id (only tasks sent with a ``traceparent`` come this way)."""
+        assert options.traceparent is not None
+        current = gevent.getcurrent()
+        current.squall_trace_id = tracing.trace_id(options.traceparent)
+        try:
+            with tracing.remote_span(options.traceparent, qualified_name(fn)):
+                return self._attempts(item.task_id, fn, args, kwargs, options, stream, encode)
+        finally:
+            current.squall_trace_id = None
 
     def _attempt(
         self,
@@ -661,7 +712,8 @@ class WorkerProcess:
         if options.timeout is not None or options.retries:
             again = functools.partial(fn, *args, **kwargs)
             mark = functools.partial(self._mark_deadline, task_id)
-            work = task_options.retrying_async(again, options, mark, first=coroutine)
+            told = functools.partial(self._report_retry, task_id)
+            work = task_options.retrying_async(again, options, mark, coroutine, told)
         done = functools.partial(self._coroutine_done, task_id, fn, encode)
         self.bridge.spawn(task_id, work, done)
 
@@ -797,6 +849,7 @@ class WorkerProcess:
                 self.config.concurrency if self._accepting else 0,
                 queues=self.config.queues,
                 functions=self.function_names,
+                host=_HOST,
             )
         )
         self._wake_sender.set()
@@ -812,9 +865,13 @@ class WorkerProcess:
             if time.monotonic() - self._last_heard > 3 * interval:
                 self._say_hello()  # the router restarted or forgot us
                 self._last_heard = time.monotonic()
-            self._control.append(protocol.encode_heartbeat())
+            # Its memory rides the beat (one read of /proc a second), for squall status.
+            self._control.append(protocol.encode_heartbeat(rss=resident_bytes() or 0))
             self._wake_sender.set()
 
+
+#: the host this process runs on, for people (squall status)
+_HOST = os.uname().nodename
 
 #: makes one value (a result, a yielded value) the frames of an outcome: pickles, or JSON
 Encoder = Callable[[Any, Any], tuple[Status, list[Any]]]
@@ -846,16 +903,6 @@ def _refusal(config: WorkerConfig, event: Mapping[str, Any]) -> Refused:
     else:
         why = f"handshake with key {key} failed: wrong router.key, or not CURVE"
     return Refused(f"the router at {config.connect} refused this key ({why})")
-
-
-def resident_bytes() -> int | None:
-    """This process's resident set size, from /proc/self/statm (Linux); None elsewhere."""
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            pages = int(statm.read().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 _TASK_CODES = (WorkerProcess._run.__code__,)

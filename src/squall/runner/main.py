@@ -63,7 +63,7 @@ import gevent  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    from squall import log
+    from squall import log, tracing
     from squall.config import WorkerConfig
     from squall.runner import fatal, forks
     from squall.runner.executor import WorkerProcess
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level")
     args = parser.parse_args(argv)
     log.configure(json=args.log_json, level=args.log_level, process="worker")
+    log.add_context(tracing.log_context)  # a task's lines name it (and its caller's trace)
     config = WorkerConfig(**json.loads(args.config))
     forks.install()  # a task's fork() child ends with this process and never runs squall
     worker = WorkerProcess(config)
