@@ -14,23 +14,26 @@ import json
 import math
 import threading
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from squall import functions, ids
+from squall import functions, ids, tracing
 from squall.client.aio import AsyncExecutor
 from squall.client.background import await_held, raise_refusal
 from squall.errors import (
+    ConfigError,
     QueueFull,
+    Refused,
     SerializationError,
     StartupError,
     TaskNotFound,
     TaskTooLarge,
     Unavailable,
 )
-from squall.http import openapi, tasks, tokens
+from squall.http import dashboard, openapi, tasks, tokens
 from squall.http.webhooks import Deliveries
 from squall.log import get_logger
 from squall.options import TaskOptions
@@ -82,9 +85,16 @@ class Gateway:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Token check, then the handler, with every failure a JSON error (docs/http.md)."""
         try:
+            if request.method not in _SAFE_METHODS and not _same_origin(request):
+                raise ApiError(
+                    403,
+                    "cross_origin",
+                    f"a browser page from {request.headers['Origin']!r} may not change anything "
+                    "here (only pages this gateway serves may)",
+                )
             if self.tokens is not None and request.path not in ("/v1/health",):
-                if self.tokens.name_of(request.headers.get("Authorization")) is None:
-                    raise ApiError(401, "unauthorized", "a valid bearer token is required")
+                if not dashboard.is_public(request):  # the bearer header, or the cookie
+                    dashboard.check_token(request, self.tokens)
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message)
@@ -97,6 +107,8 @@ class Gateway:
             return error_response(exc.status, code, exc.reason)
         except TaskNotFound as exc:
             return error_response(404, "task_not_found", str(exc))
+        except Refused as exc:  # with --auth: the gateway's key is not an operator's
+            return error_response(403, "not_operator", str(exc))
         except QueueFull as exc:
             return error_response(429, "queue_full", str(exc))
         except TaskTooLarge as exc:
@@ -137,6 +149,12 @@ class Gateway:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ApiError(400, "bad_request", '"args" is a list and "kwargs" an object')
         options = _options(body.get("options"))
+        traceparent = request.headers.get("traceparent")
+        if traceparent is not None:  # W3C trace context: the task joins the caller's trace
+            try:
+                options = options.merged(traceparent=tracing.check(traceparent.strip()))
+            except ValueError as exc:
+                raise ApiError(400, "bad_request", str(exc)) from None
         callback = body.get("callback_url")
         if callback is not None and not (
             isinstance(callback, str) and callback.startswith(("http://", "https://"))
@@ -281,6 +299,8 @@ class Gateway:
             running = local.finished is None
             local.stream.close()
             return web.json_response({"id": task_id, "cancelled": running})
+        if dashboard.is_router_id(task_id):  # a task tied to its client: by router number
+            return web.json_response(await dashboard.cancel_any(self, task_id))
         _check_id(task_id)
         cancelled = await self.executor.cancel_by_id(task_id)
         return web.json_response({"id": task_id, "cancelled": cancelled})
@@ -301,6 +321,25 @@ class Gateway:
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(openapi.DOCUMENT)
 
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        """Prometheus metrics of the router, asked at each scrape (docs/http.md, "Metrics").
+
+        A router that does not answer gives a 200 with ``squall_router_up 0``, not an error:
+        the scrape still succeeds, and an alert on that one figure says what is wrong.
+        """
+        try:
+            from squall import metrics
+        except ConfigError:
+            raise ApiError(
+                500, "no_metrics", "/metrics needs prometheus_client: pip install 'squall[http]'"
+            ) from None
+        try:
+            answer = await asyncio.wait_for(self.executor.metrics(), metrics.ROUTER_TIMEOUT)
+        except (asyncio.TimeoutError, Unavailable, StartupError):
+            answer = None
+        body, content_type = metrics.exposition(answer)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
 
 def build_app(gateway: Gateway, max_body: int = 16 << 20) -> web.Application:
     """The aiohttp application serving ``gateway`` under ``/v1``."""
@@ -313,6 +352,8 @@ def build_app(gateway: Gateway, max_body: int = 16 << 20) -> web.Application:
     app.router.add_post("/v1/hooks/{name}", gateway.hook)
     app.router.add_get("/v1/health", gateway.health)
     app.router.add_get("/v1/openapi.json", gateway.openapi)
+    dashboard.add_routes(app, gateway)
+    app.router.add_get("/metrics", gateway.metrics)
     return app
 
 
@@ -368,6 +409,20 @@ def _wait(request: web.Request) -> float:
     if not 0 <= wait <= MAX_WAIT:
         raise ApiError(400, "bad_request", f"wait is 0 to {MAX_WAIT:g} seconds")
     return wait
+
+
+#: methods that change nothing, which a page of another site may send
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def _same_origin(request: web.Request) -> bool:
+    """Whether a request is not a browser's cross-site one: no ``Origin`` header (curl, the
+    clients), or this gateway's own. A gateway without tokens on loopback must not be driven
+    by whatever web page its operator happens to open."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    return urllib.parse.urlsplit(origin).netloc == request.host
 
 
 def _options(raw: Any) -> TaskOptions:

@@ -36,6 +36,86 @@ _WAIT = {
     "schema": {"type": "number", "minimum": 0, "maximum": 60},
 }
 
+
+def _read(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": list(parameters),
+            "responses": {"200": _json({"type": "object"}, summary), **_ERRORS},
+        }
+    }
+
+
+def _act(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": list(parameters),
+            "responses": {"200": _json({"type": "object"}, "done"), **_ERRORS},
+        }
+    }
+
+
+def _query(name: str, kind: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": {"type": kind}}
+
+
+_PID = {"name": "pid", "in": "path", "required": True, "schema": {"type": "integer"}}
+#: the dashboard's endpoints (squall/http/dashboard.py; docs/http.md, "Dashboard")
+_DASHBOARD: dict[str, Any] = {
+    "/v1/status": _read("The fleet now: router, workers, queues, totals, recent failures"),
+    "/v1/tasks": _read(
+        "Live and recent tasks, newest first, filtered and paged",
+        _query("state", "string", "one state or several, comma-separated"),
+        _query("name", "string", "a part of the function's name"),
+        _query("queue", "string", "the queue"),
+        _query("since", "number", "Unix seconds"),
+        _query("until", "number", "Unix seconds"),
+        _query("limit", "integer", "tasks per page (at most 1000; 50)"),
+        _query("offset", "integer", "tasks to skip (the previous page's next)"),
+    ),
+    "/v1/tasks/{id}/record": _read(
+        "Any task's record: timeline, attempts, worker, error and traceback", _ID
+    ),
+    "/v1/tasks/{id}/retry": _act("Run a failed background task again (a new id)", _ID),
+    "/v1/workers": _read("Connected worker processes, and those lately lost or drained"),
+    "/v1/workers/{pid}/drain": _act("Send a worker process nothing new", _PID),
+    "/v1/schedules": _read("The router's periodic schedules"),
+    "/v1/schedules/{name}/pause": _act("Stop firing a schedule", _NAME),
+    "/v1/schedules/{name}/resume": _act("Fire a schedule again from its next tick", _NAME),
+    "/v1/stream": {
+        "get": {
+            "summary": "Server-Sent Events: the router's events, and status every second",
+            "parameters": [_query("types", "string", "event types to keep, comma-separated")],
+            "responses": {"200": {"description": "text/event-stream"}, **_ERRORS},
+        }
+    },
+    "/v1/session": {
+        "get": {
+            "summary": "Whether this gateway asks for a token",
+            "responses": {"200": _json({"type": "object"}, "required"), **_ERRORS},
+        },
+        "post": {
+            "summary": "Log the dashboard in: a token in, an HttpOnly cookie out",
+            "security": [],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "properties": {"token": {"type": "string"}}}
+                    }
+                }
+            },
+            "responses": {"200": _json({"type": "object"}, "the cookie is set"), **_ERRORS},
+        },
+        "delete": {
+            "summary": "Log the dashboard out (the cookie is removed)",
+            "security": [],
+            "responses": {"200": _json({"type": "object"}, "logged out")},
+        },
+    },
+}
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "squall HTTP API", "version": __version__},
@@ -172,5 +252,6 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {"200": {"description": "ok"}, "503": _ERRORS["503"]},
             }
         },
+        **_DASHBOARD,
     },
 }
