@@ -70,6 +70,16 @@ def finish(state: RouterState, peer: bytes, task_ids: list[int], status: int = S
 OTHER_SENDS: list[Any] = []
 
 
+def expanded(sends: list[Any]) -> list[dict[str, Any]]:
+    """The events of these SendEvents, as a subscriber reads them (over the wire format)."""
+    events: list[dict[str, Any]] = []
+    for send in sends:
+        frames = protocol.encode_events(send.events)
+        _, body = protocol.parse_header(frames)
+        events += protocol.expand_events(*protocol.decode_events(body, frames[1:]))
+    return events
+
+
 def ask(state: RouterState, peer: bytes, query: dict[str, Any]) -> Any:
     state.handle(peer, protocol.encode_query(1, query))
     sends = state.take_sends()
@@ -160,7 +170,7 @@ def test_events_are_built_only_for_subscribers_and_in_order_per_task() -> None:
     finish(state, w, ids[:1])
     finish(state, w, ids[1:], Status.ERROR)
     batches = [s for s in [*sends, *state.take_sends()] if isinstance(s, SendEvents)]
-    events = [e for batch in batches for e in batch.events]
+    events = expanded(batches)
     assert all(batch.peers == [subscriber] for batch in batches)
     by_task: dict[str, list[str]] = {}
     for event in events:
@@ -184,7 +194,7 @@ def test_worker_events_and_redelivery_reach_subscribers() -> None:
     submit(state, c, range(1, 3))
     dispatched(state)
     state.remove_worker(w, died=True)
-    events = [e for s in state.take_sends() if isinstance(s, SendEvents) for e in s.events]
+    events = expanded([s for s in state.take_sends() if isinstance(s, SendEvents)])
     kinds = [e["type"] for e in events]
     assert "worker.lost" in kinds and kinds.count("task.redelivered") == 2
     status = ask(state, c, {"op": "status"})

@@ -1558,12 +1558,35 @@ def test_the_byte_level_examples_of_the_protocol_doc_are_what_squall_sends(
 
 
 def test_events_retried_and_the_operators_fields_roundtrip() -> None:
-    events = [{"type": "task.started", "t": 1.5, "id": "00000000000000ff", "worker": 7}]
-    frames = protocol.encode_events(events)
+    started, failed = protocol.EVENT_CODES["task.started"], protocol.EVENT_CODES["task.failed"]
+    joined = protocol.EVENT_CODES["worker.joined"]
+    entries = [
+        (started, 1.5, 255, "app.f", "default", 1, 7, None, "", "", 0),
+        (started, 1.75, 256, "app.f", "default", 1, 7, None, "", "", 0),  # folded in
+        (failed, 2.0, "01JH8Z3Q6V2W4M1T9K0XY5C7RD", "app.g", "emails", 2, 7, 0.25, "E", "m", 0),
+        (joined, 3.0, 8, "node-1", ("default", "emails"), 100),
+    ]
+    frames = protocol.encode_events(entries)
     body, payload = roundtrip(frames, MsgType.EVENTS)
-    assert protocol.decode_events(body, payload) == events
-    with pytest.raises(ProtocolError, match="array of objects"):
+    strings, rows = protocol.decode_events(body, payload)
+    assert len(rows) == 3  # the two started events share one row
+    assert list(protocol.expand_events(strings, rows)) == [
+        {"type": "task.started", "t": 1.5, "id": "00000000000000ff", "name": "app.f",
+         "queue": "default", "attempt": 1, "worker": 7},
+        {"type": "task.started", "t": 1.75, "id": "0000000000000100", "name": "app.f",
+         "queue": "default", "attempt": 1, "worker": 7},
+        {"type": "task.failed", "t": 2.0, "id": "01JH8Z3Q6V2W4M1T9K0XY5C7RD", "name": "app.g",
+         "queue": "emails", "attempt": 2, "worker": 7, "runtime": 0.25, "error_type": "E",
+         "error_message": "m"},
+        {"type": "worker.joined", "t": 3.0, "worker": 8, "host": "node-1",
+         "queues": ["default", "emails"], "capacity": 100},
+    ]  # fmt: skip
+    with pytest.raises(ProtocolError, match="not a JSON object"):
         protocol.decode_events(b"", [b"[1, 2]"])
+    with pytest.raises(ProtocolError, match="strings"):
+        protocol.decode_events(b"", [b'{"rows": []}'])
+    with pytest.raises(ProtocolError, match="does not read"):
+        list(protocol.expand_events([""], [[0, 0]]))
     retried = protocol.Retried(9, 2, "ConnectionError", "refused")
     body, payload = roundtrip(protocol.encode_retried([retried]), MsgType.RETRIED)
     assert protocol.decode_retried(body, payload) == [retried]

@@ -1168,19 +1168,148 @@ def decode_answer(body: bytes, payload: Sequence[Frame]) -> tuple[int, Any]:
     return request, _json_frame(payload[0], "ANSWER")
 
 
-def encode_events(events: Sequence[dict[str, Any]]) -> list[Frame]:
-    """EVENTS: task and worker events, oldest first, as one JSON array (see docs/protocol.md
-    for their fields); sent only to clients that subscribed (QUERY ``subscribe``)."""
-    return [_HEADERS[MsgType.EVENTS], json.dumps(events, separators=(",", ":")).encode()]
+#: the kinds of events, by their code in EVENTS rows (never renumber; add at the end)
+EVENT_TYPES = (
+    "task.submitted",
+    "task.started",
+    "task.succeeded",
+    "task.failed",
+    "task.cancelled",
+    "task.expired",
+    "task.retried",
+    "task.redelivered",
+    "worker.joined",
+    "worker.lost",
+    "worker.drained",
+    "events.lost",
+)
+EVENT_CODES = {kind: code for code, kind in enumerate(EVENT_TYPES)}
+#: the first worker event's code: codes below are task events
+_WORKER_EVENTS = EVENT_CODES["worker.joined"]
+_EVENTS_LOST = EVENT_CODES["events.lost"]
+
+#: what the router queues for an event, until one EVENTS message carries a batch of them:
+#: a task event ``(code, t, id, name, queue, attempt, worker, runtime, error type, error
+#: message, failed attempt)`` (id: the router's number, or a background task's id as text,
+#: or a list of ids for a batch of tasks alike in all else; runtime None when it did not
+#: run), a worker event ``(code, t, pid, host, queues, capacity)``, or ``(code, t, count)``
+#: for events a slow subscriber lost
+EventEntry = tuple[Any, ...]
 
 
-def decode_events(body: bytes, payload: Sequence[Frame]) -> list[dict[str, Any]]:
+def encode_events(entries: Sequence[EventEntry]) -> list[Frame]:
+    """EVENTS: a batch of events, oldest first, in one compact JSON frame (docs/protocol.md,
+    "Events"): strings once in a table, times in integer microseconds, and consecutive task
+    events that differ only in task, time and run time folded into one row. Sent only to
+    clients that subscribed; a burst of 1,000 tasks is a few rows, not 1,000 objects."""
+    strings: dict[str, int] = {"": 0}
+
+    def ref(text: str) -> int:
+        index = strings.get(text)
+        if index is None:
+            index = strings[text] = len(strings)
+        return index
+
+    rows: list[list[Any]] = []
+    last: tuple[Any, ...] | None = None
+    row: list[Any] = []
+    for entry in entries:
+        code = entry[0]
+        t_us = round(entry[1] * 1e6)
+        if code >= _WORKER_EVENTS:
+            last = None
+            if code == _EVENTS_LOST:
+                rows.append([code, t_us, entry[2]])
+            else:
+                _, _, pid, host, queues, capacity = entry
+                rows.append([code, t_us, pid, ref(host), [ref(q) for q in queues], capacity])
+            continue
+        _, _, task_id, name, queue, attempt, worker, runtime, error_type, message, failed = entry
+        group = (code, name, queue, attempt, worker, error_type, message, failed)
+        if group != last:
+            last = group
+            row = [code, ref(name), ref(queue), attempt, worker, ref(error_type)]
+            row += [ref(message), failed, [], [], None]
+            rows.append(row)
+        if isinstance(task_id, list):  # a batch's tasks at once (never with a run time)
+            row[8].extend(task_id)
+            row[9].extend([t_us] * len(task_id))
+            if row[10] is not None:
+                row[10].extend([None] * len(task_id))
+            continue
+        row[8].append(task_id)
+        row[9].append(t_us)
+        if runtime is not None:
+            if row[10] is None:
+                row[10] = [None] * (len(row[8]) - 1)
+            row[10].append(round(runtime * 1e6))
+        elif row[10] is not None:
+            row[10].append(None)
+    table = sorted(strings, key=strings.__getitem__)
+    body = json.dumps({"strings": table, "rows": rows}, separators=(",", ":")).encode()
+    return [_HEADERS[MsgType.EVENTS], body]
+
+
+def decode_events(body: bytes, payload: Sequence[Frame]) -> tuple[list[str], list[Any]]:
+    """An EVENTS message's string table and rows (:func:`expand_events` makes the events)."""
     if body or len(payload) != 1:
         raise ProtocolError("EVENTS: expected one JSON frame")
-    events = _json_frame(payload[0], "EVENTS")
-    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        raise ProtocolError("EVENTS: not a JSON array of objects")
-    return events
+    batch = _json_frame(payload[0], "EVENTS")
+    if not isinstance(batch, dict):
+        raise ProtocolError("EVENTS: not a JSON object")
+    strings, rows = batch.get("strings"), batch.get("rows")
+    if not isinstance(strings, list) or not isinstance(rows, list):
+        raise ProtocolError('EVENTS: expected "strings" and "rows" lists')
+    return strings, rows
+
+
+def expand_events(strings: Sequence[str], rows: Sequence[Any]) -> Iterator[dict[str, Any]]:
+    """The events of one EVENTS message, as dicts, in order (see docs/protocol.md).
+
+    Raises:
+        ProtocolError: a row that does not read (the events before it were given).
+    """
+    try:
+        for row in rows:
+            code = row[0]
+            kind = EVENT_TYPES[code]
+            if code == _EVENTS_LOST:
+                yield {"type": kind, "t": row[1] / 1e6, "count": row[2]}
+            elif code >= _WORKER_EVENTS:
+                _, t_us, pid, host, queues, capacity = row
+                yield {
+                    "type": kind,
+                    "t": t_us / 1e6,
+                    "worker": pid,
+                    "host": strings[host],
+                    "queues": [strings[q] for q in queues],
+                    "capacity": capacity,
+                }
+            else:
+                _, name, queue, attempt, worker, error_type, message, failed = row[:8]
+                ids, times, runtimes = row[8], row[9], row[10]
+                name, queue = strings[name], strings[queue]
+                error = strings[error_type]
+                for i, task_id in enumerate(ids):
+                    event = {
+                        "type": kind,
+                        "t": times[i] / 1e6,
+                        "id": task_id if isinstance(task_id, str) else f"{task_id:016x}",
+                        "name": name,
+                        "queue": queue,
+                        "attempt": attempt,
+                    }
+                    if worker:
+                        event["worker"] = worker
+                    if runtimes is not None and runtimes[i] is not None:
+                        event["runtime"] = runtimes[i] / 1e6
+                    if error:
+                        event["error_type"], event["error_message"] = error, strings[message]
+                    if failed:
+                        event["failed_attempt"] = failed
+                    yield event
+    except (IndexError, TypeError, ValueError, KeyError) as exc:
+        raise ProtocolError(f"EVENTS: a row does not read: {exc!r}"[:200]) from None
 
 
 def _json_frame(frame: Frame, what: str) -> Any:

@@ -369,7 +369,8 @@ class ClientCore:
                 step.stats.append((waiter, answer))
         elif type_ is MsgType.EVENTS:
             if self.event_sinks:
-                step.events.append((list(self.event_sinks), protocol.decode_events(body, payload)))
+                events = list(protocol.expand_events(*protocol.decode_events(body, payload)))
+                step.events.append((list(self.event_sinks), events))
         elif type_ is MsgType.WELCOME:
             self._welcome(protocol.decode_welcome(body), step)
         elif type_ is MsgType.ERROR:

@@ -177,6 +177,12 @@ class Events:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        held = self._held
+        if held:  # the common case under load: no lock (a deque's popleft is atomic)
+            try:
+                return held.popleft()
+            except IndexError:  # another reader of this iterator took it meanwhile
+                pass
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         with self._ready:
             while not self._held:

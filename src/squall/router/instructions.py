@@ -123,10 +123,11 @@ class SendStats(NamedTuple):
 
 
 class SendEvents(NamedTuple):
-    """EVENTS to each of these subscribed clients: one batch, encoded once."""
+    """EVENTS to each of these subscribed clients: one batch (``protocol.EventEntry``
+    tuples), encoded once."""
 
     peers: list[bytes]
-    events: list[dict[str, Any]]
+    events: list[tuple[Any, ...]]
 
 
 class SendHeartbeats(NamedTuple):

@@ -24,7 +24,13 @@ from typing import Any, NamedTuple
 
 from squall import ids
 from squall.errors import ProtocolError
-from squall.protocol import FailureCode, Status, read_error_summary
+from squall.protocol import (
+    EVENT_CODES,
+    EventEntry,
+    FailureCode,
+    Status,
+    read_error_summary,
+)
 from squall.router.model import Task, Worker
 
 #: finished tasks remembered by default (``squall router --history``)
@@ -65,24 +71,16 @@ BUCKETS: tuple[float, ...] = (
     math.inf,
 )
 
+_SUBMITTED = EVENT_CODES["task.submitted"]
+_STARTED = EVENT_CODES["task.started"]
+_RETRIED = EVENT_CODES["task.retried"]
+_REDELIVERED = EVENT_CODES["task.redelivered"]
+_LOST = EVENT_CODES["events.lost"]
+
 #: the states a task can end in
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "expired")
 #: every state a task query can ask for
 STATES = ("scheduled", "waiting", "queued", "running", *FINISHED_STATES)
-#: the kinds of events, for subscribers' filters
-EVENT_TYPES = (
-    "task.submitted",
-    "task.started",
-    "task.succeeded",
-    "task.failed",
-    "task.cancelled",
-    "task.expired",
-    "task.retried",
-    "task.redelivered",
-    "worker.joined",
-    "worker.lost",
-    "worker.drained",
-)
 
 
 def task_text_id(task_id: int, key: bytes = b"") -> str:
@@ -233,7 +231,7 @@ class Monitor:
         self.tracebacks: collections.OrderedDict[int, str] = collections.OrderedDict()
         #: subscribed client -> the event types it wants (None: all)
         self.subscribers: dict[bytes, frozenset[str] | None] = {}
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[EventEntry] = []
         self.events_lost = 0
         #: workers by pid as they last were, for lost and drained ones still shown a while
         self.gone_workers: collections.OrderedDict[int, dict[str, Any]] = collections.OrderedDict()
@@ -258,12 +256,11 @@ class Monitor:
     def submitted(self, tasks: Iterable[Task]) -> None:
         """Tasks came in (queued, delayed, or waiting for dependencies)."""
         arrived = self.arrived
-        events = bool(self.subscribers)
         for task in tasks:
             queue = task.queue
             arrived[queue] = arrived.get(queue, 0) + 1
-            if events:
-                self._task_event("task.submitted", task, task.submitted_at)
+        if self.subscribers:
+            self._task_events(_SUBMITTED, tasks)
 
     def started(self, tasks: Iterable[Task], worker: Worker, now: float) -> None:
         """Tasks went to ``worker`` at wall time ``now``."""
@@ -281,8 +278,8 @@ class Monitor:
             hist.counts[_bisect(BUCKETS, wait)] += 1  # (Histogram.observe, inlined: per task)
             hist.sum += wait
             hist.count += 1
-            if events:
-                self._task_event("task.started", task, now, worker=worker.pid)
+        if events:
+            self._task_events(_STARTED, tasks, now, worker.pid)
 
     def finished(
         self, task: Task, status: int, frames: list[Any], worker_pid: int, now: float
@@ -324,12 +321,9 @@ class Monitor:
         self.history.append(record)
         self._unaggregated.append(record)
         if self.subscribers:
-            extra: dict[str, Any] = {"worker": worker_pid or None}
-            if started:
-                extra["runtime"] = now - started
-            if error_type:
-                extra["error_type"], extra["error_message"] = error_type, message
-            self._task_event("task." + state, task, now, **extra)
+            runtime = now - started if started else None
+            code = EVENT_CODES["task." + state]
+            self._task_event(code, task, now, worker_pid, runtime, error_type, message)
 
     def aggregate(self) -> None:
         """Count the tasks recorded since the last call: outcomes by (queue, function, state)
@@ -350,21 +344,18 @@ class Monitor:
         queue = task.queue
         self.retries[queue] = self.retries.get(queue, 0) + 1
         if self.subscribers:
+            message = retry.error_message[:1000]
+            worker = 0  # (the task's worker: its event says which below)
             self._task_event(
-                "task.retried",
-                task,
-                now,
-                failed_attempt=retry.attempt,
-                error_type=retry.error_type,
-                error_message=retry.error_message[:1000],
+                _RETRIED, task, now, worker, None, retry.error_type, message, retry.attempt
             )
 
     def redelivered(self, tasks: Iterable[Task], now: float) -> None:
         """Tasks whose worker was lost (or handed them back) queue again."""
         for task in tasks:
             task.started_at = 0.0
-            if self.subscribers:
-                self._task_event("task.redelivered", task, now)
+        if self.subscribers:
+            self._task_events(_REDELIVERED, tasks, now)
 
     # -- workers ------------------------------------------------------------------------------
 
@@ -380,16 +371,9 @@ class Monitor:
         else:
             self.gone_workers.pop(worker.pid, None)
         if self.subscribers:
-            self._emit(
-                {
-                    "type": "worker." + kind,
-                    "t": now,
-                    "worker": worker.pid,
-                    "host": worker.host,
-                    "queues": sorted(worker.queues),
-                    "capacity": worker.capacity,
-                }
-            )
+            code = EVENT_CODES["worker." + kind]
+            queues = tuple(sorted(worker.queues))
+            self._emit((code, now, worker.pid, worker.host, queues, worker.capacity))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -401,41 +385,80 @@ class Monitor:
         if not self.subscribers:
             self.pending.clear()
 
-    def _task_event(self, kind: str, task: Task, now: float, **extra: Any) -> None:
-        event = {
-            "type": kind,
-            "t": now,
-            "id": task_text_id(task.id, task.key),
-            "name": task.function or self.names.get(task.fn_hash, ""),
-            "queue": task.queue,
-            "attempt": task.attempt + 1 + task.retries,
-        }
-        if extra:
-            event.update(extra)
-        self._emit(event)
+    def _task_event(
+        self,
+        code: int,
+        task: Task,
+        now: float,
+        worker: int = 0,
+        runtime: float | None = None,
+        error_type: str = "",
+        message: str = "",
+        failed_attempt: int = 0,
+    ) -> None:
+        """Queue one task event (see ``protocol.EventEntry``): a tuple now, JSON only when
+        the batch leaves (``protocol.encode_events``)."""
+        self._emit(
+            (
+                code,
+                now,
+                ids.to_text(task.key) if task.key else task.id,
+                task.function or self.names.get(task.fn_hash, ""),
+                task.queue,
+                task.attempt + 1 + task.retries,
+                worker,
+                runtime,
+                error_type,
+                message,
+                failed_attempt,
+            )
+        )
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _task_events(
+        self, code: int, tasks: Iterable[Task], now: float | None = None, worker: int = 0
+    ) -> None:
+        """Queue one event per task of a batch (submitted, dispatched, redelivered): one
+        entry per group of them sharing name, queue, attempt and time, their ids in a list
+        (``now`` None: each task's submit time)."""
+        names = self.names
+        groups: dict[tuple[str, str, int, float], list[Any]] = {}
+        for task in tasks:
+            key = (
+                task.function or names.get(task.fn_hash, ""),
+                task.queue,
+                task.attempt + 1 + task.retries,
+                task.submitted_at if now is None else now,
+            )
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(ids.to_text(task.key) if task.key else task.id)
+        for (name, queue, attempt, t), task_ids in groups.items():
+            self._emit((code, t, task_ids, name, queue, attempt, worker, None, "", "", 0))
+
+    def _emit(self, entry: EventEntry) -> None:
         pending = self.pending
-        pending.append(event)
+        pending.append(entry)
         if len(pending) > EVENTS_HELD:
             drop = len(pending) - EVENTS_HELD
             del pending[:drop]
             self.events_lost += drop
 
-    def take_events(self) -> list[tuple[list[bytes], list[dict[str, Any]]]]:
+    def take_events(self) -> list[tuple[list[bytes], list[EventEntry]]]:
         """The events gathered since the last call, grouped by the subscribers that want
-        them: ``[(peers, events)]``."""
+        them: ``[(peers, entries)]``."""
         if not self.pending:
             return []
         events, self.pending = self.pending, []
         if self.events_lost:
-            events.insert(0, {"type": "events.lost", "count": self.events_lost})
+            events.insert(0, (_LOST, events[0][1], self.events_lost))
             self.events_lost = 0
         everyone = [p for p, kinds in self.subscribers.items() if kinds is None]
         batches = [(everyone, events)] if everyone else []
         for peer, kinds in self.subscribers.items():
             if kinds is not None:
-                mine = [e for e in events if e["type"] in kinds]
+                codes = {EVENT_CODES[k] for k in kinds if k in EVENT_CODES} | {_LOST}
+                mine = [e for e in events if e[0] in codes]
                 if mine:
                     batches.append(([peer], mine))
         return batches
