@@ -332,6 +332,7 @@ class Inspection(Peers):
     def metrics(self) -> dict[str, Any]:
         """The figures ``/metrics`` exposes, as plain JSON (see squall.metrics)."""
         monitor = self.monitor
+        monitor.aggregate()
         queues = self.queue_stats()
         workers = dict.fromkeys(("up", "blocked", "draining"), 0)
         slots = {"busy": 0, "free": 0}
