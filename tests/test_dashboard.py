@@ -287,6 +287,7 @@ def test_with_tokens_the_dashboard_asks_for_one_then_works(cluster, browser, tmp
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(api.url + "/v1/status", timeout=10)
     assert refused.value.code == 401
+    refused.value.close()  # its socket, or a ResourceWarning fails a later test
 
     browser.get(api.url + "/")
     eventually(browser, lambda: browser.current_url.endswith("/login"), "sent to the login")

@@ -30,7 +30,12 @@ def test_failures_are_logged_at_most_n_a_second_and_the_rest_counted() -> None:
     assert len(lines) == 10
     assert lines[0] == (
         "task failed",
-        {"task": 0, "function": "mod.fail", "error": "builtins.ValueError", "message": "bad input"},
+        {
+            "task_id": "0000000000000000",
+            "function": "mod.fail",
+            "error": "builtins.ValueError",
+            "message": "bad input",
+        },
     )
     now[0] += 1.0
     failures.note(99, b"h" * 16, outcome)
