@@ -86,9 +86,8 @@ def json_options(options: TaskOptions | None) -> dict[str, Any] | None:
 
 
 def function_name(fn: Callable[..., Any]) -> str:
-    module = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{name}" if module else name
+    """``module.qualname`` of a task's function, for people (the router shows it)."""
+    return serialization.label_of(fn)
 
 
 def _is_router_number(task_id: object) -> bool:

@@ -568,7 +568,7 @@ class WorkerProcess:
                 args, kwargs = calls.resolve(args, kwargs, item.deps)
             options = options or task_options.DEFAULT
             if options.traceparent is not None:  # the caller's trace: run as its child span
-                outcome = self._traced(item, fn, args, kwargs, options, stream, encode)
+                outcome = self._traced(task_id, fn, args, kwargs, options, stream, encode)
             else:
                 outcome = self._attempts(task_id, fn, args, kwargs, options, stream, encode)
             if outcome is None:  # handed to the asyncio loop, which finishes it
@@ -620,7 +620,7 @@ class WorkerProcess:
 
     def _traced(
         self,
-        item: TaskItem,
+        task_id: int,
         fn: Any,
         args: Any,
         kwargs: Any,
@@ -635,7 +635,7 @@ class WorkerProcess:
         current.squall_trace_id = tracing.trace_id(options.traceparent)
         try:
             with tracing.remote_span(options.traceparent, qualified_name(fn)):
-                return self._attempts(item.task_id, fn, args, kwargs, options, stream, encode)
+                return self._attempts(task_id, fn, args, kwargs, options, stream, encode)
         finally:
             current.squall_trace_id = None
 
