@@ -282,26 +282,18 @@ class Peers(Callbacks):
             (t for task_id, t in worker.running.items() if task_id > last_task),
             key=lambda t: t.id,
         )
-        taken = [t.id for t in unread]
         for task in reversed(unread):
             del worker.running[task.id]
             task.worker = None
+            self.queued_by_client[task.client] += 1
             if worker.isolating == task.id:
                 worker.isolating = None
                 task.suspect = True
-            # A new number: the worker may have read it after all and will answer the CANCEL
-            # for the old one, or run it; neither answer may settle the task as sent again.
-            del self.tasks[task.id]
-            self._next_id += 1
-            task.id = self._next_id
-            self.tasks[task.id] = task
-            self.queued_by_client[task.client] += 1
-            if task.suspect:
                 self.suspects.appendleft(task)
             else:
                 self._queue_of(task).appendleft(task)
         self.counters["taken_back"] += len(unread)
-        return taken
+        return [t.id for t in unread]
 
     def expired_workers(self, now: float | None = None) -> list[bytes]:
         """Workers silent for longer than the liveness window."""
